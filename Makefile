@@ -1,0 +1,47 @@
+# Aeropartners — the user's entry points. `make run` starts the platform on this machine;
+# `make test` runs every check CI runs. Both install and start what they need
+# (PostgreSQL, Apache Pulsar, protoc) through scripts/infra.sh.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+INFRA_ENV := target/infra/env
+# Loads DATABASE_URL / PULSAR_URL / PULSAR_ADMIN_URL written by `scripts/infra.sh up`.
+WITH_INFRA = set -a && source $(INFRA_ENV) && set +a &&
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: infra-up
+infra-up: ## Install (if missing) and start PostgreSQL + Apache Pulsar, or use DATABASE_URL / PULSAR_URL
+	@scripts/infra.sh up
+
+.PHONY: infra-down
+infra-down: ## Stop the PostgreSQL and Pulsar this project started
+	@scripts/infra.sh down
+
+.PHONY: build
+build: infra-up ## Build the `aeropartners` binary (release)
+	cargo build --release --locked -p aeropartners
+
+.PHONY: run
+run: build ## Start the whole platform on this machine (Ctrl-C stops it)
+	@$(WITH_INFRA) scripts/run.sh target/release/aeropartners
+
+.PHONY: fmt-check
+fmt-check:
+	cargo fmt --all -- --check
+
+.PHONY: lint
+lint: infra-up
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+.PHONY: test
+test: infra-up fmt-check lint ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
+	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast
+
+.PHONY: bench
+bench: infra-up ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)
+	@$(WITH_INFRA) cargo run --release --locked -p aeropartners-tests --bin bench-payments -- $(BENCH_ARGS)

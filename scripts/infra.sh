@@ -1,0 +1,724 @@
+#!/usr/bin/env bash
+# Local infrastructure for development and tests: a throwaway PostgreSQL and a
+# real Apache Pulsar standalone broker, both on loopback only.
+#
+#   scripts/infra.sh deps          install missing system packages (apt)
+#   scripts/infra.sh up            start what is not running, write $INFRA_DIR/env
+#   scripts/infra.sh down          stop what this script started
+#   scripts/infra.sh pulsar-stop   stop only the broker (data and ports are kept)
+#   scripts/infra.sh pulsar-start  start the broker again on the same ports
+#   scripts/infra.sh status        show what runs and the env file
+#
+# $INFRA_DIR/env holds plain KEY=value lines (no quotes, no export) so that it
+# can be both `source`d by a shell and `include`d by make:
+#   DATABASE_URL, PULSAR_URL, PULSAR_ADMIN_URL
+#
+# Environment knobs:
+#   INFRA_DIR           state, data and logs (default: <repo>/target/infra)
+#   AEROPARTNERS_CACHE  download cache outside the repo (default: ~/.cache/aeropartners)
+#   DATABASE_URL        if set (and not our own), PostgreSQL is not started; passed through
+#   PULSAR_URL          if set (and not our own), Pulsar is not started; passed through
+#                       together with PULSAR_ADMIN_URL
+#   PULSAR_GC           JVM GC flags for the broker (default: G1, see start_pulsar)
+#
+# No systemd and no Docker on the target machines: daemons are started detached
+# (setsid) and stopped by the PID recorded in a pidfile. Running two instances of
+# this script at once is serialised by a lock file.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
+REPO_ROOT=$(cd -- "${SCRIPT_DIR}/.." && pwd -P)
+# shellcheck source-path=SCRIPTDIR source=free-port.sh
+source "${SCRIPT_DIR}/free-port.sh"
+
+INFRA_DIR=${INFRA_DIR:-${REPO_ROOT}/target/infra}
+CACHE_DIR=${AEROPARTNERS_CACHE:-${HOME}/.cache/aeropartners}
+
+PULSAR_VERSION=4.0.8
+PULSAR_ARTIFACT=org.apache.pulsar:pulsar-server-distribution:${PULSAR_VERSION}:tar.gz:bin
+PULSAR_HOME_DIR=${CACHE_DIR}/apache-pulsar-${PULSAR_VERSION}
+
+# Default ports; 8080 is deliberately avoided (another service of ours uses it).
+PG_DEFAULT_PORT=5433
+PULSAR_DEFAULT_BROKER_PORT=6650
+PULSAR_DEFAULT_WEB_PORT=8081
+PULSAR_DEFAULT_BOOKIE_PORT=3181
+
+PULSAR_READY_TIMEOUT=180
+PULSAR_STOP_GRACE=20
+
+# The user's own connection strings, captured before anything else runs. They
+# are compared with our recorded state later: a value that equals what we
+# would write ourselves (e.g. because a Makefile exported our env file) is not
+# "external" and must not stop us from (re)starting our own servers.
+USER_DATABASE_URL=${DATABASE_URL:-}
+USER_PULSAR_URL=${PULSAR_URL:-}
+USER_PULSAR_ADMIN_URL=${PULSAR_ADMIN_URL:-}
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# ---------------------------------------------------------------------------
+# paths (set by init_paths once INFRA_DIR exists, so that they are absolute)
+
+init_paths() {
+	mkdir -p "${INFRA_DIR}"
+	INFRA_DIR=$(cd -- "${INFRA_DIR}" && pwd -P)
+	ENV_FILE=${INFRA_DIR}/env
+	PG_DATA=${INFRA_DIR}/pg
+	PG_LOG=${INFRA_DIR}/pg.log
+	PG_PIDFILE=${INFRA_DIR}/pg.pid
+	PG_PORTFILE=${INFRA_DIR}/pg.port
+	PG_SOCKET_DIR=${INFRA_DIR}/pg-run
+	PULSAR_DATA=${INFRA_DIR}/pulsar-data
+	PULSAR_LOG=${INFRA_DIR}/pulsar.log
+	PULSAR_LOG_DIR_=${INFRA_DIR}/pulsar-logs
+	PULSAR_PIDFILE=${INFRA_DIR}/pulsar.pid
+	PULSAR_PORTFILE=${INFRA_DIR}/pulsar.ports
+	PULSAR_CONF=${INFRA_DIR}/pulsar-standalone.conf
+	# Unix socket paths are limited to 107 bytes; a deep checkout would make
+	# postgres fail with an obscure error, so fall back to a private /tmp dir.
+	if ((${#PG_SOCKET_DIR} > 80)); then
+		PG_SOCKET_DIR=/tmp/aeropartners-pg-$(printf '%s' "${INFRA_DIR}" | md5sum | cut -c1-12)
+	fi
+}
+
+# Serialise concurrent invocations (e.g. `make -j`). The lock fd is closed for
+# the daemons we spawn (see `{LOCK_FD}>&-`), otherwise they would hold it forever.
+take_lock() {
+	exec {LOCK_FD}>"${INFRA_DIR}/.lock"
+	if ! flock -w 300 "${LOCK_FD}"; then
+		die "another infra.sh holds ${INFRA_DIR}/.lock"
+	fi
+}
+
+# pid_alive PID [CMDLINE-SUBSTRING]: the process exists and (optionally) its
+# command line contains the substring. The check guards against PID reuse:
+# we never signal a process that is not the one we started.
+pid_alive() {
+	local pid=$1 needle=${2:-}
+	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+	kill -0 "${pid}" 2>/dev/null || return 1
+	if [[ -n "${needle}" ]]; then
+		tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${needle}" || return 1
+	fi
+}
+
+# read_pidfile FILE: first line of FILE, or nothing when it does not exist.
+read_pidfile() {
+	if [[ -f "$1" ]]; then head -n1 "$1"; fi
+}
+
+# ---------------------------------------------------------------------------
+# deps
+
+pg_bindir() {
+	local d best='' best_major=0 major
+	# Newest installed major version wins (Debian: /usr/lib/postgresql/<major>/bin).
+	for d in /usr/lib/postgresql/*/bin; do
+		[[ -x "${d}/initdb" && -x "${d}/pg_ctl" ]] || continue
+		major=${d#/usr/lib/postgresql/}
+		major=${major%%/*}
+		[[ "${major}" =~ ^[0-9]+$ ]] || continue
+		if ((major > best_major)); then
+			best=${d} best_major=${major}
+		fi
+	done
+	[[ -n "${best}" ]] && printf '%s\n' "${best}"
+}
+
+java_major() {
+	local java=${1:-java} v
+	v=$("${java}" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)[."].*/\1/p' | head -n1)
+	printf '%s\n' "${v:-0}"
+}
+
+pulsar_dist_present() { [[ -f "${PULSAR_HOME_DIR}/.unpacked" ]]; }
+
+cmd_deps() {
+	local missing=()
+	pg_bindir >/dev/null || missing+=(postgresql)
+	command -v protoc >/dev/null || missing+=(protobuf-compiler)
+	command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+	command -v curl >/dev/null || missing+=(curl)
+	# Maven is only needed to fetch the Pulsar distribution into the cache.
+	if ! pulsar_dist_present && ! command -v mvn >/dev/null; then
+		missing+=(maven)
+	fi
+	if ((${#missing[@]} > 0)); then
+		[[ ${EUID} -eq 0 ]] || die "missing packages (${missing[*]}) and not root: install them with apt-get"
+		log "installing: ${missing[*]}"
+		# Without systemd, Debian's postinst scripts would start a stock
+		# cluster on 5432 through invoke-rc.d; policy-rc.d exit code 101
+		# ("action forbidden") keeps package installs from starting daemons.
+		local policy=/usr/sbin/policy-rc.d own_policy=0
+		if [[ ! -e "${policy}" ]]; then
+			printf '#!/bin/sh\nexit 101\n' >"${policy}"
+			chmod 755 "${policy}"
+			own_policy=1
+			# Also on Ctrl-C: a leftover policy-rc.d would silently block
+			# every later package from starting its service.
+			trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		fi
+		local rc=0
+		{
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+		} >&2 || rc=$?
+		if ((own_policy)); then
+			rm -f "${policy}"
+			trap - EXIT
+		fi
+		((rc == 0)) || die "apt-get failed (${rc})"
+	fi
+	local major
+	major=$(java_major "$(pulsar_java)")
+	if ((major < 17)); then
+		die "Pulsar ${PULSAR_VERSION} needs Java 17+, found ${major}: apt-get install openjdk-17-jre-headless"
+	fi
+}
+
+# Java used for Pulsar: Debian's JDK 17 when present (the tested combination;
+# a newer JDK on PATH is not guaranteed to work with Pulsar 4.0), else PATH.
+pulsar_java() {
+	local arch jh
+	arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+	jh=/usr/lib/jvm/java-17-openjdk-${arch}
+	if [[ -x "${jh}/bin/java" ]]; then
+		printf '%s\n' "${jh}/bin/java"
+	else
+		command -v java
+	fi
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+
+pg_our_url() {
+	local port=$1
+	printf 'postgres://aeropartners:aeropartners@127.0.0.1:%s/aeropartners\n' "${port}"
+}
+
+pg_recorded_port() { read_pidfile "${PG_PORTFILE}"; }
+
+# 0 when the postmaster from our pidfile is alive and accepts connections.
+pg_running() {
+	local pid port
+	pid=$(read_pidfile "${PG_PIDFILE}")
+	port=$(pg_recorded_port)
+	[[ -n "${port}" ]] || return 1
+	pid_alive "${pid}" "${PG_DATA}" || return 1
+	"${PG_BIN}/pg_isready" -q -h 127.0.0.1 -p "${port}" -t 2
+}
+
+ensure_postgres_user() {
+	if ! id -u postgres >/dev/null 2>&1; then
+		log "creating system user postgres (initdb refuses to run as root)"
+		useradd --system --user-group --home-dir /var/lib/postgresql --no-create-home \
+			--shell /usr/sbin/nologin postgres
+	fi
+	if ! runuser -u postgres -- test -x "${INFRA_DIR}"; then
+		die "user postgres cannot reach ${INFRA_DIR} (a parent directory is not world-executable); set INFRA_DIR elsewhere"
+	fi
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+start_postgres() {
+	PG_BIN=$(pg_bindir) || die "PostgreSQL binaries not found; run: $0 deps"
+	ensure_postgres_user
+
+	# A previous postmaster that died uncleanly leaves postmaster.pid behind;
+	# pg_ctl handles that itself. One that is alive but not answering is
+	# stopped before we start again.
+	local oldpid
+	oldpid=$(read_pidfile "${PG_PIDFILE}")
+	if pid_alive "${oldpid}" "${PG_DATA}"; then
+		log "postgres pid ${oldpid} is alive but not answering; restarting it"
+		as_postgres "${PG_BIN}/pg_ctl" -D "${PG_DATA}" -m fast -w -t 60 stop >&2 || true
+	fi
+
+	mkdir -p "${PG_DATA}" "${PG_SOCKET_DIR}"
+	chown postgres:postgres "${PG_DATA}" "${PG_SOCKET_DIR}"
+	chmod 700 "${PG_DATA}"
+	touch "${PG_LOG}"
+	chown postgres:postgres "${PG_LOG}"
+
+	if [[ ! -f "${PG_DATA}/PG_VERSION" ]]; then
+		log "initdb ${PG_DATA}"
+		# Local socket: trust (only root/postgres can reach the socket dir's
+		# owner anyway and it is a throwaway cluster). TCP: real password auth,
+		# so that the application exercises the credentials in DATABASE_URL.
+		as_postgres "${PG_BIN}/initdb" -D "${PG_DATA}" -U postgres -E UTF8 --locale=C.UTF-8 \
+			--auth-local=trust --auth-host=scram-sha-256 >>"${PG_LOG}" 2>&1 ||
+			die "initdb failed, see ${PG_LOG}"
+		printf "\n# Settings managed by scripts/infra.sh (rewritten on every start)\ninclude_if_exists = 'infra.conf'\n" \
+			>>"${PG_DATA}/postgresql.conf"
+	fi
+
+	# Keep the recorded port when it is free, so that URLs stay stable.
+	local port
+	port=$(pg_recorded_port)
+	if [[ -z "${port}" ]] || port_in_use "${port}"; then
+		port=$(free_port "${PG_DEFAULT_PORT}")
+	fi
+
+	cat >"${PG_DATA}/infra.conf" <<-EOF
+		# Written by scripts/infra.sh; edits are overwritten.
+		listen_addresses = '127.0.0.1'
+		port = ${port}
+		unix_socket_directories = '${PG_SOCKET_DIR}'
+		# Integration tests and sqlx::test pools open many connections.
+		max_connections = 300
+		shared_buffers = 256MB
+		# We benchmark against this server: keep full durability (the defaults),
+		# spelled out so nobody "optimises" them away by accident.
+		fsync = on
+		synchronous_commit = on
+		full_page_writes = on
+		logging_collector = off
+	EOF
+	chown postgres:postgres "${PG_DATA}/infra.conf"
+
+	log "starting postgres on 127.0.0.1:${port}"
+	printf '\n=== infra.sh: starting postgres %s ===\n' "$(date -Is)" >>"${PG_LOG}"
+	# setsid: new session, so the postmaster does not get the caller's
+	# SIGINT/SIGHUP (e.g. Ctrl-C in `make test`). pg_ctl -w returns once the
+	# server accepts connections.
+	if ! as_postgres setsid -w "${PG_BIN}/pg_ctl" -D "${PG_DATA}" -l "${PG_LOG}" -w -t 120 -s start \
+		</dev/null >&2 {LOCK_FD}>&-; then
+		tail -n 50 "${PG_LOG}" >&2
+		die "postgres failed to start, see ${PG_LOG}"
+	fi
+	head -n1 "${PG_DATA}/postmaster.pid" >"${PG_PIDFILE}"
+	printf '%s\n' "${port}" >"${PG_PORTFILE}"
+
+	# Idempotent provisioning. CREATEDB because #[sqlx::test] creates a
+	# database per test.
+	as_postgres "${PG_BIN}/psql" -h "${PG_SOCKET_DIR}" -p "${port}" -U postgres -d postgres \
+		-v ON_ERROR_STOP=1 -qAt >/dev/null <<-'SQL'
+		DO $$
+		BEGIN
+		  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'aeropartners') THEN
+		    CREATE ROLE aeropartners LOGIN CREATEDB PASSWORD 'aeropartners';
+		  ELSE
+		    ALTER ROLE aeropartners LOGIN CREATEDB PASSWORD 'aeropartners';
+		  END IF;
+		END $$;
+		SELECT 'CREATE DATABASE aeropartners OWNER aeropartners'
+		 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'aeropartners')\gexec
+	SQL
+	log "postgres ready (pid $(read_pidfile "${PG_PIDFILE}"))"
+}
+
+stop_postgres() {
+	local pid
+	pid=$(read_pidfile "${PG_PIDFILE}")
+	if pid_alive "${pid}" "${PG_DATA}"; then
+		PG_BIN=$(pg_bindir) || die "PostgreSQL binaries not found"
+		log "stopping postgres (pid ${pid})"
+		as_postgres "${PG_BIN}/pg_ctl" -D "${PG_DATA}" -m fast -w -t 60 -s stop >&2 ||
+			die "pg_ctl stop failed"
+	elif [[ -n "${pid}" ]]; then
+		log "postgres pid ${pid} is not running"
+	fi
+	rm -f "${PG_PIDFILE}"
+}
+
+# ---------------------------------------------------------------------------
+# Pulsar
+
+ensure_pulsar_dist() {
+	pulsar_dist_present && return 0
+	command -v mvn >/dev/null || die "mvn not found; run: $0 deps"
+	mkdir -p "${CACHE_DIR}"
+	local tarball=${HOME}/.m2/repository/org/apache/pulsar/pulsar-server-distribution/${PULSAR_VERSION}/pulsar-server-distribution-${PULSAR_VERSION}-bin.tar.gz
+	if [[ ! -f "${tarball}" ]]; then
+		log "fetching ${PULSAR_ARTIFACT} from Maven Central"
+		mvn -q -B dependency:get -Dartifact="${PULSAR_ARTIFACT}" -Dtransitive=false >&2 ||
+			die "mvn dependency:get ${PULSAR_ARTIFACT} failed"
+	fi
+	local tmp
+	tmp=$(mktemp -d "${CACHE_DIR}/.pulsar-unpack.XXXXXX")
+	if [[ ! -f "${tarball}" ]]; then
+		# Local repository is not in the default place (settings.xml):
+		# let Maven copy the artifact out of wherever it keeps it.
+		mvn -q -B dependency:copy -Dartifact="${PULSAR_ARTIFACT}" -DoutputDirectory="${tmp}" >&2 ||
+			die "mvn dependency:copy ${PULSAR_ARTIFACT} failed"
+		tarball=$(ls "${tmp}"/pulsar-server-distribution-*.tar.gz)
+	fi
+	log "unpacking Pulsar ${PULSAR_VERSION} into ${PULSAR_HOME_DIR}"
+	tar -xzf "${tarball}" -C "${tmp}"
+	rm -rf "${PULSAR_HOME_DIR}"
+	# Unpack into a temp dir and rename: an interrupted unpack never looks complete.
+	mv "${tmp}/apache-pulsar-${PULSAR_VERSION}" "${PULSAR_HOME_DIR}"
+	rm -rf "${tmp}"
+	touch "${PULSAR_HOME_DIR}/.unpacked"
+}
+
+# Loads BROKER_PORT, WEB_PORT, BOOKIE_PORT from the state file (if any).
+load_pulsar_ports() {
+	BROKER_PORT='' WEB_PORT='' BOOKIE_PORT=''
+	[[ -f "${PULSAR_PORTFILE}" ]] || return 1
+	local key value
+	while IFS='=' read -r key value; do
+		case "${key}" in
+		BROKER_PORT) BROKER_PORT=${value} ;;
+		WEB_PORT) WEB_PORT=${value} ;;
+		BOOKIE_PORT) BOOKIE_PORT=${value} ;;
+		esac
+	done <"${PULSAR_PORTFILE}"
+	[[ -n "${BROKER_PORT}" && -n "${WEB_PORT}" && -n "${BOOKIE_PORT}" ]]
+}
+
+pulsar_our_url() { printf 'pulsar://127.0.0.1:%s\n' "$1"; }
+pulsar_our_admin_url() { printf 'http://127.0.0.1:%s\n' "$1"; }
+
+# 0 when the broker from our pidfile is alive and its admin API answers.
+# /admin/v2/brokers/ready is cheap (no produce/consume round trip like
+# /health), which keeps the `up` fast path well under a second.
+pulsar_running() {
+	local pid
+	pid=$(read_pidfile "${PULSAR_PIDFILE}")
+	pid_alive "${pid}" "${PULSAR_CONF}" || return 1
+	load_pulsar_ports || return 1
+	[[ "$(curl -sf --max-time 3 "$(pulsar_our_admin_url "${WEB_PORT}")/admin/v2/brokers/ready" 2>/dev/null)" == ok ]]
+}
+
+# set_conf FILE KEY VALUE: replace "KEY=..." or append it.
+set_conf() {
+	local file=$1 key=$2 value=$3
+	if grep -q "^${key}=" "${file}"; then
+		sed -i "s|^${key}=.*|${key}=${value}|" "${file}"
+	else
+		printf '%s=%s\n' "${key}" "${value}" >>"${file}"
+	fi
+}
+
+write_pulsar_conf() {
+	cp "${PULSAR_HOME_DIR}/conf/standalone.conf" "${PULSAR_CONF}"
+	# The shipped standalone.conf has no trailing newline: appending a key
+	# without this would glue it onto the last line and break the broker.
+	printf '\n' >>"${PULSAR_CONF}"
+	# Loopback only; clients follow lookups to the advertised address.
+	set_conf "${PULSAR_CONF}" bindAddress 127.0.0.1
+	set_conf "${PULSAR_CONF}" advertisedAddress 127.0.0.1
+	set_conf "${PULSAR_CONF}" brokerServicePort "${BROKER_PORT}"
+	set_conf "${PULSAR_CONF}" webServicePort "${WEB_PORT}"
+	# The in-process bookie reads the same file as a BookKeeper
+	# ServerConfiguration. Without these it binds 0.0.0.0 on a random port:
+	# listeningInterface=lo needs allowLoopback=true, and
+	# allowEphemeralPorts=true makes it honour --bookkeeper-port.
+	set_conf "${PULSAR_CONF}" listeningInterface lo
+	set_conf "${PULSAR_CONF}" allowLoopback true
+	set_conf "${PULSAR_CONF}" allowEphemeralPorts true
+	# Tests publish before a subscription may exist; the default deletes
+	# such "inactive" topics (and their messages) after 60 s.
+	set_conf "${PULSAR_CONF}" brokerDeleteInactiveTopicsEnabled false
+	# Not needed by our Rust client; one service less to start.
+	set_conf "${PULSAR_CONF}" webSocketServiceEnabled false
+	set_conf "${PULSAR_CONF}" functionsWorkerEnabled false
+}
+
+# start_pulsar MODE: MODE=up may pick new ports (and then wipes the data, since
+# the bookie's identity is its host:port); MODE=restart must reuse the
+# recorded ports (pulsar-start, broker-outage tests).
+start_pulsar() {
+	local mode=$1
+	ensure_pulsar_dist
+
+	local oldpid
+	oldpid=$(read_pidfile "${PULSAR_PIDFILE}")
+	if pid_alive "${oldpid}" "${PULSAR_CONF}"; then
+		log "pulsar pid ${oldpid} is alive but not answering; stopping it first"
+		stop_pulsar
+	fi
+
+	if load_pulsar_ports; then
+		local p busy=()
+		for p in "${BROKER_PORT}" "${WEB_PORT}" "${BOOKIE_PORT}"; do
+			if port_in_use "${p}"; then busy+=("${p}"); fi
+		done
+		if ((${#busy[@]} > 0)); then
+			if [[ "${mode}" == restart ]]; then
+				die "recorded Pulsar port(s) ${busy[*]} are taken by another process; cannot restart on the same ports"
+			fi
+			log "recorded Pulsar port(s) ${busy[*]} are busy: choosing new ports and wiping ${PULSAR_DATA}"
+			rm -rf "${PULSAR_DATA}"
+			BROKER_PORT='' WEB_PORT='' BOOKIE_PORT=''
+		fi
+	elif [[ "${mode}" == restart ]]; then
+		die "no recorded Pulsar ports in ${PULSAR_PORTFILE}; run: $0 up"
+	fi
+	if [[ -z "${BROKER_PORT}" ]]; then
+		# New ports mean new bookie identity: old data would not match it.
+		rm -rf "${PULSAR_DATA}"
+		BROKER_PORT=$(free_port "${PULSAR_DEFAULT_BROKER_PORT}")
+		WEB_PORT=$(free_port "${PULSAR_DEFAULT_WEB_PORT}" "${BROKER_PORT}")
+		BOOKIE_PORT=$(free_port "${PULSAR_DEFAULT_BOOKIE_PORT}" "${BROKER_PORT}" "${WEB_PORT}")
+		printf 'BROKER_PORT=%s\nWEB_PORT=%s\nBOOKIE_PORT=%s\n' "${BROKER_PORT}" "${WEB_PORT}" "${BOOKIE_PORT}" \
+			>"${PULSAR_PORTFILE}"
+	fi
+
+	write_pulsar_conf
+	mkdir -p "${PULSAR_DATA}" "${PULSAR_LOG_DIR_}"
+
+	local java_bin
+	java_bin=$(pulsar_java)
+	log "starting pulsar ${PULSAR_VERSION} (broker 127.0.0.1:${BROKER_PORT}, admin 127.0.0.1:${WEB_PORT}, bookie 127.0.0.1:${BOOKIE_PORT})"
+	printf '\n=== infra.sh: starting pulsar %s ===\n' "$(date -Is)" >>"${PULSAR_LOG}"
+	# Memory: the default asks for 2 GiB heap + 4 GiB direct.
+	# GC: the stock PULSAR_GC is ZGC + AlwaysPreTouch, which pre-faults the whole
+	# heap and, with ZGC's multi-mapping, shows ~1.8 GB RSS (~770 MB PSS); G1 without
+	# pre-touch starts as fast and stays at ~350 MB RSS on these 2-core VMs.
+	# setsid + nohup: detached from the caller's session and terminal, so it
+	# survives the shell that ran `make`. bin/pulsar execs java, so $! is the JVM.
+	(
+		cd "${PULSAR_DATA}"
+		export JAVA_HOME=${java_bin%/bin/java}
+		export PULSAR_MEM="-Xms512m -Xmx1g -XX:MaxDirectMemorySize=1g"
+		export PULSAR_GC=${PULSAR_GC:-"-XX:+UseG1GC -XX:MaxGCPauseMillis=10 -XX:+ParallelRefProcEnabled -XX:+PerfDisableSharedMem"}
+		export PULSAR_STANDALONE_CONF=${PULSAR_CONF}
+		export PULSAR_LOG_DIR=${PULSAR_LOG_DIR_}
+		exec setsid nohup "${PULSAR_HOME_DIR}/bin/pulsar" standalone \
+			--config "${PULSAR_CONF}" \
+			--no-functions-worker --no-stream-storage \
+			--advertised-address 127.0.0.1 \
+			--metadata-dir "${PULSAR_DATA}/metadata" \
+			--bookkeeper-dir "${PULSAR_DATA}/bookkeeper" \
+			--bookkeeper-port "${BOOKIE_PORT}"
+	) </dev/null >>"${PULSAR_LOG}" 2>&1 {LOCK_FD}>&- &
+	local pid=$!
+	printf '%s\n' "${pid}" >"${PULSAR_PIDFILE}"
+
+	wait_pulsar_healthy "${pid}"
+}
+
+wait_pulsar_healthy() {
+	local pid=$1 admin start elapsed last_report=0 answer
+	admin=$(pulsar_our_admin_url "${WEB_PORT}")
+	start=${SECONDS}
+	while :; do
+		elapsed=$((SECONDS - start))
+		if ! kill -0 "${pid}" 2>/dev/null; then
+			log "pulsar exited during startup; last 50 lines of ${PULSAR_LOG}:"
+			tail -n 50 "${PULSAR_LOG}" >&2
+			rm -f "${PULSAR_PIDFILE}"
+			exit 1
+		fi
+		answer=$(curl -sf --max-time 10 "${admin}/admin/v2/brokers/health" 2>/dev/null || true)
+		if [[ "${answer}" == ok ]]; then
+			log "pulsar healthy after ${elapsed}s (pid ${pid})"
+			return 0
+		fi
+		if ((elapsed >= PULSAR_READY_TIMEOUT)); then
+			log "pulsar not healthy after ${PULSAR_READY_TIMEOUT}s; last 50 lines of ${PULSAR_LOG}:"
+			tail -n 50 "${PULSAR_LOG}" >&2
+			# A broker that failed half-way keeps running without serving
+			# anything; do not leave it behind.
+			stop_pulsar
+			exit 1
+		fi
+		if ((elapsed - last_report >= 5)); then
+			log "waiting for pulsar health (${elapsed}s)"
+			last_report=${elapsed}
+		fi
+		sleep 0.5
+	done
+}
+
+stop_pulsar() {
+	local pid i
+	pid=$(read_pidfile "${PULSAR_PIDFILE}")
+	if pid_alive "${pid}" "${PULSAR_CONF}"; then
+		log "stopping pulsar (pid ${pid})"
+		kill -TERM "${pid}" 2>/dev/null || true
+		for ((i = 0; i < PULSAR_STOP_GRACE * 10; i++)); do
+			kill -0 "${pid}" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "${pid}" 2>/dev/null; then
+			log "pulsar did not exit within ${PULSAR_STOP_GRACE}s; sending SIGKILL"
+			kill -KILL "${pid}" 2>/dev/null || true
+			while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+		fi
+	elif [[ -n "${pid}" ]]; then
+		log "pulsar pid ${pid} is not running"
+	fi
+	rm -f "${PULSAR_PIDFILE}"
+}
+
+# ---------------------------------------------------------------------------
+# env file
+
+# Decide per component whether the user supplied it. Sets PG_EXTERNAL and
+# PULSAR_EXTERNAL to 1/0.
+classify_external() {
+	local port
+	PG_EXTERNAL=0
+	PULSAR_EXTERNAL=0
+	if [[ -n "${USER_DATABASE_URL}" ]]; then
+		port=$(pg_recorded_port)
+		if [[ -z "${port}" || "${USER_DATABASE_URL}" != "$(pg_our_url "${port}")" ]]; then
+			PG_EXTERNAL=1
+		fi
+	fi
+	if [[ -n "${USER_PULSAR_URL}" ]]; then
+		if ! load_pulsar_ports || [[ "${USER_PULSAR_URL}" != "$(pulsar_our_url "${BROKER_PORT}")" ]]; then
+			PULSAR_EXTERNAL=1
+		fi
+	fi
+}
+
+check_env_value() {
+	# make and sh would both mangle these; the file format has no quoting.
+	if [[ "$2" =~ [[:space:]\$\#\"\'\\] ]]; then
+		log "warning: $1 contains characters that make/sh treat specially; the env file may not round-trip"
+	fi
+}
+
+write_env_file() {
+	local db pulsar admin tmp
+	if ((PG_EXTERNAL)); then
+		db=${USER_DATABASE_URL}
+	else
+		db=$(pg_our_url "$(pg_recorded_port)")
+	fi
+	if ((PULSAR_EXTERNAL)); then
+		pulsar=${USER_PULSAR_URL}
+		admin=${USER_PULSAR_ADMIN_URL}
+	else
+		load_pulsar_ports
+		pulsar=$(pulsar_our_url "${BROKER_PORT}")
+		admin=$(pulsar_our_admin_url "${WEB_PORT}")
+	fi
+	check_env_value DATABASE_URL "${db}"
+	check_env_value PULSAR_URL "${pulsar}"
+	tmp=$(mktemp "${ENV_FILE}.XXXXXX")
+	{
+		printf 'DATABASE_URL=%s\n' "${db}"
+		printf 'PULSAR_URL=%s\n' "${pulsar}"
+		if [[ -n "${admin}" ]]; then
+			check_env_value PULSAR_ADMIN_URL "${admin}"
+			printf 'PULSAR_ADMIN_URL=%s\n' "${admin}"
+		else
+			log "warning: PULSAR_URL given without PULSAR_ADMIN_URL; env file has no admin URL"
+		fi
+	} >"${tmp}"
+	chmod 644 "${tmp}"
+	mv -f "${tmp}" "${ENV_FILE}"
+}
+
+# ---------------------------------------------------------------------------
+# commands
+
+cmd_up() {
+	cmd_deps
+	PG_BIN=$(pg_bindir) || die "PostgreSQL binaries not found"
+	classify_external
+
+	if ((PG_EXTERNAL)); then
+		log "DATABASE_URL given: not starting PostgreSQL"
+	elif pg_running; then
+		log "postgres already running (pid $(read_pidfile "${PG_PIDFILE}"), port $(pg_recorded_port))"
+	else
+		start_postgres
+	fi
+
+	if ((PULSAR_EXTERNAL)); then
+		log "PULSAR_URL given: not starting Pulsar"
+	elif pulsar_running; then
+		log "pulsar already running (pid $(read_pidfile "${PULSAR_PIDFILE}"), broker port ${BROKER_PORT})"
+	else
+		start_pulsar up
+	fi
+
+	write_env_file
+	log "wrote ${ENV_FILE}"
+	cat "${ENV_FILE}"
+}
+
+cmd_down() {
+	stop_pulsar
+	stop_postgres
+	# The env file describes running servers; do not leave a stale one. Ports
+	# and data stay, so the next `up` reuses them.
+	rm -f "${ENV_FILE}"
+}
+
+cmd_pulsar_stop() { stop_pulsar; }
+
+cmd_pulsar_start() {
+	if pulsar_running; then
+		log "pulsar already running (pid $(read_pidfile "${PULSAR_PIDFILE}"))"
+		return 0
+	fi
+	start_pulsar restart
+}
+
+cmd_status() {
+	local pid port rss
+	PG_BIN=$(pg_bindir || true)
+	pid=$(read_pidfile "${PG_PIDFILE}")
+	port=$(pg_recorded_port)
+	if [[ -n "${PG_BIN}" ]] && pg_running; then
+		rss=$(ps -o rss= -p "${pid}" | tr -d ' ')
+		echo "postgres: running  pid ${pid}  127.0.0.1:${port}  data ${PG_DATA}  rss(postmaster) ${rss} kB"
+	elif [[ -n "${pid}" ]]; then
+		echo "postgres: NOT answering (pidfile says ${pid})"
+	else
+		echo "postgres: stopped"
+	fi
+	pid=$(read_pidfile "${PULSAR_PIDFILE}")
+	if pulsar_running; then
+		rss=$(ps -o rss= -p "${pid}" | tr -d ' ')
+		echo "pulsar:   running  pid ${pid}  broker 127.0.0.1:${BROKER_PORT}  admin 127.0.0.1:${WEB_PORT}  bookie 127.0.0.1:${BOOKIE_PORT}  rss ${rss} kB"
+	elif [[ -n "${pid}" ]]; then
+		echo "pulsar:   NOT answering (pidfile says ${pid})"
+	else
+		echo "pulsar:   stopped"
+	fi
+	if [[ -f "${ENV_FILE}" ]]; then
+		echo "--- ${ENV_FILE}"
+		cat "${ENV_FILE}"
+	else
+		echo "--- no ${ENV_FILE}"
+	fi
+}
+
+usage() {
+	sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+}
+
+main() {
+	local cmd=${1:-}
+	case "${cmd}" in
+	deps | up | down | pulsar-stop | pulsar-start | status) ;;
+	-h | --help | help)
+		usage
+		return 0
+		;;
+	*)
+		usage >&2
+		return 2
+		;;
+	esac
+	init_paths
+	if [[ "${cmd}" == deps ]]; then
+		cmd_deps
+		return 0
+	fi
+	take_lock
+	case "${cmd}" in
+	up) cmd_up ;;
+	down) cmd_down ;;
+	pulsar-stop) cmd_pulsar_stop ;;
+	pulsar-start) cmd_pulsar_start ;;
+	status) cmd_status ;;
+	esac
+}
+
+main "$@"

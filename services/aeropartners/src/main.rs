@@ -1,0 +1,48 @@
+//! `aeropartners <service>`: the one binary (and one container image) of the platform.
+//! Each subcommand is a thin shell around a bounded context's `run_*` function.
+
+use clap::{Parser, Subcommand};
+use platform::{config::DatabaseConfig, shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aeropartners",
+    version,
+    about = "Aeropartners affiliate-payments platform"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Json, global = true)]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Payments HTTP API (`/pagos`) and its outbox relay.
+    Payments(payments::ApiConfig),
+    /// Payments worker: charges pending payments through the gateway.
+    PaymentsWorker(payments::WorkerConfig),
+    /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
+    Migrate(DatabaseConfig),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_format);
+    let shutdown = shutdown::on_signal();
+    let result = match cli.command {
+        Command::Payments(config) => payments::run_api(config, shutdown).await,
+        Command::PaymentsWorker(config) => payments::run_worker(config, shutdown).await,
+        Command::Migrate(mut config) => {
+            config.migrate_on_start = true;
+            payments::database(&config).await.map(|_| ())
+        }
+    };
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "exiting with an error");
+    }
+    result
+}

@@ -1,0 +1,309 @@
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderName, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use platform::{
+    http::{ApiJson, FieldError, Problem, RequestId, header_value},
+    idempotency::{Claim, IDEMPOTENCY_KEY_HEADER, IdempotencyStore, REPLAYED_HEADER},
+    outbox::{self, OutboxStats},
+};
+use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::dto::{CrearPagoBody, PagoCreado, PagoDetalle, RevertirBody, monto_exacto};
+use crate::{
+    application::{Creacion, ErrorPagos, crear_pago, revertir_pago},
+    domain::NuevoPago,
+    infrastructure::repositorio::{self, EntradaTraza},
+};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub idempotency: IdempotencyStore,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Aeropartners — Pagos", version = "1.0.0",
+         description = "Pagos a afiliados: exactamente una vez, con trazabilidad completa."),
+    tags((name = "pagos", description = "Ciclo de vida de los pagos"))
+)]
+struct PagosDoc;
+
+/// The `/pagos` routes and their OpenAPI document.
+pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(PagosDoc::openapi())
+        .routes(routes!(crear))
+        .routes(routes!(estadisticas_outbox))
+        .routes(routes!(obtener))
+        .routes(routes!(eventos))
+        .routes(routes!(revertir))
+        .with_state(state)
+        .split_for_parts()
+}
+
+impl From<ErrorPagos> for Problem {
+    fn from(error: ErrorPagos) -> Self {
+        match error {
+            ErrorPagos::NoEncontrado => Problem::not_found("Pago no encontrado"),
+            ErrorPagos::ReferenciaEnUso(_) => Problem::conflict(error.to_string()),
+            ErrorPagos::Regla(regla) => Problem::conflict(capitalizar(&regla.to_string())),
+            ErrorPagos::Solicitud(invalida) => Problem::validation(
+                invalida
+                    .0
+                    .into_iter()
+                    .map(|(campo, mensaje)| FieldError::new(campo, mensaje))
+                    .collect(),
+            ),
+            ErrorPagos::Db(db) => Problem::internal(&db),
+        }
+    }
+}
+
+fn capitalizar(texto: &str) -> String {
+    let mut chars = texto.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
+    raw.parse().map_err(|_| {
+        Problem::validation(vec![FieldError::new(
+            "id_pago",
+            format!("'{raw}' no es un UUID válido"),
+        )])
+    })
+}
+
+/// Reads and checks the optional `Idempotency-Key` header.
+fn clave_idempotencia(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default().trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(Problem::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "debe tener entre 1 y 255 caracteres visibles",
+        )]));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn respuesta_json(status: StatusCode, body: &serde_json::Value, replayed: bool) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if status.is_client_error() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header_value(platform::http::PROBLEM_CONTENT_TYPE),
+        );
+    }
+    if replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static(REPLAYED_HEADER),
+            header_value("true"),
+        );
+    }
+    response
+}
+
+/// Accept a payment.
+///
+/// Exactly once per `referencia_pago`: the same request again returns the original payment
+/// with `Idempotent-Replayed: true`; the same reference with other data is a 409. The optional
+/// `Idempotency-Key` header replays the first response (422 if the body differs, 409 while the
+/// first request is still running).
+#[utoipa::path(
+    post, path = "/pagos", tag = "pagos",
+    request_body = CrearPagoBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Clave de idempotencia del cliente (se guarda 24 h)")),
+    responses(
+        (status = 200, description = "Pago aceptado (o el original, si es una repetición)", body = PagoCreado),
+        (status = 400, description = "Solicitud no válida", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "referencia_pago en uso con otros datos, o la primera solicitud con esa clave sigue en curso", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reutilizada con otro cuerpo", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn crear(
+    State(state): State<ApiState>,
+    RequestId(request_id): RequestId,
+    headers: HeaderMap,
+    body: ApiJson<CrearPagoBody>,
+) -> Result<Response, Problem> {
+    let clave = clave_idempotencia(&headers)?;
+    let solicitud = NuevoPago::validar(
+        &body.value.id_afiliado,
+        monto_exacto(&body.value.monto),
+        &body.value.moneda,
+        &body.value.referencia_pago,
+    )
+    .map_err(ErrorPagos::from)?;
+
+    if let Some(clave) = &clave {
+        // Canonical JSON: the same fields in another order or spacing are the same request.
+        let canonical = serde_json::from_slice::<serde_json::Value>(&body.raw)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let huella = IdempotencyStore::fingerprint("POST", "/pagos", canonical.as_bytes());
+        match state
+            .idempotency
+            .claim(clave, &huella)
+            .await
+            .map_err(ErrorPagos::from)?
+        {
+            Claim::Acquired => {}
+            Claim::Replay { status, body } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                return Ok(respuesta_json(status, &body, true));
+            }
+            Claim::InFlight => {
+                return Err(Problem::conflict(
+                    "La primera solicitud con esta Idempotency-Key aún se está procesando; reintente en unos segundos",
+                ));
+            }
+            Claim::Mismatch => {
+                return Err(Problem::unprocessable(
+                    "Esta Idempotency-Key ya se usó con un cuerpo distinto",
+                ));
+            }
+        }
+    }
+
+    let resultado = crear_pago(&state.pool, solicitud, &request_id).await;
+    let (status, cuerpo, repetido) = match resultado {
+        Ok(Creacion::Creado(pago)) => (
+            StatusCode::OK,
+            serde_json::to_value(PagoCreado::from_pago(
+                &pago,
+                "Pago recibido y en cola para procesamiento",
+            )),
+            false,
+        ),
+        Ok(Creacion::Repetido(pago)) => (
+            StatusCode::OK,
+            serde_json::to_value(PagoCreado::from_pago(
+                &pago,
+                "Pago ya registrado con esta referencia_pago; se devuelve el original",
+            )),
+            true,
+        ),
+        Err(error @ ErrorPagos::ReferenciaEnUso(_)) => {
+            let problem = Problem::from(error);
+            (problem.status, serde_json::to_value(&problem), false)
+        }
+        Err(error) => {
+            if let Some(clave) = &clave {
+                // Our failure, not the client's: let the client retry with the same key.
+                if let Err(release) = state.idempotency.release(clave).await {
+                    tracing::error!(error = %release, "cannot release idempotency key");
+                }
+            }
+            return Err(error.into());
+        }
+    };
+    let cuerpo = cuerpo.map_err(|e| Problem::internal(&e))?;
+    if let Some(clave) = &clave {
+        state
+            .idempotency
+            .complete(clave, status.as_u16(), &cuerpo)
+            .await
+            .map_err(ErrorPagos::from)?;
+    }
+    Ok(respuesta_json(status, &cuerpo, repetido))
+}
+
+/// A payment's current state.
+#[utoipa::path(
+    get, path = "/pagos/{id_pago}", tag = "pagos",
+    params(("id_pago" = Uuid, Path, description = "Id del pago")),
+    responses(
+        (status = 200, body = PagoDetalle),
+        (status = 400, description = "Id mal formado", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Pago no encontrado", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn obtener(
+    State(state): State<ApiState>,
+    Path(id_pago): Path<String>,
+) -> Result<Json<PagoDetalle>, Problem> {
+    let id = id_desde_ruta(&id_pago)?;
+    let pago = repositorio::buscar(&state.pool, id)
+        .await
+        .map_err(ErrorPagos::from)?
+        .ok_or(ErrorPagos::NoEncontrado)?;
+    Ok(Json(PagoDetalle::from(&pago)))
+}
+
+/// Everything that happened to a payment, oldest first: reception, processing, gateway answer,
+/// events published, duplicates rejected.
+#[utoipa::path(
+    get, path = "/pagos/{id_pago}/eventos", tag = "pagos",
+    params(("id_pago" = Uuid, Path, description = "Id del pago")),
+    responses(
+        (status = 200, body = [EntradaTraza]),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn eventos(
+    State(state): State<ApiState>,
+    Path(id_pago): Path<String>,
+) -> Result<Json<Vec<EntradaTraza>>, Problem> {
+    let id = id_desde_ruta(&id_pago)?;
+    repositorio::buscar(&state.pool, id)
+        .await
+        .map_err(ErrorPagos::from)?
+        .ok_or(ErrorPagos::NoEncontrado)?;
+    let traza = repositorio::traza(&state.pool, id)
+        .await
+        .map_err(ErrorPagos::from)?;
+    Ok(Json(traza))
+}
+
+/// Outbox health: how many events were published, wait, or failed and are being retried.
+#[utoipa::path(
+    get, path = "/pagos/outbox/estadisticas", tag = "pagos",
+    responses((status = 200, body = OutboxStats))
+)]
+async fn estadisticas_outbox(State(state): State<ApiState>) -> Result<Json<OutboxStats>, Problem> {
+    Ok(Json(
+        outbox::stats(&state.pool).await.map_err(ErrorPagos::from)?,
+    ))
+}
+
+/// Revert a successful payment. Repeating the call returns the same reverted payment.
+#[utoipa::path(
+    patch, path = "/pagos/{id_pago}/revertir", tag = "pagos",
+    request_body = RevertirBody,
+    params(("id_pago" = Uuid, Path, description = "Id del pago")),
+    responses(
+        (status = 200, body = PagoDetalle),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "El pago no está EXITOSO", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn revertir(
+    State(state): State<ApiState>,
+    RequestId(request_id): RequestId,
+    Path(id_pago): Path<String>,
+    body: ApiJson<RevertirBody>,
+) -> Result<Json<PagoDetalle>, Problem> {
+    let id = id_desde_ruta(&id_pago)?;
+    let motivo = body.value.motivo.trim();
+    if motivo.is_empty() || motivo.chars().count() > 500 {
+        return Err(Problem::validation(vec![FieldError::new(
+            "motivo",
+            "debe tener entre 1 y 500 caracteres",
+        )]));
+    }
+    let pago = revertir_pago(&state.pool, id, motivo.to_owned(), &request_id).await?;
+    Ok(Json(PagoDetalle::from(&pago)))
+}

@@ -1,0 +1,170 @@
+//! The worker's use case: charge a pending payment exactly once.
+//!
+//! 1. `PENDIENTE → PROCESANDO` is committed before the gateway is called, so a crash leaves a
+//!    visible mark instead of an invisible charge.
+//! 2. The gateway is called with the payment id as idempotency key.
+//! 3. The result, its trace line and its event are committed together, only if the payment is
+//!    still `PROCESANDO`.
+//!
+//! The message is acknowledged only after step 3. A crash between 2 and 3 leaves the message
+//! unacknowledged; its redelivery finds the payment `PROCESANDO`, calls the gateway again with
+//! the same key (which returns the first answer without charging again) and completes step 3.
+//! A redelivery after step 3 finds the payment past `PROCESANDO` and does nothing.
+
+use std::sync::Arc;
+
+use platform::messaging::{Envelope, EventHandler, HandlerError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    domain::{EstadoPago, ResultadoCobro},
+    infrastructure::{
+        pasarela::{PasarelaDePagos, SolicitudCobro},
+        repositorio,
+    },
+};
+
+pub const CONSUMER_NAME: &str = "payments-worker";
+
+pub struct ProcesadorDePagos {
+    pool: PgPool,
+    pasarela: Arc<dyn PasarelaDePagos>,
+}
+
+fn transient(error: impl Into<anyhow::Error>) -> HandlerError {
+    HandlerError::Transient(error.into())
+}
+
+impl ProcesadorDePagos {
+    pub fn new(pool: PgPool, pasarela: Arc<dyn PasarelaDePagos>) -> Self {
+        Self { pool, pasarela }
+    }
+
+    /// Processes the payment `id_pago` on behalf of an event with correlation id `request_id`.
+    pub async fn procesar(&self, id_pago: Uuid, request_id: &str) -> Result<(), HandlerError> {
+        // Step 1: claim the payment.
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago)
+            .await
+            .map_err(transient)?
+        else {
+            // Outbox rows commit with their payment, so an unknown id is not ours to process.
+            tracing::warn!(%id_pago, "PagoPendiente for an unknown payment; ignored");
+            return Ok(());
+        };
+        match pago.estado {
+            EstadoPago::Pendiente => {
+                pago.iniciar_procesamiento(super::ahora())
+                    .map_err(transient)?;
+                repositorio::actualizar(&mut tx, &pago)
+                    .await
+                    .map_err(transient)?;
+                repositorio::trazar(
+                    &mut tx,
+                    id_pago,
+                    "PROCESAMIENTO_INICIADO",
+                    "El pago pasó a PROCESANDO; se envía a la pasarela",
+                    Some(request_id),
+                )
+                .await
+                .map_err(transient)?;
+            }
+            EstadoPago::Procesando => {
+                // A previous attempt stopped after claiming: finish it with the same key.
+                repositorio::trazar(&mut tx, id_pago, "PROCESAMIENTO_REANUDADO",
+                    "Un intento anterior no terminó; se consulta la pasarela con la misma clave de idempotencia",
+                    Some(request_id))
+                    .await.map_err(transient)?;
+            }
+            ya_procesado => {
+                repositorio::trazar(
+                    &mut tx,
+                    id_pago,
+                    "MENSAJE_REPETIDO_IGNORADO",
+                    &format!(
+                        "Entrega repetida de PagoPendiente ignorada: el pago ya está {ya_procesado}"
+                    ),
+                    Some(request_id),
+                )
+                .await
+                .map_err(transient)?;
+                tx.commit().await.map_err(transient)?;
+                tracing::info!(%id_pago, estado = %ya_procesado, "redelivered payment already processed");
+                return Ok(());
+            }
+        }
+        tx.commit().await.map_err(transient)?;
+
+        // Step 2: charge, idempotently.
+        let resultado = self
+            .pasarela
+            .cobrar(SolicitudCobro {
+                clave_idempotencia: pago.id,
+                id_afiliado: pago.id_afiliado.clone(),
+                dinero: pago.dinero,
+            })
+            .await
+            .map_err(transient)?;
+
+        // Step 3: record the answer and its event, once.
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago)
+            .await
+            .map_err(transient)?
+        else {
+            return Ok(());
+        };
+        if pago.estado != EstadoPago::Procesando {
+            // Another delivery finished it first; its answer came from the same idempotent charge.
+            return Ok(());
+        }
+        let detalle = match &resultado {
+            ResultadoCobro::Aprobado {
+                referencia_transaccion,
+            } => {
+                format!("La pasarela aprobó el cobro ({referencia_transaccion})")
+            }
+            ResultadoCobro::Rechazado { motivo } => {
+                format!("La pasarela rechazó el cobro: {motivo}")
+            }
+        };
+        let evento = pago
+            .registrar_resultado(resultado, super::ahora())
+            .map_err(transient)?;
+        repositorio::actualizar(&mut tx, &pago)
+            .await
+            .map_err(transient)?;
+        repositorio::trazar(
+            &mut tx,
+            id_pago,
+            "RESULTADO_PASARELA",
+            &detalle,
+            Some(request_id),
+        )
+        .await
+        .map_err(transient)?;
+        repositorio::registrar_evento(&mut tx, &evento, request_id)
+            .await
+            .map_err(transient)?;
+        tx.commit().await.map_err(transient)?;
+        tracing::info!(%id_pago, estado = %pago.estado, "payment processed");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for ProcesadorDePagos {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        if envelope.event_type != "PagoPendiente" {
+            return Ok(());
+        }
+        let id_pago: Uuid = envelope.aggregate_id.parse().map_err(|_| {
+            HandlerError::Permanent(format!(
+                "aggregate_id '{}' is not a UUID",
+                envelope.aggregate_id
+            ))
+        })?;
+        self.procesar(id_pago, &envelope.correlation_id).await
+    }
+}

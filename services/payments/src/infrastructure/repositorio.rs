@@ -1,0 +1,211 @@
+//! PostgreSQL persistence of payments. Every state change and the event it emits are written
+//! in one transaction (the outbox row rides along), so neither can exist without the other.
+
+use chrono::{DateTime, Utc};
+use platform::{messaging::Envelope, outbox};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{Dinero, EstadoPago, EventoPago, Moneda, Pago};
+
+pub const AGGREGATE_TYPE: &str = "Pago";
+
+#[derive(sqlx::FromRow)]
+struct FilaPago {
+    id: Uuid,
+    id_afiliado: String,
+    monto: Decimal,
+    moneda: String,
+    referencia_pago: String,
+    estado: String,
+    fecha_creacion: DateTime<Utc>,
+    fecha_actualizacion: DateTime<Utc>,
+    fecha_procesamiento: Option<DateTime<Utc>>,
+    mensaje_error: Option<String>,
+    referencia_transaccion: Option<String>,
+    motivo_reversion: Option<String>,
+    eventos_emitidos: i64,
+}
+
+const COLUMNAS: &str = "id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, \
+    fecha_actualizacion, fecha_procesamiento, mensaje_error, referencia_transaccion, \
+    motivo_reversion, eventos_emitidos";
+
+impl TryFrom<FilaPago> for Pago {
+    type Error = sqlx::Error;
+
+    fn try_from(fila: FilaPago) -> Result<Self, Self::Error> {
+        let corrupt = |what: String| sqlx::Error::Decode(what.into());
+        let moneda: Moneda = fila
+            .moneda
+            .parse()
+            .map_err(|_| corrupt(format!("unknown currency {}", fila.moneda)))?;
+        let estado = EstadoPago::from_code(&fila.estado)
+            .ok_or_else(|| corrupt(format!("unknown state {}", fila.estado)))?;
+        let dinero = Dinero::new(fila.monto, moneda)
+            .map_err(|e| corrupt(format!("stored amount breaks a rule: {e}")))?;
+        Ok(Pago {
+            id: fila.id,
+            id_afiliado: fila.id_afiliado,
+            dinero,
+            referencia_pago: fila.referencia_pago,
+            estado,
+            fecha_creacion: fila.fecha_creacion,
+            fecha_actualizacion: fila.fecha_actualizacion,
+            fecha_procesamiento: fila.fecha_procesamiento,
+            mensaje_error: fila.mensaje_error,
+            referencia_transaccion: fila.referencia_transaccion,
+            motivo_reversion: fila.motivo_reversion,
+            eventos_emitidos: fila.eventos_emitidos,
+        })
+    }
+}
+
+/// Inserts a new payment unless its `referencia_pago` exists. Returns false on conflict; a
+/// concurrent insert of the same reference waits for the other transaction, so exactly one
+/// of any number of simultaneous duplicates wins.
+pub async fn insertar_si_nuevo(tx: &mut PgConnection, pago: &Pago) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, \
+         fecha_creacion, fecha_actualizacion, eventos_emitidos) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (referencia_pago) DO NOTHING",
+    )
+    .bind(pago.id)
+    .bind(&pago.id_afiliado)
+    .bind(pago.dinero.monto())
+    .bind(pago.dinero.moneda().code())
+    .bind(&pago.referencia_pago)
+    .bind(pago.estado.code())
+    .bind(pago.fecha_creacion)
+    .bind(pago.fecha_actualizacion)
+    .bind(pago.eventos_emitidos)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Writes every mutable field of the aggregate.
+pub async fn actualizar(tx: &mut PgConnection, pago: &Pago) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE pagos SET estado = $2, fecha_actualizacion = $3, fecha_procesamiento = $4, \
+         mensaje_error = $5, referencia_transaccion = $6, motivo_reversion = $7, \
+         eventos_emitidos = $8 WHERE id = $1",
+    )
+    .bind(pago.id)
+    .bind(pago.estado.code())
+    .bind(pago.fecha_actualizacion)
+    .bind(pago.fecha_procesamiento)
+    .bind(&pago.mensaje_error)
+    .bind(&pago.referencia_transaccion)
+    .bind(&pago.motivo_reversion)
+    .bind(pago.eventos_emitidos)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn buscar(pool: &PgPool, id: Uuid) -> Result<Option<Pago>, sqlx::Error> {
+    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNAS} FROM pagos WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .map(Pago::try_from)
+    .transpose()
+}
+
+/// Loads and row-locks a payment for a state change within `tx`.
+pub async fn bloquear(tx: &mut PgConnection, id: Uuid) -> Result<Option<Pago>, sqlx::Error> {
+    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNAS} FROM pagos WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(tx)
+    .await?
+    .map(Pago::try_from)
+    .transpose()
+}
+
+pub async fn buscar_por_referencia(
+    tx: &mut PgConnection,
+    referencia_pago: &str,
+) -> Result<Option<Pago>, sqlx::Error> {
+    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNAS} FROM pagos WHERE referencia_pago = $1"
+    )))
+    .bind(referencia_pago)
+    .fetch_optional(tx)
+    .await?
+    .map(Pago::try_from)
+    .transpose()
+}
+
+/// Puts the event in the outbox (same transaction as the state change) and traces it.
+pub async fn registrar_evento(
+    tx: &mut PgConnection,
+    evento: &EventoPago,
+    correlation_id: &str,
+) -> Result<(), sqlx::Error> {
+    let envelope = Envelope {
+        event_id: Uuid::new_v4(),
+        event_type: evento.tipo.nombre().to_owned(),
+        aggregate_type: AGGREGATE_TYPE.to_owned(),
+        aggregate_id: evento.datos.id_pago.to_string(),
+        aggregate_version: evento.secuencia,
+        occurred_at: evento.ocurrido_en,
+        correlation_id: correlation_id.to_owned(),
+        data: serde_json::to_value(&evento.datos).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    };
+    outbox::enqueue(tx, evento.tipo.topic(), &envelope).await
+}
+
+/// Appends a line to the payment's trace.
+pub async fn trazar(
+    tx: &mut PgConnection,
+    id_pago: Uuid,
+    evento: &str,
+    detalle: &str,
+    request_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pago_traza (id_pago, evento, detalle, request_id) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id_pago)
+    .bind(evento)
+    .bind(detalle)
+    .bind(request_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// One line of `GET /pagos/{id}/eventos`.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct EntradaTraza {
+    pub evento: String,
+    pub fecha: DateTime<Utc>,
+    pub detalle: String,
+    pub request_id: Option<String>,
+}
+
+/// The payment's trace merged with its published events, oldest first.
+pub async fn traza(pool: &PgPool, id_pago: Uuid) -> Result<Vec<EntradaTraza>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT evento, fecha, detalle, request_id FROM ( \
+            SELECT evento, fecha, detalle, request_id, 0 AS origen, id AS orden \
+              FROM pago_traza WHERE id_pago = $1 \
+            UNION ALL \
+            SELECT 'EVENTO_PUBLICADO', published_at, \
+                   event_type || ' (v' || aggregate_version || ') publicado en ' || topic, \
+                   envelope->>'correlation_id', 1, id \
+              FROM outbox WHERE aggregate_id = $2 AND published_at IS NOT NULL \
+         ) t ORDER BY fecha, origen, orden",
+    )
+    .bind(id_pago)
+    .bind(id_pago.to_string())
+    .fetch_all(pool)
+    .await
+}

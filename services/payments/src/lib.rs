@@ -1,0 +1,278 @@
+//! The payments bounded context (API.md §3): accept payments exactly once, charge each exactly
+//! once through the `PasarelaDePagos` port, and announce every state change through the outbox.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod infrastructure;
+
+use std::{sync::Arc, time::Duration};
+
+use platform::{
+    config::{DatabaseConfig, HttpConfig, PulsarConfig},
+    db,
+    http::{self, DependencyStatus, Readiness},
+    idempotency::IdempotencyStore,
+    messaging::{self, Broker, Subscription},
+    outbox::Relay,
+};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    application::ProcesadorDePagos,
+    domain::TipoEventoPago,
+    infrastructure::pasarela::{ConfigStripeSimulado, PasarelaDePagos, StripeSimulado},
+};
+
+/// The PostgreSQL schema this context owns.
+pub const SCHEMA: &str = "payments";
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/payments");
+
+/// `aeropartners payments`: the HTTP API and the outbox relay.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub pulsar: PulsarConfig,
+}
+
+/// `aeropartners payments-worker`: consumes `payments.evt.pending` and charges payments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    /// Address of the worker's own /health, /ready and /metrics.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:8011")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub pulsar: PulsarConfig,
+    #[command(flatten)]
+    pub gateway: ConfigStripeSimulado,
+    /// Payments charged in parallel by one worker (the gateway is slow: seconds per charge).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+/// Connects the pool and applies migrations when configured to.
+pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let pool = db::connect(config, SCHEMA).await?;
+    if config.migrate_on_start {
+        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    }
+    Ok(pool)
+}
+
+/// The broker, connected in the background: a service starts (and accepts payments into the
+/// outbox) even while Pulsar is down, and picks the broker up as soon as it answers.
+#[derive(Clone, Default)]
+pub struct LazyBroker(Arc<OnceCell<Broker>>);
+
+impl LazyBroker {
+    pub fn connect_in_background(config: PulsarConfig, shutdown: CancellationToken) -> Self {
+        let lazy = Self::default();
+        let cell = lazy.0.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            while !shutdown.is_cancelled() {
+                match Broker::connect(&config).await {
+                    Ok(broker) => {
+                        let _ = cell.set(broker);
+                        tracing::info!(url = %config.pulsar_url, "connected to Pulsar");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?backoff, "Pulsar not reachable yet");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        lazy
+    }
+
+    pub fn ready(broker: Broker) -> Self {
+        let cell = OnceCell::new();
+        let _ = cell.set(broker);
+        Self(Arc::new(cell))
+    }
+
+    pub async fn wait(&self, shutdown: &CancellationToken) -> Option<Broker> {
+        loop {
+            if let Some(broker) = self.0.get() {
+                return Some(broker.clone());
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    pub fn get(&self) -> Option<&Broker> {
+        self.0.get()
+    }
+}
+
+/// `/ready`: the database answers and is migrated; the broker is checked too, and is required
+/// only where the service cannot work without it.
+pub struct PaymentsReadiness {
+    pub pool: PgPool,
+    pub broker: LazyBroker,
+    pub broker_required: bool,
+}
+
+#[async_trait::async_trait]
+impl Readiness for PaymentsReadiness {
+    async fn check(&self) -> Vec<DependencyStatus> {
+        let database = sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(|_| "answers".to_owned());
+        let migrations = db::migrations_applied(&self.pool, SCHEMA, &MIGRATOR)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|applied| {
+                if applied {
+                    Ok("all applied".to_owned())
+                } else {
+                    Err("pending migrations".to_owned())
+                }
+            });
+        let broker = match self.broker.get() {
+            Some(broker) => broker
+                .check(TipoEventoPago::PagoPendiente.topic())
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("not connected yet".to_owned()),
+        };
+        vec![
+            DependencyStatus::from_result("database", true, database),
+            DependencyStatus::from_result("migrations", true, migrations),
+            DependencyStatus::from_result("broker", self.broker_required, broker),
+        ]
+    }
+}
+
+/// The complete payments HTTP application (used by the binary and by the tests).
+pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
+    let state = api::ApiState {
+        idempotency: IdempotencyStore::new(pool.clone(), "pagos", http.request_timeout * 2),
+        pool: pool.clone(),
+    };
+    let (router, openapi) = api::router(state);
+    let readiness = Arc::new(PaymentsReadiness {
+        pool,
+        broker,
+        broker_required: false,
+    });
+    http::app("payments", router, openapi, readiness, http)
+}
+
+/// Runs the API and the outbox relay until `shutdown`.
+pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = database(&config.database).await?;
+    let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
+    let relay = {
+        let (pool, broker, shutdown) = (pool.clone(), broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Some(broker) = broker.wait(&shutdown).await {
+                Relay::new(pool, broker, SCHEMA).run(shutdown).await;
+            }
+        })
+    };
+    let purge = spawn_idempotency_purge(pool.clone(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+    let app = app(pool, broker, &config.http);
+    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    shutdown.cancel();
+    let _ = tokio::join!(relay, purge);
+    Ok(())
+}
+
+fn spawn_idempotency_purge(
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let store = IdempotencyStore::new(pool, "pagos", Duration::ZERO);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            }
+            if let Err(error) = store.purge_expired().await {
+                tracing::warn!(%error, "cannot purge expired idempotency keys");
+            }
+        }
+    })
+}
+
+/// The worker's subscription to `payments.evt.pending`.
+pub fn worker_subscription(concurrency: usize) -> Subscription {
+    Subscription {
+        topics: vec![TipoEventoPago::PagoPendiente.topic().to_owned()],
+        name: application::CONSUMER_NAME.to_owned(),
+        lanes: concurrency,
+        attempts: 5,
+        max_redeliveries: 10,
+    }
+}
+
+/// Runs the worker with the given gateway until `shutdown`.
+pub async fn run_worker_with(
+    pool: PgPool,
+    broker: LazyBroker,
+    pasarela: Arc<dyn PasarelaDePagos>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let Some(connected) = broker.wait(&shutdown).await else {
+        return;
+    };
+    let handler = Arc::new(ProcesadorDePagos::new(pool, pasarela));
+    messaging::run_consumer(
+        connected,
+        worker_subscription(concurrency),
+        handler,
+        shutdown,
+    )
+    .await;
+}
+
+/// `aeropartners payments-worker`.
+pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = database(&config.database).await?;
+    let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
+    let pasarela: Arc<dyn PasarelaDePagos> = Arc::new(StripeSimulado::new(config.gateway.clone()));
+    let worker = tokio::spawn(run_worker_with(
+        pool.clone(),
+        broker.clone(),
+        pasarela,
+        config.concurrency,
+        shutdown.clone(),
+    ));
+    let http_config = HttpConfig {
+        listen: config.listen,
+        body_limit_bytes: 1024,
+        request_timeout: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let (router, openapi) = utoipa_axum::router::OpenApiRouter::<()>::new().split_for_parts();
+    let readiness = Arc::new(PaymentsReadiness {
+        pool,
+        broker,
+        broker_required: true,
+    });
+    let app = http::app("payments-worker", router, openapi, readiness, &http_config);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    http::serve(listener, app, shutdown.clone(), http_config.shutdown_grace).await?;
+    shutdown.cancel();
+    let _ = worker.await;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Test support: a migrated database from `#[sqlx::test]`, the real Pulsar broker under a
+//! per-test topic prefix, the payments app, and gateway doubles that count charges.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{body::Body, http::Request};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use payments::{
+    LazyBroker,
+    domain::ResultadoCobro,
+    infrastructure::pasarela::{ErrorPasarela, PasarelaDePagos, SolicitudCobro},
+};
+use platform::{
+    config::{HttpConfig, PulsarConfig},
+    messaging::{Broker, Envelope},
+};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// A pool on the test database whose connections live in the payments schema, migrated.
+pub async fn migrated_pool(options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
+    let pool = options
+        .max_connections(20)
+        .connect_with(platform::db::with_schema(connect, payments::SCHEMA))
+        .await
+        .expect("test database reachable");
+    platform::db::migrate(&pool, payments::SCHEMA, &payments::MIGRATOR)
+        .await
+        .expect("migrations apply");
+    pool
+}
+
+pub fn http_config() -> HttpConfig {
+    HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        body_limit_bytes: 64 * 1024,
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Pulsar settings for a test: the real broker of `PULSAR_URL`, with a fresh topic prefix so
+/// tests never see each other's events.
+pub fn pulsar_config() -> PulsarConfig {
+    PulsarConfig {
+        pulsar_url: std::env::var("PULSAR_URL")
+            .expect("PULSAR_URL must point at the real broker (make test starts one)"),
+        pulsar_namespace: "public/default".into(),
+        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+    }
+}
+
+pub async fn broker(config: &PulsarConfig) -> Broker {
+    Broker::connect(config).await.expect("Pulsar reachable")
+}
+
+/// The app with no broker at all: enough for everything the HTTP API does alone.
+pub fn app_without_broker(pool: &PgPool) -> platform::http::App {
+    payments::app(pool.clone(), LazyBroker::default(), &http_config())
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// Sends one request through the app (no socket) and decodes the JSON answer.
+pub async fn call(
+    app: &platform::http::App,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn pago_json(referencia: &str, monto: &str) -> String {
+    format!(
+        r#"{{"id_afiliado":"afiliado-1","monto":{monto},"moneda":"USD","referencia_pago":"{referencia}"}}"#
+    )
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn estado(pool: &PgPool, id: Uuid) -> String {
+    sqlx::query_scalar("SELECT estado FROM pagos WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `limit`. A liveness
+/// bound for asynchronous work, not a speed assertion.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How the double answers a charge.
+#[derive(Clone, Copy)]
+pub enum Decision {
+    Approve,
+    Refuse,
+}
+
+/// A gateway double that behaves like Stripe with idempotency keys: the first call with a key
+/// creates a charge, later calls return the stored answer. It counts both.
+pub struct CountingGateway {
+    decision: Decision,
+    results: Mutex<HashMap<Uuid, ResultadoCobro>>,
+    pub calls: AtomicUsize,
+    pub charges: AtomicUsize,
+    /// While set, a call records its charge and then never returns (a crash after the
+    /// gateway call, before the commit).
+    hang_after_charge: std::sync::atomic::AtomicBool,
+    /// While > 0, calls wait here before charging (to observe PROCESANDO).
+    gate: tokio::sync::Semaphore,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+impl CountingGateway {
+    pub fn new(decision: Decision) -> Arc<Self> {
+        Arc::new(Self {
+            decision,
+            results: Mutex::default(),
+            calls: AtomicUsize::new(0),
+            charges: AtomicUsize::new(0),
+            hang_after_charge: false.into(),
+            gate: tokio::sync::Semaphore::new(0),
+            gated: false.into(),
+        })
+    }
+
+    pub fn charges(&self) -> usize {
+        self.charges.load(Ordering::SeqCst)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn charges_for(&self, id: Uuid) -> Option<ResultadoCobro> {
+        self.results.lock().unwrap().get(&id).cloned()
+    }
+
+    pub fn hang_after_charge(&self, on: bool) {
+        self.hang_after_charge.store(on, Ordering::SeqCst);
+    }
+
+    pub fn close_gate(&self) {
+        self.gated.store(true, Ordering::SeqCst);
+    }
+
+    pub fn open_gate(&self) {
+        self.gated.store(false, Ordering::SeqCst);
+        self.gate.add_permits(1_000);
+    }
+}
+
+#[async_trait::async_trait]
+impl PasarelaDePagos for CountingGateway {
+    async fn cobrar(&self, solicitud: SolicitudCobro) -> Result<ResultadoCobro, ErrorPasarela> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.gated.load(Ordering::SeqCst) {
+            let _permit = self.gate.acquire().await.expect("gate never closes");
+        }
+        let result = {
+            let mut results = self.results.lock().unwrap();
+            results
+                .entry(solicitud.clave_idempotencia)
+                .or_insert_with(|| {
+                    self.charges.fetch_add(1, Ordering::SeqCst);
+                    match self.decision {
+                        Decision::Approve => ResultadoCobro::Aprobado {
+                            referencia_transaccion: format!(
+                                "txn_{:06}",
+                                self.charges.load(Ordering::SeqCst)
+                            ),
+                        },
+                        Decision::Refuse => ResultadoCobro::Rechazado {
+                            motivo: "Fondos insuficientes".into(),
+                        },
+                    }
+                })
+                .clone()
+        };
+        if self.hang_after_charge.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(result)
+    }
+}
+
+/// Reads every event published under `config`'s prefix on `topics` until `done` says enough.
+pub async fn collect_events(
+    config: &PulsarConfig,
+    topics: &[&str],
+    limit: Duration,
+    done: impl Fn(&[(String, Envelope)]) -> bool,
+) -> Vec<(String, Envelope)> {
+    let broker = broker(config).await;
+    let full: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
+    let mut consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
+        .client()
+        .consumer()
+        .with_topics(&full)
+        .with_subscription(format!("test-observer-{}", Uuid::new_v4()))
+        .with_subscription_type(pulsar::SubType::Exclusive)
+        .with_options(pulsar::ConsumerOptions {
+            initial_position: pulsar::consumer::InitialPosition::Earliest,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("observer subscribes");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(&seen) {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "events not observed within {limit:?}: {seen:?}"
+        );
+        match tokio::time::timeout(remaining, consumer.next()).await {
+            Ok(Some(Ok(message))) => {
+                consumer.ack(&message).await.unwrap();
+                let envelope: Envelope = serde_json::from_slice(&message.payload.data).unwrap();
+                let topic = topics
+                    .iter()
+                    .find(|t| message.topic.ends_with(*t))
+                    .map_or(message.topic.clone(), |t| (*t).to_owned());
+                seen.push((topic, envelope));
+            }
+            Ok(other) => panic!("observer stream failed: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    seen
+}

@@ -1,0 +1,241 @@
+//! The whole payment lifecycle against the real PostgreSQL and the real Pulsar broker: API →
+//! outbox → relay → `payments.evt.pending` → worker → gateway → outbox → result events.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use payments::{LazyBroker, run_worker_with};
+use platform::outbox::Relay;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const ALL_TOPICS: [&str; 4] = [
+    "payments.evt.pending",
+    "payments.evt.completed",
+    "payments.evt.failed",
+    "payments.evt.reverted",
+];
+
+/// Relay and worker running against the real broker under a fresh topic prefix.
+struct Running {
+    pulsar: platform::config::PulsarConfig,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(pool: &PgPool, gateway: Arc<CountingGateway>) -> Running {
+    let pulsar = pulsar_config();
+    let shutdown = CancellationToken::new();
+    let broker = broker(&pulsar).await;
+    tokio::spawn(Relay::new(pool.clone(), broker.clone(), payments::SCHEMA).run(shutdown.clone()));
+    tokio::spawn(run_worker_with(
+        pool.clone(),
+        LazyBroker::ready(broker),
+        gateway,
+        8,
+        shutdown.clone(),
+    ));
+    Running { pulsar, shutdown }
+}
+
+async fn create(app: &platform::http::App, referencia: &str) -> Uuid {
+    let answer = call(
+        app,
+        "POST",
+        "/pagos",
+        Some(&pago_json(referencia, "250.50")),
+        &[("x-request-id", referencia)],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    answer.body["id_pago"].as_str().unwrap().parse().unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_payment_goes_pending_processing_successful_with_ordered_events(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    gateway.close_gate();
+    let running = start(&pool, gateway.clone()).await;
+    let app = app_without_broker(&pool);
+
+    let id = create(&app, "life-ok").await;
+    assert_eq!(estado(&pool, id).await, "PENDIENTE");
+    // The gateway holds the charge: the payment must be seen, persisted, as PROCESANDO.
+    eventually("PROCESANDO persisted", Duration::from_secs(30), || async {
+        estado(&pool, id).await == "PROCESANDO"
+    })
+    .await;
+    gateway.open_gate();
+    eventually("EXITOSO persisted", Duration::from_secs(30), || async {
+        estado(&pool, id).await == "EXITOSO"
+    })
+    .await;
+
+    let detalle = call(&app, "GET", &format!("/pagos/{id}"), None, &[])
+        .await
+        .body;
+    assert!(detalle["mensaje_error"].is_null());
+    assert!(
+        detalle["referencia_transaccion"]
+            .as_str()
+            .unwrap()
+            .starts_with("txn_")
+    );
+    assert!(detalle["fecha_procesamiento"].is_string());
+
+    let events = collect_events(
+        &running.pulsar,
+        &ALL_TOPICS,
+        Duration::from_secs(30),
+        |seen| seen.len() >= 2,
+    )
+    .await;
+    let summary: Vec<(&str, &str, i64)> = events
+        .iter()
+        .map(|(topic, e)| (topic.as_str(), e.event_type.as_str(), e.aggregate_version))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("payments.evt.pending", "PagoPendiente", 1),
+            ("payments.evt.completed", "PagoExitoso", 2),
+        ]
+    );
+    for (_, envelope) in &events {
+        assert_eq!(envelope.aggregate_id, id.to_string());
+        assert_eq!(envelope.aggregate_type, "Pago");
+        assert_eq!(envelope.correlation_id, "life-ok");
+        assert_eq!(envelope.data["id_pago"], id.to_string());
+        assert_eq!(envelope.data["monto"], 250.5);
+        assert_eq!(envelope.data["moneda"], "USD");
+        assert_eq!(envelope.data["referencia_pago"], "life-ok");
+    }
+    assert_eq!(events[1].1.data["estado"], "EXITOSO");
+    assert!(events[1].1.data["referencia_transaccion"].is_string());
+    assert_eq!(gateway.charges(), 1);
+
+    let traza = call(&app, "GET", &format!("/pagos/{id}/eventos"), None, &[])
+        .await
+        .body;
+    let pasos: Vec<&str> = traza
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["evento"].as_str().unwrap())
+        .collect();
+    for paso in [
+        "PAGO_RECIBIDO",
+        "PROCESAMIENTO_INICIADO",
+        "RESULTADO_PASARELA",
+        "EVENTO_PUBLICADO",
+    ] {
+        assert!(pasos.contains(&paso), "{paso} missing from {pasos:?}");
+    }
+    let stats = call(&app, "GET", "/pagos/outbox/estadisticas", None, &[])
+        .await
+        .body;
+    assert_eq!(stats["eventos_procesados"], 2);
+    assert_eq!(
+        stats["eventos_pendientes"].as_i64().unwrap() + stats["eventos_fallidos"].as_i64().unwrap(),
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_refused_charge_ends_failed_with_its_message(o: PgPoolOptions, c: PgConnectOptions) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Refuse);
+    let running = start(&pool, gateway.clone()).await;
+    let app = app_without_broker(&pool);
+
+    let id = create(&app, "life-ko").await;
+    eventually("FALLIDO persisted", Duration::from_secs(30), || async {
+        estado(&pool, id).await == "FALLIDO"
+    })
+    .await;
+    let detalle = call(&app, "GET", &format!("/pagos/{id}"), None, &[])
+        .await
+        .body;
+    assert_eq!(detalle["mensaje_error"], "Fondos insuficientes");
+    assert!(detalle["referencia_transaccion"].is_null());
+
+    let events = collect_events(
+        &running.pulsar,
+        &ALL_TOPICS,
+        Duration::from_secs(30),
+        |seen| seen.len() >= 2,
+    )
+    .await;
+    assert_eq!(events[1].0, "payments.evt.failed");
+    assert_eq!(events[1].1.event_type, "PagoFallido");
+    assert_eq!(events[1].1.data["mensaje_error"], "Fondos insuficientes");
+
+    // A failed payment cannot be reverted; a successful one could (tested in api.rs).
+    let revert = call(
+        &app,
+        "PATCH",
+        &format!("/pagos/{id}/revertir"),
+        Some(r#"{"motivo":"x"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(revert.status, 409);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_reversal_is_published_after_the_success(o: PgPoolOptions, c: PgConnectOptions) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    let running = start(&pool, gateway.clone()).await;
+    let app = app_without_broker(&pool);
+    let id = create(&app, "life-rev").await;
+    eventually("EXITOSO", Duration::from_secs(30), || async {
+        estado(&pool, id).await == "EXITOSO"
+    })
+    .await;
+    let reverted = call(
+        &app,
+        "PATCH",
+        &format!("/pagos/{id}/revertir"),
+        Some(r#"{"motivo":"contracargo"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(reverted.status, 200);
+    let events = collect_events(
+        &running.pulsar,
+        &ALL_TOPICS,
+        Duration::from_secs(30),
+        |seen| seen.len() >= 3,
+    )
+    .await;
+    let order: Vec<(&str, i64)> = events
+        .iter()
+        .map(|(_, e)| (e.event_type.as_str(), e.aggregate_version))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("PagoPendiente", 1),
+            ("PagoExitoso", 2),
+            ("PagoRevertido", 3)
+        ]
+    );
+    assert_eq!(events[2].0, "payments.evt.reverted");
+    assert_eq!(events[2].1.data["estado"], "REVERSADO");
+}

@@ -1,0 +1,208 @@
+//! Exactly-once charging under redelivery and crashes, against the real database and broker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use payments::{LazyBroker, application::ProcesadorDePagos, run_worker_with};
+use platform::messaging::{Envelope, EventHandler};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+async fn pending_envelope(pool: &sqlx::PgPool) -> (Uuid, Envelope) {
+    let app = app_without_broker(pool);
+    let answer = call(
+        &app,
+        "POST",
+        "/pagos",
+        Some(&pago_json(&Uuid::new_v4().to_string(), "77")),
+        &[],
+    )
+    .await;
+    let id: Uuid = answer.body["id_pago"].as_str().unwrap().parse().unwrap();
+    let envelope: sqlx::types::Json<Envelope> =
+        sqlx::query_scalar("SELECT envelope FROM outbox WHERE aggregate_id = $1")
+            .bind(id.to_string())
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (id, envelope.0)
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_same_pending_event_twice_and_after_success_charges_once(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    let handler = ProcesadorDePagos::new(pool.clone(), gateway.clone());
+    let (id, envelope) = pending_envelope(&pool).await;
+
+    // Two deliveries at the same instant (two replicas got the message).
+    let (a, b) = tokio::join!(
+        handler.handle(envelope.clone()),
+        handler.handle(envelope.clone())
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(estado(&pool, id).await, "EXITOSO");
+    // And once more, long after it succeeded.
+    handler.handle(envelope.clone()).await.unwrap();
+
+    assert_eq!(gateway.charges(), 1, "the gateway charged once");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'PagoExitoso'"
+        )
+        .await,
+        1
+    );
+    let ignored = count(
+        &pool,
+        "SELECT count(*) FROM pago_traza WHERE evento = 'MENSAJE_REPETIDO_IGNORADO'",
+    )
+    .await;
+    assert!(ignored >= 1, "the redelivery is traced");
+}
+
+#[sqlx::test(migrations = false)]
+async fn duplicated_messages_on_the_real_broker_charge_once(o: PgPoolOptions, c: PgConnectOptions) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    let pulsar = pulsar_config();
+    let broker = broker(&pulsar).await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(run_worker_with(
+        pool.clone(),
+        LazyBroker::ready(broker.clone()),
+        gateway.clone(),
+        4,
+        shutdown.clone(),
+    ));
+
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (id, envelope) = pending_envelope(&pool).await;
+        // No relay runs here: the test publishes every event three times itself.
+        for _ in 0..3 {
+            broker
+                .publish("payments.evt.pending", std::slice::from_ref(&envelope))
+                .await
+                .unwrap();
+        }
+        ids.push(id);
+    }
+    for id in &ids {
+        eventually("payment processed", Duration::from_secs(30), || async {
+            estado(&pool, *id).await == "EXITOSO"
+        })
+        .await;
+    }
+    // Let every duplicate be consumed: 15 deliveries, 5 effects.
+    eventually("duplicates consumed", Duration::from_secs(30), || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM pago_traza WHERE evento = 'MENSAJE_REPETIDO_IGNORADO'",
+        )
+        .await
+            == 10
+    })
+    .await;
+    assert_eq!(gateway.charges(), 5);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'PagoExitoso'"
+        )
+        .await,
+        5
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_stopped_between_charge_and_commit_never_charges_twice(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    let pulsar = pulsar_config();
+    let (id, envelope) = pending_envelope(&pool).await;
+    broker(&pulsar)
+        .await
+        .publish("payments.evt.pending", &[envelope])
+        .await
+        .unwrap();
+
+    // Worker #1 charges, then dies before it commits the result or acks the message.
+    gateway.hang_after_charge(true);
+    let first = CancellationToken::new();
+    let first_broker = broker(&pulsar).await;
+    let crashed = tokio::spawn(run_worker_with(
+        pool.clone(),
+        LazyBroker::ready(first_broker),
+        gateway.clone(),
+        4,
+        first.clone(),
+    ));
+    eventually("first charge", Duration::from_secs(30), || async {
+        gateway.charges() == 1
+    })
+    .await;
+    assert_eq!(estado(&pool, id).await, "PROCESANDO");
+    first.cancel(); // closes its consumer: the unacked message goes back to the broker
+    tokio::time::timeout(Duration::from_secs(20), crashed)
+        .await
+        .expect("worker #1 stops")
+        .unwrap();
+    assert_eq!(
+        estado(&pool, id).await,
+        "PROCESANDO",
+        "nothing was committed after the charge"
+    );
+
+    // Worker #2 starts, gets the redelivered message and finishes the same charge.
+    gateway.hang_after_charge(false);
+    let second = CancellationToken::new();
+    let _stop = second.clone().drop_guard();
+    tokio::spawn(run_worker_with(
+        pool.clone(),
+        LazyBroker::ready(broker(&pulsar).await),
+        gateway.clone(),
+        4,
+        second,
+    ));
+    eventually("EXITOSO after restart", Duration::from_secs(60), || async {
+        estado(&pool, id).await == "EXITOSO"
+    })
+    .await;
+
+    assert_eq!(gateway.charges(), 1, "charged once across the crash");
+    assert!(
+        gateway.calls() >= 2,
+        "the restarted worker asked the gateway again, with the same key"
+    );
+    let reference: String =
+        sqlx::query_scalar("SELECT referencia_transaccion FROM pagos WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    match gateway.charges_for(id) {
+        Some(payments::domain::ResultadoCobro::Aprobado {
+            referencia_transaccion,
+        }) => assert_eq!(reference, referencia_transaccion),
+        other => panic!("unexpected charge {other:?}"),
+    }
+    let pasos = count(
+        &pool,
+        "SELECT count(*) FROM pago_traza WHERE evento = 'PROCESAMIENTO_REANUDADO'",
+    )
+    .await;
+    assert_eq!(pasos, 1);
+}

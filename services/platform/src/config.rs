@@ -1,0 +1,87 @@
+//! Typed configuration shared by every service. Every key is a flag and an environment
+//! variable; `.env.example` at the repository root documents them all.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Settings every HTTP service needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpConfig {
+    /// Address the HTTP server binds to.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes; larger bodies get a 413 problem.
+    #[arg(long, env = "HTTP_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+    /// A request that takes longer than this is answered with 503 and abandoned.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests and background work before exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Settings of the PostgreSQL connection pool.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL (one database, one schema per bounded context).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Upper bound of pooled connections per process.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    /// Apply pending migrations at start-up (safe with several replicas: they serialise on a lock).
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+}
+
+/// Settings of the Apache Pulsar client.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PulsarConfig {
+    /// Pulsar broker URL.
+    #[arg(long, env = "PULSAR_URL", default_value = "pulsar://127.0.0.1:6650")]
+    pub pulsar_url: String,
+    /// Pulsar namespace (`tenant/namespace`) every topic lives in.
+    #[arg(long, env = "PULSAR_NAMESPACE", default_value = "public/default")]
+    pub pulsar_namespace: String,
+    /// Prefix put before every topic name; lets test runs and tenants share one broker.
+    #[arg(long, env = "PULSAR_TOPIC_PREFIX", default_value = "")]
+    pub pulsar_topic_prefix: String,
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(split) => raw.split_at(split),
+        None => (raw, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration such as 500ms, 5s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{raw}`")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{raw}` is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! PostgreSQL access: one pool per bounded context whose connections see only the context's
+//! schema, and migrations that several replicas may run at the same time.
+
+use std::{borrow::Cow, str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DatabaseConfig;
+
+/// Tables every context gets in its own schema: outbox, inbox and idempotency keys.
+static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/platform");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating schema `{schema}` failed: {source}")]
+    Migrate {
+        schema: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Connection options whose `search_path` is the context's schema, so the context's SQL names
+/// its own tables without qualification and cannot see another context's by accident.
+pub fn connect_options(database_url: &str, schema: &str) -> Result<PgConnectOptions, DbError> {
+    let options = PgConnectOptions::from_str(database_url).map_err(DbError::InvalidUrl)?;
+    Ok(with_schema(options, schema))
+}
+
+/// Points an existing set of options (e.g. the ones `#[sqlx::test]` hands out) at a schema.
+pub fn with_schema(options: PgConnectOptions, schema: &str) -> PgConnectOptions {
+    options
+        .options([("search_path", schema)])
+        .application_name(&format!("aeropartners-{schema}"))
+}
+
+/// Opens the context's pool.
+pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, DbError> {
+    let options = connect_options(&config.database_url, schema)?;
+    PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Creates the schema if needed, then applies the platform tables and the context's own
+/// migrations inside it. Each migrator keeps its history in a table of that schema, and the
+/// migrator's advisory lock serialises replicas that start together.
+pub async fn migrate(pool: &PgPool, schema: &str, context: &Migrator) -> Result<(), DbError> {
+    let fail = |source| DbError::Migrate {
+        schema: schema.to_owned(),
+        source,
+    };
+    let mut platform = clone_migrator(&PLATFORM_MIGRATIONS);
+    platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
+    platform.create_schema(schema.to_owned());
+    platform.run(pool).await.map_err(fail)?;
+
+    let mut own = clone_migrator(context);
+    own.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    own.create_schema(schema.to_owned());
+    own.run(pool).await.map_err(fail)?;
+    Ok(())
+}
+
+/// True when every migration of both migrators is recorded as applied: `/ready` uses it so
+/// a pod never takes traffic against an older schema.
+pub async fn migrations_applied(
+    pool: &PgPool,
+    schema: &str,
+    context: &Migrator,
+) -> Result<bool, DbError> {
+    for (table, migrator) in [
+        ("_platform_migrations", &PLATFORM_MIGRATIONS),
+        ("_sqlx_migrations", context),
+    ] {
+        let qualified = format!("{schema}.{table}");
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&qualified)
+            .fetch_one(pool)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let applied: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT version FROM {qualified} WHERE success"
+        )))
+        .fetch_all(pool)
+        .await?;
+        if migrator.iter().any(|m| !applied.contains(&m.version)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn clone_migrator(source: &Migrator) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(source.migrations.to_vec()),
+        ignore_missing: source.ignore_missing,
+        locking: source.locking,
+        no_tx: source.no_tx,
+        table_name: source.table_name.clone(),
+        create_schemas: source.create_schemas.clone(),
+    }
+}

@@ -1,0 +1,162 @@
+//! `ApiJson<T>`: the JSON body extractor every handler uses. Every way a body can be wrong
+//! (not JSON, wrong content type, too large, missing field, wrong type) becomes a problem+json
+//! naming the field, instead of axum's plain-text rejection.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request, rejection::BytesRejection},
+    http::{StatusCode, header},
+};
+use serde::de::DeserializeOwned;
+
+use super::problem::{FieldError, Problem};
+
+/// A JSON request body, deserialised with the path of the offending field on error.
+/// The raw bytes are kept so handlers can fingerprint exactly what the client sent.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(&request) {
+            return Err(Problem::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        let raw = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection: BytesRejection| Problem::from_status(rejection.status()))?;
+        let value = parse(&raw)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Deserialises `raw` into `T`, mapping serde's errors to a 400 problem with field errors.
+pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Problem> {
+    match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(Problem::bad_request("El cuerpo de la solicitud está vacío")),
+        // serde would accept `["a", 10, ...]` as a struct by position; the API only takes objects.
+        Some(b'{') => {}
+        Some(_) => return Err(Problem::bad_request("El cuerpo debe ser un objeto JSON")),
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(describe)?;
+    deserializer
+        .end()
+        .map_err(|_| Problem::bad_request("El cuerpo contiene datos después del JSON"))?;
+    Ok(value)
+}
+
+fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            Problem::bad_request(format!(
+                "El cuerpo no es JSON válido (línea {}, columna {})",
+                inner.line(),
+                inner.column()
+            ))
+        }
+        serde_json::error::Category::Io => Problem::bad_request("No se pudo leer el cuerpo"),
+        serde_json::error::Category::Data => {
+            Problem::validation(vec![field_error(&path, &inner.to_string())])
+        }
+    }
+}
+
+/// Turns serde's English message into a field name and a Spanish sentence.
+fn field_error(path: &str, message: &str) -> FieldError {
+    // serde reports a missing field at the parent path, with the name in backticks.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let field = if path == "." || path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
+        return FieldError::new(field, "es obligatorio");
+    }
+    let field = if path == "." || path.is_empty() {
+        "body".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let spanish = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        format!("tipo de dato no válido ({rest})")
+    } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+        format!("valor no permitido: {rest}")
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        format!("valor no válido ({rest})")
+    } else {
+        message.to_owned()
+    };
+    FieldError::new(field, spanish)
+}
+
+fn has_json_content_type(request: &Request) -> bool {
+    let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(content_type) = content_type.to_str() else {
+        return false;
+    };
+    let Ok(mime) = content_type.parse::<mime::Mime>() else {
+        return false;
+    };
+    mime.type_() == "application"
+        && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        amount: f64,
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let problem = parse::<Body>(br#"{"name":"x"}"#).unwrap_err();
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            problem.errors,
+            vec![FieldError::new("amount", "es obligatorio")]
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let problem = parse::<Body>(br#"{"name":"x","amount":"10"}"#).unwrap_err();
+        assert_eq!(problem.errors[0].field, "amount");
+        assert!(
+            problem.errors[0]
+                .message
+                .starts_with("tipo de dato no válido")
+        );
+    }
+
+    #[test]
+    fn malformed_and_empty_bodies_are_bad_requests() {
+        for raw in [
+            &b"{\"name\":"[..],
+            b"",
+            b"   ",
+            br#"{"name":"x","amount":1} trailing"#,
+        ] {
+            let problem = parse::<Body>(raw).unwrap_err();
+            assert_eq!(problem.status, StatusCode::BAD_REQUEST, "{raw:?}");
+            assert!(problem.errors.is_empty(), "{raw:?}");
+        }
+    }
+}

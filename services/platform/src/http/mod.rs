@@ -1,0 +1,280 @@
+//! HTTP plumbing shared by every service: the layers (request id, tracing span, metrics,
+//! timeout, body limit, panic guard, problem+json for every error), the operational endpoints
+//! (`/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`) and graceful serving.
+
+mod json;
+mod problem;
+mod request_id;
+
+use std::{
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus::{HistogramVec, IntCounterVec};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tower::{
+    Layer, ServiceBuilder,
+    util::{MapRequest, MapRequestLayer},
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+use utoipa::openapi::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use json::{ApiJson, parse as parse_json};
+pub use problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem, ProblemDetails};
+pub use request_id::{REQUEST_ID_HEADER, RequestId};
+
+use crate::{config::HttpConfig, telemetry};
+
+/// The state of one dependency as `/ready` reports it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DependencyStatus {
+    pub name: String,
+    pub ok: bool,
+    /// A required dependency that fails makes the service unready (503). An optional one is
+    /// reported but does not: e.g. the payments API keeps accepting payments while the broker
+    /// is down, because the outbox holds the events until it is back.
+    pub required: bool,
+    pub detail: String,
+}
+
+impl DependencyStatus {
+    pub fn from_result<E: std::fmt::Display>(
+        name: &str,
+        required: bool,
+        result: Result<String, E>,
+    ) -> Self {
+        let (ok, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(error) => (false, error.to_string()),
+        };
+        Self {
+            name: name.to_owned(),
+            ok,
+            required,
+            detail,
+        }
+    }
+}
+
+/// What `/ready` asks: each service says which dependencies must work before it takes traffic.
+#[async_trait::async_trait]
+pub trait Readiness: Send + Sync + 'static {
+    async fn check(&self) -> Vec<DependencyStatus>;
+}
+
+/// A service's router wrapped so `/pagos` and `/pagos/` are the same resource (no redirect).
+pub type App = MapRequest<Router, fn(Request) -> Request>;
+
+/// Builds the complete application of a service: its API router plus the operational endpoints
+/// and the platform layers. `openapi` is the service's document (served at `/openapi.json`).
+pub fn app(
+    service: &'static str,
+    api: Router,
+    openapi: OpenApi,
+    readiness: Arc<dyn Readiness>,
+    config: &HttpConfig,
+) -> App {
+    let operational = Router::new()
+        .route("/health", get(move || health(service)))
+        .route("/ready", get(ready).with_state(readiness))
+        .route("/metrics", get(metrics));
+
+    let router = api
+        .merge(operational)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(|| async { Problem::from_status(StatusCode::NOT_FOUND) })
+        .layer(middleware::from_fn(record_metrics))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    HeaderName::from_static(REQUEST_ID_HEADER),
+                    MakeRequestUuid,
+                ))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+                    REQUEST_ID_HEADER,
+                )))
+                .layer(middleware::from_fn(problem_for_bare_errors))
+                .layer(CatchPanicLayer::custom(|_| {
+                    Problem::internal(&"handler panicked").into_response()
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    config.request_timeout,
+                ))
+                .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
+        );
+    MapRequestLayer::new(trim_trailing_slash as fn(Request) -> Request).layer(router)
+}
+
+/// `/pagos/` → `/pagos` before routing, so both spellings reach the same handler without a
+/// redirect. Swagger UI's own paths are left alone: it redirects `/docs` to `/docs/`.
+fn trim_trailing_slash(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if path.len() <= 1 || !path.ends_with('/') || path.starts_with("/docs") {
+        return request;
+    }
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(value) = path_and_query.parse() {
+        parts.path_and_query = Some(value);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+async fn health(service: &'static str) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "healthy", "service": service }))
+}
+
+async fn ready(State(readiness): State<Arc<dyn Readiness>>) -> Response {
+    let checks = readiness.check().await;
+    let ok = checks.iter().all(|c| c.ok || !c.required);
+    let degraded = checks.iter().any(|c| !c.ok);
+    let body = serde_json::json!({
+        "status": match (ok, degraded) { (false, _) => "not_ready", (true, true) => "degraded", (true, false) => "ready" },
+        "checks": checks,
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::render(),
+    )
+}
+
+static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    telemetry::counter_vec(
+        "http_requests_total",
+        "HTTP requests by method, matched route and status",
+        &["method", "route", "status"],
+    )
+});
+
+static HTTP_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    telemetry::histogram_vec(
+        "http_request_duration_seconds",
+        "HTTP request latency by method and matched route",
+        &["method", "route"],
+    )
+});
+
+/// Labels by the *matched route* (`/pagos/{id_pago}`), never the raw path, so ids do not
+/// explode the metric's cardinality.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    HTTP_LATENCY
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    HTTP_REQUESTS
+        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Errors produced by layers rather than handlers (timeout, body limit, unknown method) come
+/// with an empty or plain-text body; give them the same problem+json shape as everything else.
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if is_json {
+        return response;
+    }
+    let mut problem = Problem::from_status(status).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting connections
+/// and waits (at most `grace`) for in-flight requests to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    let drained = shutdown.clone();
+    let server = axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(async move { drained.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Header value helper for handlers.
+pub fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}

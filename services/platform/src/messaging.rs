@@ -1,0 +1,442 @@
+//! Apache Pulsar: the event envelope of API.md §7, a publisher that never batches (every
+//! message is confirmed on its own), and a consumer runner that survives broker restarts,
+//! keeps per-key order while processing keys in parallel, retries with backoff and dead-letters
+//! what keeps failing.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use prometheus::IntCounterVec;
+use pulsar::{
+    ConnectionRetryOptions, ConsumerOptions, OperationRetryOptions, Producer, ProducerOptions,
+    Pulsar, SubType, TokioExecutor, consumer::DeadLetterPolicy, consumer::InitialPosition,
+    proto::MessageIdData,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{config::PulsarConfig, telemetry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    #[error("Pulsar is unreachable: {0}")]
+    Broker(#[from] pulsar::Error),
+    #[error("Pulsar did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("event cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The JSON envelope every event travels in (API.md §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Position of this event in its aggregate's history: 1, 2, 3...
+    pub aggregate_version: i64,
+    pub occurred_at: DateTime<Utc>,
+    /// The request id of the request that caused the event.
+    pub correlation_id: String,
+    pub data: serde_json::Value,
+}
+
+/// A connected Pulsar client plus the naming rules for topics.
+#[derive(Clone)]
+pub struct Broker {
+    client: Pulsar<TokioExecutor>,
+    namespace: String,
+    prefix: String,
+    producers: Arc<Mutex<HashMap<String, Producer<TokioExecutor>>>>,
+}
+
+/// How long any single broker round trip may take before we give up and retry later.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Broker {
+    pub async fn connect(config: &PulsarConfig) -> Result<Self, MessagingError> {
+        let client = Pulsar::builder(config.pulsar_url.clone(), TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                max_retries: 5,
+                connection_timeout: Duration::from_secs(5),
+                keep_alive: Duration::from_secs(30),
+                ..ConnectionRetryOptions::default()
+            })
+            .with_operation_retry_options(OperationRetryOptions {
+                operation_timeout: OPERATION_TIMEOUT,
+                retry_delay: Duration::from_millis(500),
+                max_retries: Some(3),
+            })
+            .build()
+            .await?;
+        Ok(Self {
+            client,
+            namespace: config.pulsar_namespace.clone(),
+            prefix: config.pulsar_topic_prefix.clone(),
+            producers: Arc::default(),
+        })
+    }
+
+    /// The fully qualified name of a logical topic such as `payments.evt.pending`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("persistent://{}/{}{}", self.namespace, self.prefix, name)
+    }
+
+    pub fn client(&self) -> &Pulsar<TokioExecutor> {
+        &self.client
+    }
+
+    /// Readiness: the broker answers a topic lookup.
+    pub async fn check(&self, topic_name: &str) -> Result<String, MessagingError> {
+        let topic = self.topic(topic_name);
+        tokio::time::timeout(Duration::from_secs(3), self.client.lookup_topic(topic))
+            .await
+            .map_err(|_| MessagingError::Timeout(Duration::from_secs(3)))??;
+        Ok("broker answers topic lookups".to_owned())
+    }
+
+    /// Publishes envelopes to one topic and waits until the broker has stored every one.
+    /// Messages are pipelined (sent without waiting for each receipt) but never batched, so
+    /// each is acknowledged on its own. Keyed by aggregate id so Key_Shared consumers keep
+    /// an aggregate's events in order.
+    pub async fn publish(
+        &self,
+        topic_name: &str,
+        envelopes: &[Envelope],
+    ) -> Result<(), MessagingError> {
+        let topic = self.topic(topic_name);
+        let result =
+            tokio::time::timeout(OPERATION_TIMEOUT * 2, self.publish_inner(&topic, envelopes))
+                .await
+                .unwrap_or(Err(MessagingError::Timeout(OPERATION_TIMEOUT * 2)));
+        if result.is_err() {
+            // A producer that failed may be stuck on a dead connection: start afresh next time.
+            self.producers.lock().await.remove(&topic);
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        topic: &str,
+        envelopes: &[Envelope],
+    ) -> Result<(), MessagingError> {
+        let mut receipts = Vec::with_capacity(envelopes.len());
+        {
+            let mut producers = self.producers.lock().await;
+            if !producers.contains_key(topic) {
+                let producer = self
+                    .client
+                    .producer()
+                    .with_topic(topic)
+                    .with_name(format!("aeropartners-{}", Uuid::new_v4()))
+                    .with_options(ProducerOptions {
+                        batch_size: None,
+                        block_queue_if_full: true,
+                        ..ProducerOptions::default()
+                    })
+                    .build()
+                    .await?;
+                producers.insert(topic.to_owned(), producer);
+            }
+            let producer = producers.get_mut(topic).expect("inserted above");
+            for envelope in envelopes {
+                let receipt = producer
+                    .create_message()
+                    .with_content(serde_json::to_vec(envelope)?)
+                    .with_key(envelope.aggregate_id.clone())
+                    .with_property("event_id", envelope.event_id.to_string())
+                    .with_property("event_type", envelope.event_type.clone())
+                    .event_time(
+                        u64::try_from(envelope.occurred_at.timestamp_millis()).unwrap_or_default(),
+                    )
+                    .send_non_blocking()
+                    .await?;
+                receipts.push(receipt);
+            }
+        }
+        for receipt in receipts {
+            receipt.await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a handler says about a message it could not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (database or network hiccup).
+    #[error("transient failure: {0}")]
+    Transient(#[source] anyhow::Error),
+    /// Will never succeed (malformed payload): dead-letter it at once.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// A context's reaction to one event. Must be idempotent: messages can arrive twice.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError>;
+}
+
+/// How a consumer subscribes.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Logical topic names (without prefix/namespace).
+    pub topics: Vec<String>,
+    pub name: String,
+    /// Parallel lanes; messages with the same key always use the same lane, in order.
+    pub lanes: usize,
+    /// In-process attempts (with exponential backoff) before the message is handed back.
+    pub attempts: usize,
+    /// Broker redeliveries before the message goes to `<topic>-DLQ`.
+    pub max_redeliveries: usize,
+}
+
+static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    telemetry::counter_vec(
+        "events_consumed_total",
+        "Events taken from Pulsar by subscription and outcome (ok, retried, dead_lettered)",
+        &["subscription", "outcome"],
+    )
+});
+
+enum Outcome {
+    Ack,
+    Nack,
+}
+
+struct Delivery {
+    topic: String,
+    id: MessageIdData,
+    payload: Vec<u8>,
+}
+
+/// Consumes until `shutdown`, recreating the consumer whenever the broker goes away.
+pub async fn run_consumer(
+    broker: Broker,
+    subscription: Subscription,
+    handler: Arc<dyn EventHandler>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume_once(&broker, &subscription, handler.clone(), &shutdown).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(subscription = %subscription.name, %error, ?backoff,
+                    "consumer lost its broker connection, reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One consumer's life: returns Ok on shutdown, Err when it must be rebuilt.
+async fn consume_once(
+    broker: &Broker,
+    subscription: &Subscription,
+    handler: Arc<dyn EventHandler>,
+    shutdown: &CancellationToken,
+) -> Result<(), MessagingError> {
+    let topics: Vec<String> = subscription
+        .topics
+        .iter()
+        .map(|t| broker.topic(t))
+        .collect();
+    let mut builder = broker
+        .client()
+        .consumer()
+        .with_topics(&topics)
+        .with_subscription(subscription.name.clone())
+        .with_subscription_type(SubType::KeyShared)
+        // Consumer names must be unique per process, or the broker confuses them.
+        .with_consumer_name(format!("{}-{}", subscription.name, Uuid::new_v4()))
+        .with_options(ConsumerOptions {
+            initial_position: InitialPosition::Earliest,
+            durable: Some(true),
+            receiver_queue_size: Some(1000),
+            ..ConsumerOptions::default()
+        });
+    if let [topic] = topics.as_slice() {
+        builder = builder.with_dead_letter_policy(DeadLetterPolicy {
+            max_redeliver_count: subscription.max_redeliveries,
+            dead_letter_topic: format!("{topic}-DLQ"),
+        });
+    }
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = builder.build().await?;
+    tracing::info!(subscription = %subscription.name, ?topics, "consumer subscribed");
+
+    let (outcomes_tx, mut outcomes_rx) = mpsc::channel::<(String, MessageIdData, Outcome)>(1024);
+    let lanes: Vec<mpsc::Sender<Delivery>> = (0..subscription.lanes.max(1))
+        .map(|_| spawn_lane(subscription.clone(), handler.clone(), outcomes_tx.clone()))
+        .collect();
+    drop(outcomes_tx);
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                // Unacknowledged messages go back to the broker and to another replica.
+                let _ = consumer.close().await;
+                return Ok(());
+            }
+            Some((topic, id, outcome)) = outcomes_rx.recv() => {
+                match outcome {
+                    Outcome::Ack => consumer.ack_with_id(&topic, id).await.map_err(pulsar::Error::Consumer)?,
+                    Outcome::Nack => consumer.nack_with_id(&topic, id).await.map_err(pulsar::Error::Consumer)?,
+                }
+            }
+            next = consumer.next() => {
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(MessagingError::Broker(pulsar::Error::Custom("consumer stream ended".into()))),
+                };
+                let key = message.key().unwrap_or_default();
+                let lane = lane_for(&key, lanes.len());
+                let delivery = Delivery {
+                    topic: message.topic.clone(),
+                    id: message.message_id.id.clone(),
+                    payload: message.payload.data,
+                };
+                if lanes[lane].send(delivery).await.is_err() {
+                    return Err(MessagingError::Broker(pulsar::Error::Custom("lane stopped".into())));
+                }
+            }
+        }
+    }
+}
+
+fn lane_for(key: &str, lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
+}
+
+fn spawn_lane(
+    subscription: Subscription,
+    handler: Arc<dyn EventHandler>,
+    outcomes: mpsc::Sender<(String, MessageIdData, Outcome)>,
+) -> mpsc::Sender<Delivery> {
+    let (tx, mut rx) = mpsc::channel::<Delivery>(256);
+    tokio::spawn(async move {
+        while let Some(delivery) = rx.recv().await {
+            let outcome = process(&subscription, handler.as_ref(), &delivery.payload).await;
+            if outcomes
+                .send((delivery.topic, delivery.id, outcome))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+async fn process(
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    payload: &[u8],
+) -> Outcome {
+    let envelope: Envelope = match serde_json::from_slice(payload) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            tracing::error!(subscription = %subscription.name, %error, "undecodable event, dead-lettering");
+            CONSUMED
+                .with_label_values(&[subscription.name.as_str(), "undecodable"])
+                .inc();
+            // Redeliveries cannot fix it; the dead-letter policy moves it aside.
+            return Outcome::Nack;
+        }
+    };
+    let span = tracing::info_span!("event", event_id = %envelope.event_id,
+        event_type = %envelope.event_type, request_id = %envelope.correlation_id);
+    let _entered = span.enter();
+    let attempt = || async { handler.handle(envelope.clone()).await };
+    let result = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(subscription.attempts.saturating_sub(1)),
+        )
+        .when(|error| matches!(error, HandlerError::Transient(_)))
+        .notify(|error, after| tracing::warn!(%error, ?after, "event handler failed, retrying"))
+        .await;
+    match result {
+        Ok(()) => {
+            CONSUMED
+                .with_label_values(&[subscription.name.as_str(), "ok"])
+                .inc();
+            Outcome::Ack
+        }
+        Err(error) => {
+            tracing::error!(%error, "event handler gave up; returning the message to the broker");
+            CONSUMED
+                .with_label_values(&[subscription.name.as_str(), "returned"])
+                .inc();
+            Outcome::Nack
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_key_always_lands_in_the_same_lane() {
+        for lanes in 1..8 {
+            let first = lane_for("pago-42", lanes);
+            assert!(first < lanes);
+            assert_eq!(first, lane_for("pago-42", lanes));
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_with_the_contract_field_names() {
+        let envelope = Envelope {
+            event_id: Uuid::nil(),
+            event_type: "PagoPendiente".into(),
+            aggregate_type: "Pago".into(),
+            aggregate_id: "p-1".into(),
+            aggregate_version: 1,
+            occurred_at: DateTime::parse_from_rfc3339("2026-11-28T06:22:56.396530Z")
+                .unwrap()
+                .into(),
+            correlation_id: "req-1".into(),
+            data: serde_json::json!({"estado": "PENDIENTE"}),
+        };
+        let json = serde_json::to_value(&envelope).unwrap();
+        for field in [
+            "event_id",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "aggregate_version",
+            "occurred_at",
+            "correlation_id",
+            "data",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing");
+        }
+        assert_eq!(serde_json::from_value::<Envelope>(json).unwrap(), envelope);
+    }
+}

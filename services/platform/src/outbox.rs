@@ -1,0 +1,285 @@
+//! The transactional outbox: an event row is written in the same transaction as the state
+//! change that caused it, and a relay publishes committed rows to Pulsar.
+//!
+//! The relay is safe to run in every replica: rows are claimed with `FOR UPDATE SKIP LOCKED`,
+//! and only the oldest unpublished row of each aggregate is eligible, so an aggregate's events
+//! reach the broker in order even when several relays race. It wakes on `LISTEN/NOTIFY` (a
+//! trigger notifies on insert) and falls back to a short poll for rows waiting out a backoff.
+
+use std::{collections::BTreeMap, sync::LazyLock, time::Duration};
+
+use chrono::{DateTime, Utc};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    messaging::{Broker, Envelope},
+    telemetry,
+};
+
+/// Adds `envelope` to the outbox inside the caller's transaction.
+pub async fn enqueue(
+    tx: &mut PgConnection,
+    topic: &str,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, \
+         aggregate_version, topic, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(envelope.event_id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.aggregate_type)
+    .bind(&envelope.aggregate_id)
+    .bind(envelope.aggregate_version)
+    .bind(topic)
+    .bind(sqlx::types::Json(envelope))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// `GET …/outbox/estadisticas`: `procesados + pendientes + fallidos == total` by construction,
+/// since the three counts partition the rows by one snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct OutboxStats {
+    pub total_eventos: i64,
+    /// Published to the broker.
+    pub eventos_procesados: i64,
+    /// Not yet tried.
+    pub eventos_pendientes: i64,
+    /// Tried and failed at least once; the relay keeps retrying them with backoff.
+    pub eventos_fallidos: i64,
+    /// 99th percentile of commit-to-publish delay over the last 10 000 published events.
+    pub lag_ms_p99: f64,
+}
+
+pub async fn stats(pool: &PgPool) -> Result<OutboxStats, sqlx::Error> {
+    let (total, published, pending, failed, lag): (i64, i64, i64, i64, Option<f64>) =
+        sqlx::query_as(
+            "SELECT count(*), \
+                    count(*) FILTER (WHERE published_at IS NOT NULL), \
+                    count(*) FILTER (WHERE published_at IS NULL AND attempts = 0), \
+                    count(*) FILTER (WHERE published_at IS NULL AND attempts > 0), \
+                    (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY lag_ms) FROM ( \
+                        SELECT extract(epoch FROM published_at - created_at)::float8 * 1000 AS lag_ms \
+                        FROM outbox WHERE published_at IS NOT NULL \
+                        ORDER BY published_at DESC LIMIT 10000) recent) \
+             FROM outbox",
+        )
+        .fetch_one(pool)
+        .await?;
+    Ok(OutboxStats {
+        total_eventos: total,
+        eventos_procesados: published,
+        eventos_pendientes: pending,
+        eventos_fallidos: failed,
+        lag_ms_p99: lag.unwrap_or(0.0),
+    })
+}
+
+static PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    telemetry::counter_vec(
+        "outbox_published_total",
+        "Outbox events published to Pulsar, by schema",
+        &["schema"],
+    )
+});
+static PUBLISH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    telemetry::counter_vec(
+        "outbox_publish_failures_total",
+        "Outbox publish attempts that failed (retried with backoff), by schema",
+        &["schema"],
+    )
+});
+static LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    telemetry::histogram_vec(
+        "outbox_publish_lag_seconds",
+        "Delay between an outbox row's commit and its publication",
+        &["schema"],
+    )
+});
+static UNPUBLISHED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    telemetry::register(
+        IntGaugeVec::new(
+            prometheus::Opts::new("outbox_unpublished", "Outbox rows not yet published"),
+            &["schema"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Publishes committed outbox rows of one schema.
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    broker: Broker,
+    schema: String,
+    batch_size: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Claimed {
+    id: i64,
+    topic: String,
+    envelope: sqlx::types::Json<Envelope>,
+    created_at: DateTime<Utc>,
+}
+
+/// Longest wait between two looks at the table when no notification arrives (covers rows whose
+/// backoff expires, and notifications lost while the listener reconnected).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Relay {
+    pub fn new(pool: PgPool, broker: Broker, schema: &str) -> Self {
+        Self {
+            pool,
+            broker,
+            schema: schema.to_owned(),
+            batch_size: 256,
+        }
+    }
+
+    /// Runs until `shutdown`; never gives up on an event.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let channel = format!("{}_outbox", self.schema);
+        let mut listener = None;
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = match PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => match l.listen(&channel).await {
+                        Ok(()) => Some(l),
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox relay cannot LISTEN; polling");
+                            None
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay cannot connect its listener; polling");
+                        None
+                    }
+                };
+            }
+            // Drain everything that is due, then sleep until notified.
+            loop {
+                match self.relay_once().await {
+                    Ok(n) if n as i64 >= self.batch_size => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay pass failed");
+                        break;
+                    }
+                }
+            }
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => match tokio::time::timeout(POLL_INTERVAL, l.recv()).await {
+                        Ok(Ok(_)) | Err(_) => true,
+                        Ok(Err(_)) => false,
+                    },
+                    None => {
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                        true
+                    }
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                healthy = wait => if !healthy { listener = None; },
+            }
+        }
+    }
+
+    /// Claims a batch of due rows, publishes them, and records the outcome. Returns how many
+    /// rows it claimed.
+    pub async fn relay_once(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "SELECT id, topic, envelope, created_at FROM outbox o \
+             WHERE published_at IS NULL AND next_attempt_at <= clock_timestamp() \
+               AND NOT EXISTS (SELECT 1 FROM outbox earlier \
+                               WHERE earlier.aggregate_id = o.aggregate_id \
+                                 AND earlier.published_at IS NULL AND earlier.id < o.id) \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            self.refresh_gauge().await;
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let mut by_topic: BTreeMap<&str, Vec<&Claimed>> = BTreeMap::new();
+        for row in &claimed {
+            by_topic.entry(row.topic.as_str()).or_default().push(row);
+        }
+        let publishes = by_topic.into_iter().map(|(topic, rows)| async move {
+            let envelopes: Vec<Envelope> = rows.iter().map(|r| r.envelope.0.clone()).collect();
+            (rows, self.broker.publish(topic, &envelopes).await)
+        });
+        let mut published = Vec::new();
+        let mut failed = Vec::new();
+        let mut last_error = String::new();
+        for (rows, result) in futures::future::join_all(publishes).await {
+            match result {
+                Ok(()) => published.extend(rows),
+                Err(error) => {
+                    last_error = error.to_string();
+                    failed.extend(rows.iter().map(|r| r.id));
+                }
+            }
+        }
+        let published_ids: Vec<i64> = published.iter().map(|r| r.id).collect();
+        let published_at: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1, \
+             last_error = NULL WHERE id = ANY($1) RETURNING published_at",
+        )
+        .bind(&published_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !failed.is_empty() {
+            tracing::warn!(schema = %self.schema, events = failed.len(), error = %last_error,
+                "publishing outbox events failed; will retry with backoff");
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = clock_timestamp() + least(interval '100 milliseconds' * power(2, least(attempts, 10)), interval '10 seconds') \
+                 WHERE id = ANY($1)",
+            )
+            .bind(&failed)
+            .bind(&last_error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        let schema = self.schema.as_str();
+        PUBLISHED
+            .with_label_values(&[schema])
+            .inc_by(published.len() as u64);
+        PUBLISH_FAILURES
+            .with_label_values(&[schema])
+            .inc_by(failed.len() as u64);
+        let now = published_at.first().copied().unwrap_or_else(Utc::now);
+        for row in &published {
+            let lag = (now - row.created_at).to_std().unwrap_or_default();
+            LAG.with_label_values(&[schema]).observe(lag.as_secs_f64());
+        }
+        Ok(count)
+    }
+
+    async fn refresh_gauge(&self) {
+        if let Ok(pending) =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+        {
+            UNPUBLISHED
+                .with_label_values(&[self.schema.as_str()])
+                .set(pending);
+        }
+    }
+}
