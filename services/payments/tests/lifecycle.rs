@@ -22,6 +22,31 @@ const ALL_TOPICS: [&str; 4] = [
     "payments.evt.reverted",
 ];
 
+/// Events of one payment as observed on the broker, in `aggregate_version` order. Pulsar
+/// orders messages within a topic, not across topics, so the observer sorts; that the relay
+/// *published* them in order is checked on the outbox by `assert_published_in_order`.
+fn by_version(
+    mut events: Vec<(String, platform::messaging::Envelope)>,
+) -> Vec<(String, platform::messaging::Envelope)> {
+    events.sort_by_key(|(_, e)| e.aggregate_version);
+    events
+}
+
+/// The relay published version n+1 only after version n was stored by the broker.
+async fn assert_published_in_order(pool: &PgPool, id: Uuid) {
+    let published: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT aggregate_version, published_at FROM outbox WHERE aggregate_id = $1 ORDER BY aggregate_version")
+        .bind(id.to_string()).fetch_all(pool).await.unwrap();
+    for pair in published.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].1,
+            "v{} published after v{}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+}
+
 /// Relay and worker running against the real broker under a fresh topic prefix.
 struct Running {
     pulsar: platform::config::PulsarConfig,
@@ -98,13 +123,15 @@ async fn a_payment_goes_pending_processing_successful_with_ordered_events(
     );
     assert!(detalle["fecha_procesamiento"].is_string());
 
-    let events = collect_events(
-        &running.pulsar,
-        &ALL_TOPICS,
-        Duration::from_secs(30),
-        |seen| seen.len() >= 2,
-    )
-    .await;
+    let events = by_version(
+        collect_events(
+            &running.pulsar,
+            &ALL_TOPICS,
+            Duration::from_secs(30),
+            |seen| seen.len() >= 2,
+        )
+        .await,
+    );
     let summary: Vec<(&str, &str, i64)> = events
         .iter()
         .map(|(topic, e)| (topic.as_str(), e.event_type.as_str(), e.aggregate_version))
@@ -128,6 +155,8 @@ async fn a_payment_goes_pending_processing_successful_with_ordered_events(
     assert_eq!(events[1].1.data["estado"], "EXITOSO");
     assert!(events[1].1.data["referencia_transaccion"].is_string());
     assert_eq!(gateway.charges(), 1);
+    assert_published_in_order(&pool, id).await;
+    assert_published_in_order(&pool, id).await;
 
     let traza = call(&app, "GET", &format!("/pagos/{id}/eventos"), None, &[])
         .await
@@ -174,13 +203,15 @@ async fn a_refused_charge_ends_failed_with_its_message(o: PgPoolOptions, c: PgCo
     assert_eq!(detalle["mensaje_error"], "Fondos insuficientes");
     assert!(detalle["referencia_transaccion"].is_null());
 
-    let events = collect_events(
-        &running.pulsar,
-        &ALL_TOPICS,
-        Duration::from_secs(30),
-        |seen| seen.len() >= 2,
-    )
-    .await;
+    let events = by_version(
+        collect_events(
+            &running.pulsar,
+            &ALL_TOPICS,
+            Duration::from_secs(30),
+            |seen| seen.len() >= 2,
+        )
+        .await,
+    );
     assert_eq!(events[1].0, "payments.evt.failed");
     assert_eq!(events[1].1.event_type, "PagoFallido");
     assert_eq!(events[1].1.data["mensaje_error"], "Fondos insuficientes");
@@ -217,13 +248,16 @@ async fn a_reversal_is_published_after_the_success(o: PgPoolOptions, c: PgConnec
     )
     .await;
     assert_eq!(reverted.status, 200);
-    let events = collect_events(
-        &running.pulsar,
-        &ALL_TOPICS,
-        Duration::from_secs(30),
-        |seen| seen.len() >= 3,
-    )
-    .await;
+    let events = by_version(
+        collect_events(
+            &running.pulsar,
+            &ALL_TOPICS,
+            Duration::from_secs(30),
+            |seen| seen.len() >= 3,
+        )
+        .await,
+    );
+    assert_published_in_order(&pool, id).await;
     let order: Vec<(&str, i64)> = events
         .iter()
         .map(|(_, e)| (e.event_type.as_str(), e.aggregate_version))
