@@ -60,6 +60,9 @@ pub struct Broker {
     producers: Arc<Mutex<HashMap<String, Producer<TokioExecutor>>>>,
 }
 
+/// How long a consumer may receive nothing before its connection is checked.
+const IDLE_CHECK: Duration = Duration::from_secs(15);
+
 /// How long any single broker round trip may take before we give up and retry later.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -289,6 +292,10 @@ async fn consume_once(
         .collect();
     drop(outcomes_tx);
 
+    // A consumer whose connection died silently would wait forever on `next()`: check the
+    // connection whenever nothing arrived for a while, and rebuild the consumer if it is gone.
+    let mut idle_check = tokio::time::interval(IDLE_CHECK);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -302,7 +309,13 @@ async fn consume_once(
                     Outcome::Nack => consumer.nack_with_id(&topic, id).await.map_err(pulsar::Error::Consumer)?,
                 }
             }
+            _ = idle_check.tick() => {
+                tokio::time::timeout(OPERATION_TIMEOUT, consumer.check_connection())
+                    .await
+                    .map_err(|_| MessagingError::Timeout(OPERATION_TIMEOUT))??;
+            }
             next = consumer.next() => {
+                idle_check.reset();
                 let message = match next {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => return Err(error.into()),
