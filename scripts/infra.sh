@@ -20,6 +20,7 @@
 #   PULSAR_URL          if set (and not our own), Pulsar is not started; passed through
 #                       together with PULSAR_ADMIN_URL
 #   PULSAR_GC           JVM GC flags for the broker (default: G1, see start_pulsar)
+#   PULSAR_READY_TIMEOUT  seconds to wait for broker health (default: 180)
 #
 # No systemd and no Docker on the target machines: daemons are started detached
 # (setsid) and stopped by the PID recorded in a pidfile. Running two instances of
@@ -44,7 +45,7 @@ PULSAR_DEFAULT_BROKER_PORT=6650
 PULSAR_DEFAULT_WEB_PORT=8081
 PULSAR_DEFAULT_BOOKIE_PORT=3181
 
-PULSAR_READY_TIMEOUT=180
+PULSAR_READY_TIMEOUT=${PULSAR_READY_TIMEOUT:-180}
 PULSAR_STOP_GRACE=20
 
 # The user's own connection strings, captured before anything else runs. They
@@ -95,15 +96,29 @@ take_lock() {
 	fi
 }
 
+# proc_running PID: the process exists and is not a zombie. kill -0 alone is
+# not enough here: our daemons are reparented to PID 1, and the PID 1 of these
+# VMs reaps orphans only now and then, so a dead daemon can linger as a zombie.
+proc_running() {
+	local line state
+	[[ "$1" =~ ^[0-9]+$ ]] || return 1
+	read -r line 2>/dev/null <"/proc/$1/stat" || return 1
+	state=${line##*) }
+	state=${state%% *}
+	[[ "${state}" != Z && "${state}" != X ]]
+}
+
 # pid_alive PID [CMDLINE-SUBSTRING]: the process exists and (optionally) its
 # command line contains the substring. The check guards against PID reuse:
 # we never signal a process that is not the one we started.
 pid_alive() {
-	local pid=$1 needle=${2:-}
-	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-	kill -0 "${pid}" 2>/dev/null || return 1
+	local pid=$1 needle=${2:-} cmdline
+	proc_running "${pid}" || return 1
 	if [[ -n "${needle}" ]]; then
-		tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${needle}" || return 1
+		# Into a variable rather than `| grep -q`: with pipefail, grep -q
+		# exiting early could SIGPIPE tr and turn a match into a failure.
+		cmdline=$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null) || return 1
+		[[ "${cmdline}" == *"${needle}"* ]] || return 1
 	fi
 }
 
@@ -231,27 +246,27 @@ start_postgres() {
 	PG_BIN=$(pg_bindir) || die "PostgreSQL binaries not found; run: $0 deps"
 	ensure_postgres_user
 
-	# A previous postmaster that died uncleanly leaves postmaster.pid behind;
-	# pg_ctl handles that itself. One that is alive but not answering is
-	# stopped before we start again.
-	local oldpid
-	oldpid=$(read_pidfile "${PG_PIDFILE}")
-	if pid_alive "${oldpid}" "${PG_DATA}"; then
-		log "postgres pid ${oldpid} is alive but not answering; restarting it"
-		as_postgres "${PG_BIN}/pg_ctl" -D "${PG_DATA}" -m fast -w -t 60 stop >&2 || true
+	# A postmaster that died uncleanly leaves postmaster.pid behind; pg_ctl
+	# copes with that. One that still runs on this data dir but did not pass
+	# pg_running (not answering, lost pidfile, other port) is stopped first.
+	if [[ -f "${PG_DATA}/PG_VERSION" ]] && as_postgres "${PG_BIN}/pg_ctl" -D "${PG_DATA}" status >/dev/null 2>&1; then
+		log "postgres on ${PG_DATA} runs but is not usable as recorded; restarting it"
+		as_postgres "${PG_BIN}/pg_ctl" -D "${PG_DATA}" -m fast -w -t 60 -s stop >&2 || true
 	fi
 
 	mkdir -p "${PG_DATA}" "${PG_SOCKET_DIR}"
 	chown postgres:postgres "${PG_DATA}" "${PG_SOCKET_DIR}"
-	chmod 700 "${PG_DATA}"
+	# The superuser gets in over the unix socket without a password, so only
+	# postgres (and root) may enter the socket directory.
+	chmod 700 "${PG_DATA}" "${PG_SOCKET_DIR}"
 	touch "${PG_LOG}"
 	chown postgres:postgres "${PG_LOG}"
 
 	if [[ ! -f "${PG_DATA}/PG_VERSION" ]]; then
 		log "initdb ${PG_DATA}"
-		# Local socket: trust (only root/postgres can reach the socket dir's
-		# owner anyway and it is a throwaway cluster). TCP: real password auth,
-		# so that the application exercises the credentials in DATABASE_URL.
+		# Unix socket: trust (its directory is private, see above); this is
+		# how the script provisions roles. TCP: real password auth, so that
+		# the application exercises the credentials in DATABASE_URL.
 		as_postgres "${PG_BIN}/initdb" -D "${PG_DATA}" -U postgres -E UTF8 --locale=C.UTF-8 \
 			--auth-local=trust --auth-host=scram-sha-256 >>"${PG_LOG}" 2>&1 ||
 			die "initdb failed, see ${PG_LOG}"
@@ -324,6 +339,8 @@ stop_postgres() {
 			die "pg_ctl stop failed"
 	elif [[ -n "${pid}" ]]; then
 		log "postgres pid ${pid} is not running"
+	else
+		log "postgres is not running (no pidfile)"
 	fi
 	rm -f "${PG_PIDFILE}"
 }
@@ -483,6 +500,10 @@ start_pulsar() {
 		export PULSAR_GC=${PULSAR_GC:-"-XX:+UseG1GC -XX:MaxGCPauseMillis=10 -XX:+ParallelRefProcEnabled -XX:+PerfDisableSharedMem"}
 		export PULSAR_STANDALONE_CONF=${PULSAR_CONF}
 		export PULSAR_LOG_DIR=${PULSAR_LOG_DIR_}
+		# The stock GC log is named per PID (pulsar_gc_<pid>.log, 10 x 20 MB
+		# each), so every restart would leave another set behind; keep one
+		# bounded set instead.
+		export PULSAR_GC_LOG="-Xlog:async -Xlog:gc*,safepoint:${PULSAR_LOG_DIR_}/pulsar_gc.log:time,uptime,tags:filecount=2,filesize=20M"
 		exec setsid nohup "${PULSAR_HOME_DIR}/bin/pulsar" standalone \
 			--config "${PULSAR_CONF}" \
 			--no-functions-worker --no-stream-storage \
@@ -498,12 +519,13 @@ start_pulsar() {
 }
 
 wait_pulsar_healthy() {
-	local pid=$1 admin start elapsed last_report=0 answer
+	local pid=$1 admin start elapsed last_report=0 answer t0
 	admin=$(pulsar_our_admin_url "${WEB_PORT}")
 	start=${SECONDS}
+	t0=${EPOCHREALTIME/./}
 	while :; do
 		elapsed=$((SECONDS - start))
-		if ! kill -0 "${pid}" 2>/dev/null; then
+		if ! proc_running "${pid}"; then
 			log "pulsar exited during startup; last 50 lines of ${PULSAR_LOG}:"
 			tail -n 50 "${PULSAR_LOG}" >&2
 			rm -f "${PULSAR_PIDFILE}"
@@ -511,7 +533,8 @@ wait_pulsar_healthy() {
 		fi
 		answer=$(curl -sf --max-time 10 "${admin}/admin/v2/brokers/health" 2>/dev/null || true)
 		if [[ "${answer}" == ok ]]; then
-			log "pulsar healthy after ${elapsed}s (pid ${pid})"
+			elapsed=$(((${EPOCHREALTIME/./} - t0) / 100000))
+			log "pulsar healthy after $((elapsed / 10)).$((elapsed % 10))s (pid ${pid})"
 			return 0
 		fi
 		if ((elapsed >= PULSAR_READY_TIMEOUT)); then
@@ -537,16 +560,18 @@ stop_pulsar() {
 		log "stopping pulsar (pid ${pid})"
 		kill -TERM "${pid}" 2>/dev/null || true
 		for ((i = 0; i < PULSAR_STOP_GRACE * 10; i++)); do
-			kill -0 "${pid}" 2>/dev/null || break
+			proc_running "${pid}" || break
 			sleep 0.1
 		done
-		if kill -0 "${pid}" 2>/dev/null; then
+		if proc_running "${pid}"; then
 			log "pulsar did not exit within ${PULSAR_STOP_GRACE}s; sending SIGKILL"
 			kill -KILL "${pid}" 2>/dev/null || true
-			while kill -0 "${pid}" 2>/dev/null; do sleep 0.1; done
+			while proc_running "${pid}"; do sleep 0.1; done
 		fi
 	elif [[ -n "${pid}" ]]; then
 		log "pulsar pid ${pid} is not running"
+	else
+		log "pulsar is not running (no pidfile)"
 	fi
 	rm -f "${PULSAR_PIDFILE}"
 }
