@@ -23,8 +23,9 @@ infra-down: ## Stop the PostgreSQL and Pulsar this project started
 	@scripts/infra.sh down
 
 .PHONY: build
-build: infra-up ## Build the `aeropartners` binary (release)
-	cargo build --release --locked -p aeropartners
+build: infra-up ## Build the `aeropartners` binary and the load generator (release)
+	# Both packages in one invocation: the same dependency features, so `make bench` reuses the build.
+	cargo build --release --locked -p aeropartners -p aeropartners-tests
 
 .PHONY: run
 run: build ## Start the whole platform on this machine (Ctrl-C stops it)
@@ -43,5 +44,5 @@ test: infra-up fmt-check lint ## fmt, clippy, unit and integration tests against
 	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast
 
 .PHONY: bench
-bench: infra-up ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)
+bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)
 	@$(WITH_INFRA) cargo run --release --locked -p aeropartners-tests --bin bench-payments -- $(BENCH_ARGS)

@@ -49,7 +49,7 @@ async fn assert_published_in_order(pool: &PgPool, id: Uuid) {
 
 /// Relay and worker running against the real broker under a fresh topic prefix.
 struct Running {
-    pulsar: platform::config::PulsarConfig,
+    observer: Observer,
     shutdown: CancellationToken,
 }
 
@@ -61,6 +61,7 @@ impl Drop for Running {
 
 async fn start(pool: &PgPool, gateway: Arc<CountingGateway>) -> Running {
     let pulsar = pulsar_config();
+    let observer = Observer::subscribe(&pulsar, &ALL_TOPICS).await;
     let shutdown = CancellationToken::new();
     let broker = broker(&pulsar).await;
     tokio::spawn(Relay::new(pool.clone(), broker.clone(), payments::SCHEMA).run(shutdown.clone()));
@@ -71,7 +72,7 @@ async fn start(pool: &PgPool, gateway: Arc<CountingGateway>) -> Running {
         8,
         shutdown.clone(),
     ));
-    Running { pulsar, shutdown }
+    Running { observer, shutdown }
 }
 
 async fn create(app: &platform::http::App, referencia: &str) -> Uuid {
@@ -95,7 +96,7 @@ async fn a_payment_goes_pending_processing_successful_with_ordered_events(
     let pool = migrated_pool(o, c).await;
     let gateway = CountingGateway::new(Decision::Approve);
     gateway.close_gate();
-    let running = start(&pool, gateway.clone()).await;
+    let mut running = start(&pool, gateway.clone()).await;
     let app = app_without_broker(&pool);
 
     let id = create(&app, "life-ok").await;
@@ -124,13 +125,10 @@ async fn a_payment_goes_pending_processing_successful_with_ordered_events(
     assert!(detalle["fecha_procesamiento"].is_string());
 
     let events = by_version(
-        collect_events(
-            &running.pulsar,
-            &ALL_TOPICS,
-            Duration::from_secs(30),
-            |seen| seen.len() >= 2,
-        )
-        .await,
+        running
+            .observer
+            .collect(Duration::from_secs(30), |seen| seen.len() >= 2)
+            .await,
     );
     let summary: Vec<(&str, &str, i64)> = events
         .iter()
@@ -189,7 +187,7 @@ async fn a_payment_goes_pending_processing_successful_with_ordered_events(
 async fn a_refused_charge_ends_failed_with_its_message(o: PgPoolOptions, c: PgConnectOptions) {
     let pool = migrated_pool(o, c).await;
     let gateway = CountingGateway::new(Decision::Refuse);
-    let running = start(&pool, gateway.clone()).await;
+    let mut running = start(&pool, gateway.clone()).await;
     let app = app_without_broker(&pool);
 
     let id = create(&app, "life-ko").await;
@@ -204,13 +202,10 @@ async fn a_refused_charge_ends_failed_with_its_message(o: PgPoolOptions, c: PgCo
     assert!(detalle["referencia_transaccion"].is_null());
 
     let events = by_version(
-        collect_events(
-            &running.pulsar,
-            &ALL_TOPICS,
-            Duration::from_secs(30),
-            |seen| seen.len() >= 2,
-        )
-        .await,
+        running
+            .observer
+            .collect(Duration::from_secs(30), |seen| seen.len() >= 2)
+            .await,
     );
     assert_eq!(events[1].0, "payments.evt.failed");
     assert_eq!(events[1].1.event_type, "PagoFallido");
@@ -232,7 +227,7 @@ async fn a_refused_charge_ends_failed_with_its_message(o: PgPoolOptions, c: PgCo
 async fn a_reversal_is_published_after_the_success(o: PgPoolOptions, c: PgConnectOptions) {
     let pool = migrated_pool(o, c).await;
     let gateway = CountingGateway::new(Decision::Approve);
-    let running = start(&pool, gateway.clone()).await;
+    let mut running = start(&pool, gateway.clone()).await;
     let app = app_without_broker(&pool);
     let id = create(&app, "life-rev").await;
     eventually("EXITOSO", Duration::from_secs(30), || async {
@@ -249,13 +244,10 @@ async fn a_reversal_is_published_after_the_success(o: PgPoolOptions, c: PgConnec
     .await;
     assert_eq!(reverted.status, 200);
     let events = by_version(
-        collect_events(
-            &running.pulsar,
-            &ALL_TOPICS,
-            Duration::from_secs(30),
-            |seen| seen.len() >= 3,
-        )
-        .await,
+        running
+            .observer
+            .collect(Duration::from_secs(30), |seen| seen.len() >= 3)
+            .await,
     );
     assert_published_in_order(&pool, id).await;
     let order: Vec<(&str, i64)> = events

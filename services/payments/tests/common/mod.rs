@@ -247,49 +247,68 @@ impl PasarelaDePagos for CountingGateway {
     }
 }
 
-/// Reads every event published under `config`'s prefix on `topics` until `done` says enough.
-pub async fn collect_events(
-    config: &PulsarConfig,
-    topics: &[&str],
-    limit: Duration,
-    done: impl Fn(&[(String, Envelope)]) -> bool,
-) -> Vec<(String, Envelope)> {
-    let broker = broker(config).await;
-    let full: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
-    let mut consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
-        .client()
-        .consumer()
-        .with_topics(&full)
-        .with_subscription(format!("test-observer-{}", Uuid::new_v4()))
-        .with_subscription_type(pulsar::SubType::Exclusive)
-        .with_options(pulsar::ConsumerOptions {
-            initial_position: pulsar::consumer::InitialPosition::Earliest,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .expect("observer subscribes");
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done(&seen) {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !remaining.is_zero(),
-            "events not observed within {limit:?}: {seen:?}"
-        );
-        match tokio::time::timeout(remaining, consumer.next()).await {
-            Ok(Some(Ok(message))) => {
-                consumer.ack(&message).await.unwrap();
-                let envelope: Envelope = serde_json::from_slice(&message.payload.data).unwrap();
-                let topic = topics
-                    .iter()
-                    .find(|t| message.topic.ends_with(*t))
-                    .map_or(message.topic.clone(), |t| (*t).to_owned());
-                seen.push((topic, envelope));
-            }
-            Ok(other) => panic!("observer stream failed: {other:?}"),
-            Err(_) => {}
+/// A subscription that sees every event published under a test's prefix from the moment it
+/// subscribes. Subscribe before producing: the broker may trim messages that every existing
+/// subscription has acknowledged, so a late subscriber is not guaranteed to see them.
+pub struct Observer {
+    topics: Vec<String>,
+    consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor>,
+}
+
+impl Observer {
+    pub async fn subscribe(config: &PulsarConfig, topics: &[&str]) -> Self {
+        let broker = broker(config).await;
+        let full: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
+        let consumer = broker
+            .client()
+            .consumer()
+            .with_topics(&full)
+            .with_subscription(format!("test-observer-{}", Uuid::new_v4()))
+            .with_subscription_type(pulsar::SubType::Exclusive)
+            .with_options(pulsar::ConsumerOptions {
+                initial_position: pulsar::consumer::InitialPosition::Earliest,
+                ..Default::default()
+            })
+            .build()
+            .await
+            .expect("observer subscribes");
+        Self {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            consumer,
         }
     }
-    seen
+
+    /// Receives until `done` says enough, as `(logical topic, envelope)` pairs.
+    pub async fn collect(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&[(String, Envelope)]) -> bool,
+    ) -> Vec<(String, Envelope)> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(&seen) {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !remaining.is_zero(),
+                "only {} events observed within {limit:?}",
+                seen.len()
+            );
+            match tokio::time::timeout(remaining, self.consumer.next()).await {
+                Ok(Some(Ok(message))) => {
+                    self.consumer.ack(&message).await.unwrap();
+                    let envelope: Envelope = serde_json::from_slice(&message.payload.data).unwrap();
+                    let topic = self
+                        .topics
+                        .iter()
+                        .find(|t| message.topic.ends_with(t.as_str()))
+                        .cloned()
+                        .unwrap_or(message.topic.clone());
+                    seen.push((topic, envelope));
+                }
+                Ok(other) => panic!("observer stream failed: {other:?}"),
+                Err(_) => {}
+            }
+        }
+        seen
+    }
 }
