@@ -41,7 +41,12 @@ lint: infra-up
 
 .PHONY: test
 test: infra-up fmt-check lint ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
-	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast
+	@mkdir -p target
+	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
+	status=$${PIPESTATUS[0]}; \
+	awk '/^test result:/ { passed += $$4; failed += $$6 } \
+	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
+	exit $$status
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)

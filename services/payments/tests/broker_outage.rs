@@ -32,7 +32,6 @@ impl Drop for BrokerBack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             infra("pulsar-start");
-            let restarted = std::time::Instant::now();
         }
     }
 }

@@ -34,6 +34,15 @@ fn by_version(
 
 /// The relay published version n+1 only after version n was stored by the broker.
 async fn assert_published_in_order(pool: &PgPool, id: Uuid) {
+    // The broker may deliver a message before the relay has committed its `published_at`.
+    let query =
+        format!("SELECT count(*) FROM outbox WHERE aggregate_id = '{id}' AND published_at IS NULL");
+    eventually(
+        "relay recorded every publication",
+        Duration::from_secs(10),
+        || async { count(pool, &query).await == 0 },
+    )
+    .await;
     let published: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT aggregate_version, published_at FROM outbox WHERE aggregate_id = $1 ORDER BY aggregate_version")
         .bind(id.to_string()).fetch_all(pool).await.unwrap();
