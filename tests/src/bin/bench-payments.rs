@@ -43,21 +43,62 @@ async fn main() -> anyhow::Result<()> {
     let database_url =
         std::env::var("DATABASE_URL").context("DATABASE_URL (make bench sets it)")?;
     let pulsar_url = std::env::var("PULSAR_URL").context("PULSAR_URL (make bench sets it)")?;
+    let mut admin = PgConnection::connect(&database_url).await?;
 
-    let bench_db = format!("bench_{}", std::process::id());
-    let admin_url = database_url.clone();
-    let mut admin = PgConnection::connect(&admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {bench_db}")))
+    let mut reports = Vec::new();
+    for scenario in [Scenario::WritePath, Scenario::FullSystem] {
+        let database = format!("bench_{}_{}", std::process::id(), scenario.slug());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await?;
+        let url = replace_database(&database_url, &database)?;
+        let result = run(&args, scenario, &url, &pulsar_url).await;
+        // The ceiling is measured on the same PostgreSQL, on a database with the same schema,
+        // once the API and its background work have stopped.
+        let result = match result {
+            Ok(figures) if scenario == Scenario::WritePath => {
+                pgbench(&url, args.concurrency, args.seconds).map(|tps| (figures, Some(tps)))
+            }
+            Ok(figures) => Ok((figures, None)),
+            Err(error) => Err(error),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {database} WITH (FORCE)"
+        )))
         .execute(&mut admin)
         .await?;
-    let bench_url = replace_database(&database_url, &bench_db)?;
-    let result = run(&args, &bench_url, &pulsar_url).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {bench_db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    result
+        reports.push((scenario, result?));
+    }
+    let ceiling = reports
+        .iter()
+        .find_map(|(_, (_, tps))| *tps)
+        .context("pgbench ran")?;
+    print_and_save(&args, &reports, ceiling)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// API + outbox relay: what every accepted payment costs on the way in.
+    WritePath,
+    /// API + relay + worker charging every payment (gateway latency 0): the whole platform.
+    FullSystem,
+}
+
+impl Scenario {
+    fn slug(self) -> &'static str {
+        match self {
+            Self::WritePath => "write_path",
+            Self::FullSystem => "full_system",
+        }
+    }
+}
+
+struct Figures {
+    peak: Phase,
+    half_rate_target: f64,
+    half: Phase,
+    lag_p50_ms: f64,
+    lag_p99_ms: f64,
 }
 
 fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
@@ -75,7 +116,12 @@ fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
     ))
 }
 
-async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Result<()> {
+async fn run(
+    args: &Args,
+    scenario: Scenario,
+    database_url: &str,
+    pulsar_url: &str,
+) -> anyhow::Result<Figures> {
     let database = platform::config::DatabaseConfig {
         database_url: database_url.to_owned(),
         database_max_connections: 40,
@@ -85,7 +131,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     let pulsar = PulsarConfig {
         pulsar_url: pulsar_url.to_owned(),
         pulsar_namespace: "public/default".into(),
-        pulsar_topic_prefix: format!("bench{}-", std::process::id()),
+        pulsar_topic_prefix: format!("bench{}-{}-", std::process::id(), scenario.slug()),
     };
     let broker = Broker::connect(&pulsar).await?;
     let shutdown = CancellationToken::new();
@@ -96,13 +142,15 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         latencia_max: Duration::ZERO,
         tasa_fallo: 0.5,
     }));
-    tokio::spawn(payments::run_worker_with(
-        pool.clone(),
-        LazyBroker::ready(broker.clone()),
-        gateway,
-        64,
-        shutdown.clone(),
-    ));
+    if scenario == Scenario::FullSystem {
+        tokio::spawn(payments::run_worker_with(
+            pool.clone(),
+            LazyBroker::ready(broker.clone()),
+            gateway,
+            64,
+            shutdown.clone(),
+        ));
+    }
 
     let http = platform::config::HttpConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -146,47 +194,77 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     .fetch_one(&pool)
     .await?;
 
-    let ceiling = pgbench(database_url, args.concurrency, args.seconds)?;
-    let ratio = peak.throughput / ceiling;
+    Ok(Figures {
+        peak,
+        half_rate_target: half_rate,
+        half,
+        lag_p50_ms: lag_p50,
+        lag_p99_ms: lag_p99,
+    })
+}
 
+fn print_and_save(
+    args: &Args,
+    reports: &[(Scenario, (Figures, Option<f64>))],
+    ceiling: f64,
+) -> anyhow::Result<()> {
     println!();
     println!(
-        "POST /pagos/ benchmark ({} clients, {} s per phase, gateway latency 0)",
+        "POST /pagos/ benchmark: {} clients, {} s per phase, gateway latency 0, one machine",
         args.concurrency, args.seconds
     );
-    println!("{:<42} {:>12}", "metric", "value");
+    println!("  write path  = API + outbox relay (+ the broker)");
+    println!("  full system = write path + worker charging every payment");
     println!(
-        "{:<42} {:>12.0}",
-        "peak throughput (req/s)", peak.throughput
+        "{:<40} {:>13} {:>13}",
+        "metric", "write path", "full system"
     );
-    println!("{:<42} {:>12.2}", "peak p50 latency (ms)", peak.p50_ms);
-    println!("{:<42} {:>12.2}", "peak p99 latency (ms)", peak.p99_ms);
-    println!("{:<42} {:>12.0}", "half-rate target (req/s)", half_rate);
-    println!(
-        "{:<42} {:>12.0}",
-        "half-rate achieved (req/s)", half.throughput
+    let row = |label: &str, value: &dyn Fn(&Figures) -> f64, decimals: usize| {
+        let cells: Vec<String> = reports
+            .iter()
+            .map(|(_, (f, _))| format!("{:>13.*}", decimals, value(f)))
+            .collect();
+        println!("{label:<40} {}", cells.join(" "));
+    };
+    row("peak throughput (req/s)", &|f| f.peak.throughput, 0);
+    row("peak p50 latency (ms)", &|f| f.peak.p50_ms, 2);
+    row("peak p99 latency (ms)", &|f| f.peak.p99_ms, 2);
+    row("half-rate target (req/s)", &|f| f.half_rate_target, 0);
+    row("half-rate achieved (req/s)", &|f| f.half.throughput, 0);
+    row("half-rate p50 latency (ms)", &|f| f.half.p50_ms, 2);
+    row("half-rate p99 latency (ms)", &|f| f.half.p99_ms, 2);
+    row("outbox publish lag p50 (ms)", &|f| f.lag_p50_ms, 2);
+    row("outbox publish lag p99 (ms)", &|f| f.lag_p99_ms, 2);
+    row(
+        "failed requests",
+        &|f| (f.peak.failures + f.half.failures) as f64,
+        0,
     );
-    println!("{:<42} {:>12.2}", "half-rate p50 latency (ms)", half.p50_ms);
-    println!("{:<42} {:>12.2}", "half-rate p99 latency (ms)", half.p99_ms);
-    println!("{:<42} {:>12.2}", "outbox publish lag p50 (ms)", lag_p50);
-    println!("{:<42} {:>12.2}", "outbox publish lag p99 (ms)", lag_p99);
+    row(
+        "peak / pgbench ceiling (%)",
+        &|f| f.peak.throughput / ceiling * 100.0,
+        1,
+    );
     println!(
-        "{:<42} {:>12.0}",
+        "{:<40} {:>13.0}",
         "pgbench ceiling, same transaction (tps)", ceiling
     );
-    println!("{:<42} {:>11.1}%", "API / pgbench ratio", ratio * 100.0);
-    println!(
-        "{:<42} {:>12}",
-        "failed requests (peak + half)",
-        peak.failures + half.failures
-    );
 
+    let json: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|(scenario, (f, _))| {
+            serde_json::json!({
+                "scenario": scenario.slug(),
+                "peak": {"throughput_rps": f.peak.throughput, "p50_ms": f.peak.p50_ms, "p99_ms": f.peak.p99_ms, "requests": f.peak.ok, "failures": f.peak.failures},
+                "half_rate": {"target_rps": f.half_rate_target, "throughput_rps": f.half.throughput, "p50_ms": f.half.p50_ms, "p99_ms": f.half.p99_ms, "requests": f.half.ok, "failures": f.half.failures},
+                "outbox_lag_ms": {"p50": f.lag_p50_ms, "p99": f.lag_p99_ms},
+                "ratio_to_pgbench": f.peak.throughput / ceiling,
+            })
+        })
+        .collect();
     let report = serde_json::json!({
         "concurrency": args.concurrency, "seconds_per_phase": args.seconds,
-        "peak": {"throughput_rps": peak.throughput, "p50_ms": peak.p50_ms, "p99_ms": peak.p99_ms, "requests": peak.ok, "failures": peak.failures},
-        "half_rate": {"target_rps": half_rate, "throughput_rps": half.throughput, "p50_ms": half.p50_ms, "p99_ms": half.p99_ms, "requests": half.ok, "failures": half.failures},
-        "outbox_lag_ms": {"p50": lag_p50, "p99": lag_p99},
-        "pgbench_tps": ceiling, "ratio": ratio,
+        "pgbench_tps": ceiling, "scenarios": json,
     });
     std::fs::create_dir_all("target/bench")?;
     std::fs::write(
@@ -374,8 +452,8 @@ BEGIN;
 INSERT INTO payments.pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, fecha_actualizacion, eventos_emitidos)
   VALUES (gen_random_uuid(), 'afiliado-bench', 10.50, 'USD', 'pgb-' || gen_random_uuid(), 'PENDIENTE', now(), now(), 1)
   RETURNING id \gset
-INSERT INTO payments.pago_traza (id_pago, evento, detalle, request_id) VALUES (:'id', 'PAGO_RECIBIDO', 'pgbench', 'pgbench');
+INSERT INTO payments.pago_traza (id_pago, evento, detalle, request_id) VALUES (:id, 'PAGO_RECIBIDO', 'pgbench', 'pgbench');
 INSERT INTO payments.outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, topic, envelope, published_at)
-  VALUES (gen_random_uuid(), 'PagoPendiente', 'Pago', :'id', 1, 'payments.evt.pending', '{}'::jsonb, now());
+  VALUES (gen_random_uuid(), 'PagoPendiente', 'Pago', :id, 1, 'payments.evt.pending', '{}'::jsonb, now());
 END;
 ";
