@@ -18,9 +18,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    domain::{EstadoPago, ResultadoCobro},
+    domain::{EstadoPago, ReglaViolada, ResultadoCobro},
     infrastructure::{
-        pasarela::{PasarelaDePagos, SolicitudCobro},
+        pasarela::{ErrorPasarela, PasarelaDePagos, SolicitudCobro},
         repositorio,
     },
 };
@@ -32,8 +32,16 @@ pub struct ProcesadorDePagos {
     pasarela: Arc<dyn PasarelaDePagos>,
 }
 
-fn transient(error: impl Into<anyhow::Error>) -> HandlerError {
-    HandlerError::Transient(error.into())
+/// Why processing stopped. Every cause is worth a retry: the database or the gateway may be
+/// back, and a broken rule means another delivery got there first (the retry then sees it).
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorProcesamiento {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Pasarela(#[from] ErrorPasarela),
+    #[error(transparent)]
+    Regla(#[from] ReglaViolada),
 }
 
 impl ProcesadorDePagos {
@@ -42,24 +50,22 @@ impl ProcesadorDePagos {
     }
 
     /// Processes the payment `id_pago` on behalf of an event with correlation id `request_id`.
-    pub async fn procesar(&self, id_pago: Uuid, request_id: &str) -> Result<(), HandlerError> {
+    pub async fn procesar(
+        &self,
+        id_pago: Uuid,
+        request_id: &str,
+    ) -> Result<(), ErrorProcesamiento> {
         // Step 1: claim the payment.
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago)
-            .await
-            .map_err(transient)?
-        else {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago).await? else {
             // Outbox rows commit with their payment, so an unknown id is not ours to process.
             tracing::warn!(%id_pago, "PagoPendiente for an unknown payment; ignored");
             return Ok(());
         };
         match pago.estado {
             EstadoPago::Pendiente => {
-                pago.iniciar_procesamiento(super::ahora())
-                    .map_err(transient)?;
-                repositorio::actualizar(&mut tx, &pago)
-                    .await
-                    .map_err(transient)?;
+                pago.iniciar_procesamiento(super::ahora())?;
+                repositorio::actualizar(&mut tx, &pago).await?;
                 repositorio::trazar(
                     &mut tx,
                     id_pago,
@@ -67,15 +73,14 @@ impl ProcesadorDePagos {
                     "El pago pasó a PROCESANDO; se envía a la pasarela",
                     Some(request_id),
                 )
-                .await
-                .map_err(transient)?;
+                .await?;
             }
             EstadoPago::Procesando => {
                 // A previous attempt stopped after claiming: finish it with the same key.
                 repositorio::trazar(&mut tx, id_pago, "PROCESAMIENTO_REANUDADO",
                     "Un intento anterior no terminó; se consulta la pasarela con la misma clave de idempotencia",
                     Some(request_id))
-                    .await.map_err(transient)?;
+                    .await?;
             }
             ya_procesado => {
                 repositorio::trazar(
@@ -87,14 +92,13 @@ impl ProcesadorDePagos {
                     ),
                     Some(request_id),
                 )
-                .await
-                .map_err(transient)?;
-                tx.commit().await.map_err(transient)?;
+                .await?;
+                tx.commit().await?;
                 tracing::info!(%id_pago, estado = %ya_procesado, "redelivered payment already processed");
                 return Ok(());
             }
         }
-        tx.commit().await.map_err(transient)?;
+        tx.commit().await?;
 
         // Step 2: charge, idempotently.
         let resultado = self
@@ -104,15 +108,11 @@ impl ProcesadorDePagos {
                 id_afiliado: pago.id_afiliado.clone(),
                 dinero: pago.dinero,
             })
-            .await
-            .map_err(transient)?;
+            .await?;
 
         // Step 3: record the answer and its event, once.
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago)
-            .await
-            .map_err(transient)?
-        else {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut pago) = repositorio::bloquear(&mut tx, id_pago).await? else {
             return Ok(());
         };
         if pago.estado != EstadoPago::Procesando {
@@ -129,12 +129,8 @@ impl ProcesadorDePagos {
                 format!("La pasarela rechazó el cobro: {motivo}")
             }
         };
-        let evento = pago
-            .registrar_resultado(resultado, super::ahora())
-            .map_err(transient)?;
-        repositorio::actualizar(&mut tx, &pago)
-            .await
-            .map_err(transient)?;
+        let evento = pago.registrar_resultado(resultado, super::ahora())?;
+        repositorio::actualizar(&mut tx, &pago).await?;
         repositorio::trazar(
             &mut tx,
             id_pago,
@@ -142,12 +138,9 @@ impl ProcesadorDePagos {
             &detalle,
             Some(request_id),
         )
-        .await
-        .map_err(transient)?;
-        repositorio::registrar_evento(&mut tx, &evento, request_id)
-            .await
-            .map_err(transient)?;
-        tx.commit().await.map_err(transient)?;
+        .await?;
+        repositorio::registrar_evento(&mut tx, &evento, request_id).await?;
+        tx.commit().await?;
         tracing::info!(%id_pago, estado = %pago.estado, "payment processed");
         Ok(())
     }
@@ -165,6 +158,8 @@ impl EventHandler for ProcesadorDePagos {
                 envelope.aggregate_id
             ))
         })?;
-        self.procesar(id_pago, &envelope.correlation_id).await
+        self.procesar(id_pago, &envelope.correlation_id)
+            .await
+            .map_err(|error| HandlerError::Transient(error.into()))
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use platform::{messaging::Envelope, outbox};
 use rust_decimal::Decimal;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::domain::{Dinero, EstadoPago, EventoPago, Moneda, Pago};
@@ -28,9 +28,17 @@ struct FilaPago {
     eventos_emitidos: i64,
 }
 
-const COLUMNAS: &str = "id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, \
-    fecha_actualizacion, fecha_procesamiento, mensaje_error, referencia_transaccion, \
-    motivo_reversion, eventos_emitidos";
+/// `SELECT <every column> FROM pagos WHERE <filter>`, built at compile time.
+macro_rules! select_pago {
+    ($filtro:literal) => {
+        concat!(
+            "SELECT id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, ",
+            "fecha_actualizacion, fecha_procesamiento, mensaje_error, referencia_transaccion, ",
+            "motivo_reversion, eventos_emitidos FROM pagos WHERE ",
+            $filtro
+        )
+    };
+}
 
 impl TryFrom<FilaPago> for Pago {
     type Error = sqlx::Error;
@@ -107,40 +115,35 @@ pub async fn actualizar(tx: &mut PgConnection, pago: &Pago) -> Result<(), sqlx::
 }
 
 pub async fn buscar(pool: &PgPool, id: Uuid) -> Result<Option<Pago>, sqlx::Error> {
-    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNAS} FROM pagos WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .map(Pago::try_from)
-    .transpose()
+    cargar(pool, select_pago!("id = $1"), id).await
 }
 
 /// Loads and row-locks a payment for a state change within `tx`.
 pub async fn bloquear(tx: &mut PgConnection, id: Uuid) -> Result<Option<Pago>, sqlx::Error> {
-    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNAS} FROM pagos WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(id)
-    .fetch_optional(tx)
-    .await?
-    .map(Pago::try_from)
-    .transpose()
+    cargar(tx, select_pago!("id = $1 FOR UPDATE"), id).await
 }
 
 pub async fn buscar_por_referencia(
     tx: &mut PgConnection,
     referencia_pago: &str,
 ) -> Result<Option<Pago>, sqlx::Error> {
-    sqlx::query_as::<_, FilaPago>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNAS} FROM pagos WHERE referencia_pago = $1"
-    )))
-    .bind(referencia_pago)
-    .fetch_optional(tx)
-    .await?
-    .map(Pago::try_from)
-    .transpose()
+    cargar(tx, select_pago!("referencia_pago = $1"), referencia_pago).await
+}
+
+async fn cargar<'e, B>(
+    executor: impl PgExecutor<'e>,
+    sql: &'static str,
+    valor: B,
+) -> Result<Option<Pago>, sqlx::Error>
+where
+    B: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'e,
+{
+    sqlx::query_as::<_, FilaPago>(sql)
+        .bind(valor)
+        .fetch_optional(executor)
+        .await?
+        .map(Pago::try_from)
+        .transpose()
 }
 
 /// Puts the event in the outbox (same transaction as the state change) and traces it.
