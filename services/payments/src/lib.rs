@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     /// Payments charged in parallel by one worker (the gateway is slow: seconds per charge).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// A payment still PENDIENTE or PROCESANDO after this long is resumed by the sweeper.
+    #[arg(long, env = "WORKER_STALLED_AFTER", default_value = "5m", value_parser = platform::config::parse_duration)]
+    pub stalled_after: Duration,
 }
 
 /// Connects the pool and applies migrations when configured to.
@@ -245,11 +248,39 @@ pub async fn run_worker_with(
     .await;
 }
 
+/// Resumes stalled payments every `stalled_after / 5` until `shutdown`.
+pub async fn run_sweeper(
+    pool: PgPool,
+    pasarela: Arc<dyn PasarelaDePagos>,
+    stalled_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let procesador = ProcesadorDePagos::new(pool, pasarela);
+    let every = (stalled_after / 5).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match procesador.recuperar_estancados(stalled_after, 100).await {
+            Ok(0) => {}
+            Ok(resumed) => tracing::warn!(resumed, "sweeper resumed stalled payments"),
+            Err(error) => tracing::warn!(%error, "sweeper pass failed; will try again"),
+        }
+    }
+}
+
 /// `aeropartners payments-worker`.
 pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
     let pasarela: Arc<dyn PasarelaDePagos> = Arc::new(StripeSimulado::new(config.gateway.clone()));
+    let sweeper = tokio::spawn(run_sweeper(
+        pool.clone(),
+        pasarela.clone(),
+        config.stalled_after,
+        shutdown.clone(),
+    ));
     let worker = tokio::spawn(run_worker_with(
         pool.clone(),
         broker.clone(),
@@ -273,6 +304,6 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     http::serve(listener, app, shutdown.clone(), http_config.shutdown_grace).await?;
     shutdown.cancel();
-    let _ = worker.await;
+    let _ = tokio::join!(worker, sweeper);
     Ok(())
 }

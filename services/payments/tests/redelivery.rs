@@ -206,3 +206,47 @@ async fn a_worker_stopped_between_charge_and_commit_never_charges_twice(
     .await;
     assert_eq!(pasos, 1);
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_sweeper_finishes_payments_whose_message_is_gone(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let gateway = CountingGateway::new(Decision::Approve);
+    let handler = ProcesadorDePagos::new(pool.clone(), gateway.clone());
+    let (stalled, envelope) = pending_envelope(&pool).await;
+    let (recent, _) = pending_envelope(&pool).await;
+
+    // Charged, then the worker died and the message was dead-lettered: no delivery will come.
+    gateway.hang_after_charge(true);
+    let attempt = tokio::spawn(async move { handler.handle(envelope).await });
+    eventually("charged", Duration::from_secs(10), || async {
+        gateway.charges() == 1
+    })
+    .await;
+    attempt.abort();
+    gateway.hang_after_charge(false);
+    sqlx::query(
+        "UPDATE pagos SET fecha_actualizacion = now() - interval '10 minutes' WHERE id = $1",
+    )
+    .bind(stalled)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let sweeper = ProcesadorDePagos::new(pool.clone(), gateway.clone());
+    let resumed = sweeper
+        .recuperar_estancados(Duration::from_secs(300), 100)
+        .await
+        .unwrap();
+    assert_eq!(resumed, 1, "only the stalled payment, not the recent one");
+    assert_eq!(estado(&pool, stalled).await, "EXITOSO");
+    assert_eq!(estado(&pool, recent).await, "PENDIENTE");
+    assert_eq!(gateway.charges(), 1, "the sweeper did not charge again");
+    let again = sweeper
+        .recuperar_estancados(Duration::from_secs(300), 100)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+}

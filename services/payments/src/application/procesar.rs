@@ -49,6 +49,24 @@ impl ProcesadorDePagos {
         Self { pool, pasarela }
     }
 
+    /// Safety net for payments whose message can no longer arrive (dead-lettered after the
+    /// gateway stayed down through every redelivery, or lost with a broker's storage): finishes
+    /// every payment that has sat in `PENDIENTE` or `PROCESANDO` for longer than `antiguedad`.
+    /// Safe beside the consumer and in every replica: claims are taken with `SKIP LOCKED`, and
+    /// processing is idempotent anyway. Returns how many payments it picked up.
+    pub async fn recuperar_estancados(
+        &self,
+        antiguedad: std::time::Duration,
+        lote: i64,
+    ) -> Result<usize, ErrorProcesamiento> {
+        let estancados = repositorio::reclamar_estancados(&self.pool, antiguedad, lote).await?;
+        for (id_pago, request_id) in &estancados {
+            tracing::warn!(%id_pago, "resuming a stalled payment");
+            self.procesar(*id_pago, request_id).await?;
+        }
+        Ok(estancados.len())
+    }
+
     /// Processes the payment `id_pago` on behalf of an event with correlation id `request_id`.
     pub async fn procesar(
         &self,

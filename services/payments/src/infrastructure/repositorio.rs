@@ -165,6 +165,30 @@ pub async fn registrar_evento(
     outbox::enqueue(tx, evento.tipo.topic(), &envelope).await
 }
 
+/// Claims up to `lote` payments stuck before a result for longer than `antiguedad`, touching
+/// them so another replica's sweep skips them for the same period. Returns each id with the
+/// request id that created it (the correlation id of the work done on its behalf).
+pub async fn reclamar_estancados(
+    pool: &PgPool,
+    antiguedad: std::time::Duration,
+    lote: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH estancados AS ( \
+            SELECT id FROM pagos \
+            WHERE estado IN ('PENDIENTE', 'PROCESANDO') \
+              AND fecha_actualizacion < now() - make_interval(secs => $1) \
+            ORDER BY fecha_actualizacion LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE pagos p SET fecha_actualizacion = now() FROM estancados e WHERE p.id = e.id \
+         RETURNING p.id, coalesce((SELECT request_id FROM pago_traza t WHERE t.id_pago = p.id \
+                                   ORDER BY t.id LIMIT 1), p.id::text)",
+    )
+    .bind(antiguedad.as_secs_f64())
+    .bind(lote)
+    .fetch_all(pool)
+    .await
+}
+
 /// Appends a line to the payment's trace.
 pub async fn trazar(
     tx: &mut PgConnection,
