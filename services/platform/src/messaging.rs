@@ -279,14 +279,20 @@ async fn consume_once(
         });
     if let [topic] = topics.as_slice() {
         builder = builder.with_dead_letter_policy(DeadLetterPolicy {
-            max_redeliver_count: subscription.max_redeliveries,
+            // The crate dead-letters a message on arrival once its redelivery count reaches
+            // this value, so +1 lets it be processed after `max_redeliveries` redeliveries.
+            max_redeliver_count: subscription.max_redeliveries + 1,
             dead_letter_topic: format!("{topic}-DLQ"),
         });
     }
     let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = builder.build().await?;
     tracing::info!(subscription = %subscription.name, ?topics, "consumer subscribed");
 
-    let (outcomes_tx, mut outcomes_rx) = mpsc::channel::<(String, MessageIdData, Outcome)>(1024);
+    // Unbounded on purpose: a lane must never wait to report an outcome, or a full lane queue
+    // (the loop below waiting to hand it a message) and a full outcome queue (the lane waiting
+    // for the loop) would wait on each other. Its length is bounded by the lanes' queues.
+    let (outcomes_tx, mut outcomes_rx) =
+        mpsc::unbounded_channel::<(String, MessageIdData, Outcome)>();
     let lanes: Vec<mpsc::Sender<Delivery>> = (0..subscription.lanes.max(1))
         .map(|_| spawn_lane(subscription.clone(), handler.clone(), outcomes_tx.clone()))
         .collect();
@@ -345,7 +351,7 @@ fn lane_for(key: &str, lanes: usize) -> usize {
 fn spawn_lane(
     subscription: Subscription,
     handler: Arc<dyn EventHandler>,
-    outcomes: mpsc::Sender<(String, MessageIdData, Outcome)>,
+    outcomes: mpsc::UnboundedSender<(String, MessageIdData, Outcome)>,
 ) -> mpsc::Sender<Delivery> {
     let (tx, mut rx) = mpsc::channel::<Delivery>(256);
     tokio::spawn(async move {
@@ -353,7 +359,6 @@ fn spawn_lane(
             let outcome = process(&subscription, handler.as_ref(), &delivery.payload).await;
             if outcomes
                 .send((delivery.topic, delivery.id, outcome))
-                .await
                 .is_err()
             {
                 return;
