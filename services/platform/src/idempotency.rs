@@ -22,12 +22,20 @@ pub enum Claim {
     Replay {
         status: u16,
         body: serde_json::Value,
+        headers: Vec<(String, String)>,
     },
     /// The first request with this key has not finished yet.
     InFlight,
     /// The key was used with a different request.
     Mismatch,
 }
+
+type Existing = (
+    String,
+    Option<i16>,
+    Option<serde_json::Value>,
+    sqlx::types::Json<Vec<(String, String)>>,
+);
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
@@ -88,22 +96,22 @@ impl IdempotencyStore {
             if acquired.is_some() {
                 return Ok(Claim::Acquired);
             }
-            let existing: Option<(String, Option<i16>, Option<serde_json::Value>)> =
-                sqlx::query_as(
-                    "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-                     WHERE scope = $1 AND key = $2",
-                )
-                .bind(self.scope)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
+            let existing: Option<Existing> = sqlx::query_as(
+                "SELECT request_hash, response_status, response_body, response_headers \
+                     FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            )
+            .bind(self.scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
             match existing {
                 None => continue,
-                Some((hash, _, _)) if hash != fingerprint => return Ok(Claim::Mismatch),
-                Some((_, Some(status), Some(body))) => {
+                Some((hash, ..)) if hash != fingerprint => return Ok(Claim::Mismatch),
+                Some((_, Some(status), Some(body), headers)) => {
                     return Ok(Claim::Replay {
                         status: u16::try_from(status).unwrap_or(200),
                         body,
+                        headers: headers.0,
                     });
                 }
                 Some(_) => return Ok(Claim::InFlight),
@@ -118,15 +126,17 @@ impl IdempotencyStore {
         key: &str,
         status: u16,
         body: &serde_json::Value,
+        headers: &[(String, String)],
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 \
-             WHERE scope = $1 AND key = $2",
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4, \
+             response_headers = $5 WHERE scope = $1 AND key = $2",
         )
         .bind(self.scope)
         .bind(key)
         .bind(i16::try_from(status).unwrap_or(500))
         .bind(body)
+        .bind(sqlx::types::Json(headers))
         .execute(&self.pool)
         .await?;
         Ok(())

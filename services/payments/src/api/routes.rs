@@ -1,12 +1,11 @@
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderMap, HeaderName, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
 };
 use platform::{
-    http::{ApiJson, FieldError, Problem, RequestId, header_value},
-    idempotency::{Claim, IDEMPOTENCY_KEY_HEADER, IdempotencyStore, REPLAYED_HEADER},
+    http::{ApiJson, FieldError, JsonReply, Problem, RequestId, idempotency_key, idempotent},
+    idempotency::IdempotencyStore,
     outbox::{self, OutboxStats},
 };
 use sqlx::PgPool;
@@ -82,38 +81,6 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
     })
 }
 
-/// Reads and checks the optional `Idempotency-Key` header.
-fn clave_idempotencia(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or_default().trim();
-    if key.is_empty() || key.len() > 255 {
-        return Err(Problem::validation(vec![FieldError::new(
-            "Idempotency-Key",
-            "debe tener entre 1 y 255 caracteres visibles",
-        )]));
-    }
-    Ok(Some(key.to_owned()))
-}
-
-fn respuesta_json(status: StatusCode, body: &serde_json::Value, replayed: bool) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    if status.is_client_error() {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header_value(platform::http::PROBLEM_CONTENT_TYPE),
-        );
-    }
-    if replayed {
-        response.headers_mut().insert(
-            HeaderName::from_static(REPLAYED_HEADER),
-            header_value("true"),
-        );
-    }
-    response
-}
-
 /// Accept a payment.
 ///
 /// Exactly once per `referencia_pago`: the same request again returns the original payment
@@ -136,8 +103,8 @@ async fn crear(
     RequestId(request_id): RequestId,
     headers: HeaderMap,
     body: ApiJson<CrearPagoBody>,
-) -> Result<Response, Problem> {
-    let clave = clave_idempotencia(&headers)?;
+) -> Result<JsonReply, Problem> {
+    idempotency_key(&headers)?;
     let solicitud = NuevoPago::validar(
         &body.value.id_afiliado,
         monto_exacto(&body.value.monto),
@@ -145,78 +112,30 @@ async fn crear(
         &body.value.referencia_pago,
     )
     .map_err(ErrorPagos::from)?;
-
-    if let Some(clave) = &clave {
-        // Canonical JSON: the same fields in another order or spacing are the same request.
-        let canonical = serde_json::from_slice::<serde_json::Value>(&body.raw)
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let huella = IdempotencyStore::fingerprint("POST", "/pagos", canonical.as_bytes());
-        match state
-            .idempotency
-            .claim(clave, &huella)
-            .await
-            .map_err(ErrorPagos::from)?
-        {
-            Claim::Acquired => {}
-            Claim::Replay { status, body } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                return Ok(respuesta_json(status, &body, true));
+    idempotent(
+        &state.idempotency,
+        &headers,
+        "POST",
+        "/pagos",
+        &body.raw,
+        || async {
+            match crear_pago(&state.pool, solicitud, &request_id).await? {
+                Creacion::Creado(pago) => JsonReply::new(
+                    StatusCode::OK,
+                    PagoCreado::from_pago(&pago, "Pago recibido y en cola para procesamiento"),
+                ),
+                Creacion::Repetido(pago) => Ok(JsonReply::new(
+                    StatusCode::OK,
+                    PagoCreado::from_pago(
+                        &pago,
+                        "Pago ya registrado con esta referencia_pago; se devuelve el original",
+                    ),
+                )?
+                .replayed(true)),
             }
-            Claim::InFlight => {
-                return Err(Problem::conflict(
-                    "La primera solicitud con esta Idempotency-Key aún se está procesando; reintente en unos segundos",
-                ));
-            }
-            Claim::Mismatch => {
-                return Err(Problem::unprocessable(
-                    "Esta Idempotency-Key ya se usó con un cuerpo distinto",
-                ));
-            }
-        }
-    }
-
-    let resultado = crear_pago(&state.pool, solicitud, &request_id).await;
-    let (status, cuerpo, repetido) = match resultado {
-        Ok(Creacion::Creado(pago)) => (
-            StatusCode::OK,
-            serde_json::to_value(PagoCreado::from_pago(
-                &pago,
-                "Pago recibido y en cola para procesamiento",
-            )),
-            false,
-        ),
-        Ok(Creacion::Repetido(pago)) => (
-            StatusCode::OK,
-            serde_json::to_value(PagoCreado::from_pago(
-                &pago,
-                "Pago ya registrado con esta referencia_pago; se devuelve el original",
-            )),
-            true,
-        ),
-        Err(error @ ErrorPagos::ReferenciaEnUso(_)) => {
-            let problem = Problem::from(error);
-            (problem.status, serde_json::to_value(&problem), false)
-        }
-        Err(error) => {
-            if let Some(clave) = &clave {
-                // Our failure, not the client's: let the client retry with the same key.
-                if let Err(release) = state.idempotency.release(clave).await {
-                    tracing::error!(error = %release, "cannot release idempotency key");
-                }
-            }
-            return Err(error.into());
-        }
-    };
-    let cuerpo = cuerpo.map_err(|e| Problem::internal(&e))?;
-    if let Some(clave) = &clave {
-        state
-            .idempotency
-            .complete(clave, status.as_u16(), &cuerpo)
-            .await
-            .map_err(ErrorPagos::from)?;
-    }
-    Ok(respuesta_json(status, &cuerpo, repetido))
+        },
+    )
+    .await
 }
 
 /// A payment's current state.

@@ -2,6 +2,7 @@
 //! timeout, body limit, panic guard, problem+json for every error), the operational endpoints
 //! (`/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`) and graceful serving.
 
+mod idempotent;
 mod json;
 mod problem;
 mod request_id;
@@ -37,6 +38,7 @@ use tower_http::{
 use utoipa::openapi::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use idempotent::{JsonReply, idempotency_key, idempotent};
 pub use json::{ApiJson, parse as parse_json};
 pub use problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem, ProblemDetails};
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
