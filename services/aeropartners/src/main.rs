@@ -24,6 +24,8 @@ enum Command {
     Payments(payments::ApiConfig),
     /// Payments worker: charges pending payments through the gateway.
     PaymentsWorker(payments::WorkerConfig),
+    /// Campaigns HTTP API (`/campaigns`), its outbox relay and its payment consumer.
+    Campaigns(campaigns::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
 }
@@ -36,9 +38,15 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Payments(config) => payments::run_api(config, shutdown).await,
         Command::PaymentsWorker(config) => payments::run_worker(config, shutdown).await,
+        Command::Campaigns(config) => campaigns::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
-            payments::database(&config).await.map(|_| ())
+            async {
+                payments::database(&config).await?;
+                campaigns::database(&config).await?;
+                Ok(())
+            }
+            .await
         }
     };
     if let Err(error) = &result {

@@ -11,13 +11,12 @@ use std::{sync::Arc, time::Duration};
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
     db,
-    http::{self, DependencyStatus, Readiness},
+    http::{self, ContextReadiness},
     idempotency::IdempotencyStore,
-    messaging::{self, Broker, Subscription},
+    messaging::{self, LazyBroker, Subscription},
     outbox::Relay,
 };
 use sqlx::{PgPool, migrate::Migrator};
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -70,95 +69,14 @@ pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The broker, connected in the background: a service starts (and accepts payments into the
-/// outbox) even while Pulsar is down, and picks the broker up as soon as it answers.
-#[derive(Clone, Default)]
-pub struct LazyBroker(Arc<OnceCell<Broker>>);
-
-impl LazyBroker {
-    pub fn connect_in_background(config: PulsarConfig, shutdown: CancellationToken) -> Self {
-        let lazy = Self::default();
-        let cell = lazy.0.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            while !shutdown.is_cancelled() {
-                match Broker::connect(&config).await {
-                    Ok(broker) => {
-                        let _ = cell.set(broker);
-                        tracing::info!(url = %config.pulsar_url, "connected to Pulsar");
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, ?backoff, "Pulsar not reachable yet");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-        lazy
-    }
-
-    pub fn ready(broker: Broker) -> Self {
-        let cell = OnceCell::new();
-        let _ = cell.set(broker);
-        Self(Arc::new(cell))
-    }
-
-    pub async fn wait(&self, shutdown: &CancellationToken) -> Option<Broker> {
-        loop {
-            if let Some(broker) = self.0.get() {
-                return Some(broker.clone());
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    }
-
-    pub fn get(&self) -> Option<&Broker> {
-        self.0.get()
-    }
-}
-
-/// `/ready`: the database answers and is migrated; the broker is checked too, and is required
-/// only where the service cannot work without it.
-pub struct PaymentsReadiness {
-    pub pool: PgPool,
-    pub broker: LazyBroker,
-    pub broker_required: bool,
-}
-
-#[async_trait::async_trait]
-impl Readiness for PaymentsReadiness {
-    async fn check(&self) -> Vec<DependencyStatus> {
-        let database = sqlx::query_scalar::<_, i32>("SELECT 1")
-            .fetch_one(&self.pool)
-            .await
-            .map(|_| "answers".to_owned());
-        let migrations = db::migrations_applied(&self.pool, SCHEMA, &MIGRATOR)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|applied| {
-                if applied {
-                    Ok("all applied".to_owned())
-                } else {
-                    Err("pending migrations".to_owned())
-                }
-            });
-        let broker = match self.broker.get() {
-            Some(broker) => broker
-                .check(TipoEventoPago::PagoPendiente.topic())
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("not connected yet".to_owned()),
-        };
-        vec![
-            DependencyStatus::from_result("database", true, database),
-            DependencyStatus::from_result("migrations", true, migrations),
-            DependencyStatus::from_result("broker", self.broker_required, broker),
-        ]
+fn readiness(pool: PgPool, broker: LazyBroker, broker_required: bool) -> ContextReadiness {
+    ContextReadiness {
+        pool,
+        schema: SCHEMA,
+        migrator: &MIGRATOR,
+        broker,
+        broker_required,
+        probe_topic: TipoEventoPago::PagoPendiente.topic(),
     }
 }
 
@@ -169,11 +87,7 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
         pool: pool.clone(),
     };
     let (router, openapi) = api::router(state);
-    let readiness = Arc::new(PaymentsReadiness {
-        pool,
-        broker,
-        broker_required: false,
-    });
+    let readiness = Arc::new(readiness(pool, broker, false));
     http::app("payments", router, openapi, readiness, http)
 }
 
@@ -189,31 +103,14 @@ pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::
             }
         })
     };
-    let purge = spawn_idempotency_purge(pool.clone(), shutdown.clone());
+    let purge =
+        IdempotencyStore::new(pool.clone(), "pagos", Duration::ZERO).spawn_purge(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
     shutdown.cancel();
     let _ = tokio::join!(relay, purge);
     Ok(())
-}
-
-fn spawn_idempotency_purge(
-    pool: PgPool,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let store = IdempotencyStore::new(pool, "pagos", Duration::ZERO);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(600)) => {}
-            }
-            if let Err(error) = store.purge_expired().await {
-                tracing::warn!(%error, "cannot purge expired idempotency keys");
-            }
-        }
-    })
 }
 
 /// The worker's subscription to `payments.evt.pending`.
@@ -295,11 +192,7 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
         shutdown_grace: Duration::from_secs(5),
     };
     let (router, openapi) = utoipa_axum::router::OpenApiRouter::<()>::new().split_for_parts();
-    let readiness = Arc::new(PaymentsReadiness {
-        pool,
-        broker,
-        broker_required: true,
-    });
+    let readiness = Arc::new(readiness(pool, broker, true));
     let app = http::app("payments-worker", router, openapi, readiness, &http_config);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     http::serve(listener, app, shutdown.clone(), http_config.shutdown_grace).await?;

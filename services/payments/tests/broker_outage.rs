@@ -10,7 +10,8 @@ mod common;
 use std::{collections::HashSet, path::PathBuf, process::Command, time::Duration};
 
 use common::*;
-use payments::{LazyBroker, run_worker_with};
+use payments::run_worker_with;
+use platform::messaging::LazyBroker;
 use platform::outbox::Relay;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;

@@ -6,7 +6,8 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use payments::{LazyBroker, run_worker_with};
+use payments::run_worker_with;
+use platform::messaging::LazyBroker;
 use platform::outbox::Relay;
 use sqlx::{
     PgPool,

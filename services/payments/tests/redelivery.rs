@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use payments::{LazyBroker, application::ProcesadorDePagos, run_worker_with};
+use payments::{application::ProcesadorDePagos, run_worker_with};
+use platform::messaging::LazyBroker;
 use platform::messaging::{Envelope, EventHandler};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;

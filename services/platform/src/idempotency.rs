@@ -154,7 +154,25 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Forgets expired keys; run periodically.
+    /// Forgets expired keys every ten minutes until `shutdown`.
+    pub fn spawn_purge(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(600)) => {}
+                }
+                if let Err(error) = self.purge_expired().await {
+                    tracing::warn!(%error, "cannot purge expired idempotency keys");
+                }
+            }
+        })
+    }
+
+    /// Forgets expired keys.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
         Ok(
             sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")

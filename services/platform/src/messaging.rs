@@ -20,7 +20,7 @@ use pulsar::{
     proto::MessageIdData,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -174,6 +174,58 @@ impl Broker {
             receipt.await?;
         }
         Ok(())
+    }
+}
+
+/// The broker, connected in the background: a service starts (and accepts payments into the
+/// outbox) even while Pulsar is down, and picks the broker up as soon as it answers.
+#[derive(Clone, Default)]
+pub struct LazyBroker(Arc<OnceCell<Broker>>);
+
+impl LazyBroker {
+    pub fn connect_in_background(config: PulsarConfig, shutdown: CancellationToken) -> Self {
+        let lazy = Self::default();
+        let cell = lazy.0.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            while !shutdown.is_cancelled() {
+                match Broker::connect(&config).await {
+                    Ok(broker) => {
+                        let _ = cell.set(broker);
+                        tracing::info!(url = %config.pulsar_url, "connected to Pulsar");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?backoff, "Pulsar not reachable yet");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        lazy
+    }
+
+    pub fn ready(broker: Broker) -> Self {
+        let cell = OnceCell::new();
+        let _ = cell.set(broker);
+        Self(Arc::new(cell))
+    }
+
+    pub async fn wait(&self, shutdown: &CancellationToken) -> Option<Broker> {
+        loop {
+            if let Some(broker) = self.0.get() {
+                return Some(broker.clone());
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    pub fn get(&self) -> Option<&Broker> {
+        self.0.get()
     }
 }
 

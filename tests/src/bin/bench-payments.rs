@@ -19,11 +19,12 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use payments::{
-    LazyBroker,
-    infrastructure::pasarela::{ConfigStripeSimulado, StripeSimulado},
+use payments::infrastructure::pasarela::{ConfigStripeSimulado, StripeSimulado};
+use platform::{
+    config::PulsarConfig,
+    messaging::{Broker, LazyBroker},
+    outbox::Relay,
 };
-use platform::{config::PulsarConfig, messaging::Broker, outbox::Relay};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 

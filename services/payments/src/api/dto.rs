@@ -24,26 +24,6 @@ pub struct CrearPagoBody {
     pub referencia_pago: String,
 }
 
-/// Reads a JSON number exactly. Integers are exact; a fractional number is read back from its
-/// shortest round-trip representation, which is the literal the client wrote for any amount
-/// with up to 15 significant digits (so `0.1` stays `0.1` and `10.555` is seen as 3 decimals).
-pub fn monto_exacto(numero: &serde_json::Number) -> Result<Decimal, String> {
-    if let Some(entero) = numero.as_i64() {
-        return Ok(Decimal::from(entero));
-    }
-    if let Some(entero) = numero.as_u64() {
-        return Ok(Decimal::from(entero));
-    }
-    let flotante = numero
-        .as_f64()
-        .ok_or_else(|| "no es un número".to_owned())?;
-    let texto = flotante.to_string();
-    texto
-        .parse::<Decimal>()
-        .or_else(|_| Decimal::from_scientific(&texto))
-        .map_err(|_| format!("el número {numero} está fuera de rango"))
-}
-
 /// Body of `PATCH /pagos/{id_pago}/revertir`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RevertirBody {
@@ -118,31 +98,5 @@ impl From<&Pago> for PagoDetalle {
             referencia_transaccion: pago.referencia_transaccion.clone(),
             motivo_reversion: pago.motivo_reversion.clone(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numero(json: &str) -> serde_json::Number {
-        serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn json_numbers_become_exact_decimals() {
-        assert_eq!(monto_exacto(&numero("150")).unwrap(), Decimal::from(150));
-        assert_eq!(
-            monto_exacto(&numero("0.1")).unwrap(),
-            "0.1".parse::<Decimal>().unwrap()
-        );
-        assert_eq!(monto_exacto(&numero("10.555")).unwrap().scale(), 3);
-        assert_eq!(
-            monto_exacto(&numero("99999999999.99")).unwrap(),
-            "99999999999.99".parse::<Decimal>().unwrap()
-        );
-        assert_eq!(monto_exacto(&numero("-5")).unwrap(), Decimal::from(-5));
-        assert_eq!(monto_exacto(&numero("1e3")).unwrap(), Decimal::from(1000));
-        assert!(monto_exacto(&numero("1e300")).is_err());
     }
 }

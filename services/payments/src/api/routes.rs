@@ -4,7 +4,10 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use platform::{
-    http::{ApiJson, FieldError, JsonReply, Problem, RequestId, idempotency_key, idempotent},
+    http::{
+        ApiJson, FieldError, JsonReply, Problem, RequestId, exact_decimal, idempotency_key,
+        idempotent,
+    },
     idempotency::IdempotencyStore,
     outbox::{self, OutboxStats},
 };
@@ -13,7 +16,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::dto::{CrearPagoBody, PagoCreado, PagoDetalle, RevertirBody, monto_exacto};
+use super::dto::{CrearPagoBody, PagoCreado, PagoDetalle, RevertirBody};
 use crate::{
     application::{Creacion, ErrorPagos, crear_pago, revertir_pago},
     domain::NuevoPago,
@@ -107,7 +110,7 @@ async fn crear(
     idempotency_key(&headers)?;
     let solicitud = NuevoPago::validar(
         &body.value.id_afiliado,
-        monto_exacto(&body.value.monto),
+        exact_decimal(&body.value.monto),
         &body.value.moneda,
         &body.value.referencia_pago,
     )

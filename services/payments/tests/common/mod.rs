@@ -15,13 +15,12 @@ use axum::{body::Body, http::Request};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use payments::{
-    LazyBroker,
     domain::ResultadoCobro,
     infrastructure::pasarela::{ErrorPasarela, PasarelaDePagos, SolicitudCobro},
 };
 use platform::{
     config::{HttpConfig, PulsarConfig},
-    messaging::{Broker, Envelope},
+    messaging::{Broker, Envelope, LazyBroker},
 };
 use sqlx::{
     PgPool,

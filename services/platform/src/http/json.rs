@@ -7,6 +7,7 @@ use axum::{
     extract::{FromRequest, Request, rejection::BytesRejection},
     http::{StatusCode, header},
 };
+use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 
 use super::problem::{FieldError, Problem};
@@ -48,6 +49,26 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Problem> {
         .end()
         .map_err(|_| Problem::bad_request("El cuerpo contiene datos después del JSON"))?;
     Ok(value)
+}
+
+/// Reads a JSON number exactly. Integers are exact; a fractional number is read back from its
+/// shortest round-trip representation, which is the literal the client wrote for any amount
+/// with up to 15 significant digits (so `0.1` stays `0.1` and `10.555` is seen as 3 decimals).
+pub fn exact_decimal(numero: &serde_json::Number) -> Result<Decimal, String> {
+    if let Some(entero) = numero.as_i64() {
+        return Ok(Decimal::from(entero));
+    }
+    if let Some(entero) = numero.as_u64() {
+        return Ok(Decimal::from(entero));
+    }
+    let flotante = numero
+        .as_f64()
+        .ok_or_else(|| "no es un número".to_owned())?;
+    let texto = flotante.to_string();
+    texto
+        .parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(&texto))
+        .map_err(|_| format!("el número {numero} está fuera de rango"))
 }
 
 fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
@@ -123,6 +144,27 @@ mod tests {
     struct Body {
         name: String,
         amount: f64,
+    }
+
+    fn numero(json: &str) -> serde_json::Number {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn json_numbers_become_exact_decimals() {
+        assert_eq!(exact_decimal(&numero("150")).unwrap(), Decimal::from(150));
+        assert_eq!(
+            exact_decimal(&numero("0.1")).unwrap(),
+            "0.1".parse::<Decimal>().unwrap()
+        );
+        assert_eq!(exact_decimal(&numero("10.555")).unwrap().scale(), 3);
+        assert_eq!(
+            exact_decimal(&numero("99999999999.99")).unwrap(),
+            "99999999999.99".parse::<Decimal>().unwrap()
+        );
+        assert_eq!(exact_decimal(&numero("-5")).unwrap(), Decimal::from(-5));
+        assert_eq!(exact_decimal(&numero("1e3")).unwrap(), Decimal::from(1000));
+        assert!(exact_decimal(&numero("1e300")).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod idempotent;
 mod json;
 mod problem;
+mod readiness;
 mod request_id;
 
 use std::{
@@ -39,8 +40,9 @@ use utoipa::openapi::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use idempotent::{JsonReply, idempotency_key, idempotent};
-pub use json::{ApiJson, parse as parse_json};
+pub use json::{ApiJson, exact_decimal, parse as parse_json};
 pub use problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem, ProblemDetails};
+pub use readiness::ContextReadiness;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
 
 use crate::{config::HttpConfig, telemetry};

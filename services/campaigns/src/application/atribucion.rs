@@ -1,0 +1,104 @@
+//! Consumer of `payments.evt.completed`: each successful payment of an affiliate adds one
+//! conversion and 10 % of its amount as spend to that affiliate's ACTIVE campaigns, exactly
+//! once. The inbox row and the campaign changes commit together, so a redelivered event finds
+//! its inbox row and changes nothing. Payments are independent of each other, so their order
+//! does not matter: each one's effect is an increment (capped at the budget).
+
+use std::str::FromStr;
+
+use platform::{
+    inbox,
+    messaging::{Envelope, EventHandler, HandlerError},
+};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use super::ahora;
+use crate::{domain::Moneda, infrastructure::repositorio};
+
+pub const CONSUMER_NAME: &str = "campaigns-payments";
+
+/// The share of a payment that counts as campaign spend.
+fn comision(monto: Decimal) -> Decimal {
+    (monto * Decimal::new(10, 2)).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+#[derive(Debug, Deserialize)]
+struct PagoExitoso {
+    id_afiliado: String,
+    monto: f64,
+    moneda: String,
+}
+
+pub struct AtribucionDePagos {
+    pool: PgPool,
+}
+
+impl AtribucionDePagos {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies one event; returns how many campaigns it changed (0 for a redelivery).
+    pub async fn aplicar(&self, envelope: &Envelope) -> Result<usize, HandlerError> {
+        let pago: PagoExitoso = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| HandlerError::Permanent(format!("PagoExitoso data: {e}")))?;
+        let monto = Decimal::from_str(&pago.monto.to_string())
+            .map_err(|e| HandlerError::Permanent(format!("monto: {e}")))?;
+        let moneda = Moneda::from_str(&pago.moneda)
+            .map_err(|e| HandlerError::Permanent(format!("moneda: {e}")))?;
+        let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
+
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        if !inbox::first_delivery(&mut tx, CONSUMER_NAME, envelope)
+            .await
+            .map_err(transient)?
+        {
+            tracing::info!("PagoExitoso already attributed; redelivery ignored");
+            return Ok(0);
+        }
+        let campanas = repositorio::bloquear_activas_de_afiliado(&mut tx, &pago.id_afiliado)
+            .await
+            .map_err(transient)?;
+        let mut cambiadas = 0;
+        for mut campana in campanas {
+            if let Some(evento) = campana.atribuir_pago(monto, moneda, comision(monto), ahora()) {
+                repositorio::actualizar(&mut tx, &campana)
+                    .await
+                    .map_err(transient)?;
+                repositorio::registrar_evento(&mut tx, &evento, &envelope.correlation_id)
+                    .await
+                    .map_err(transient)?;
+                cambiadas += 1;
+            }
+        }
+        tx.commit().await.map_err(transient)?;
+        Ok(cambiadas)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for AtribucionDePagos {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        if envelope.event_type != "PagoExitoso" {
+            return Ok(());
+        }
+        self.aplicar(&envelope).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commission_is_ten_percent_to_the_cent() {
+        assert_eq!(comision(Decimal::from(100)), Decimal::from(10));
+        assert_eq!(
+            comision("150.25".parse().unwrap()),
+            "15.03".parse::<Decimal>().unwrap()
+        );
+        assert_eq!(comision("0.01".parse().unwrap()), Decimal::ZERO);
+    }
+}

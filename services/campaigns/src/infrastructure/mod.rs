@@ -1,0 +1,3 @@
+//! PostgreSQL persistence of campaigns (state change + outbox row in one transaction).
+
+pub mod repositorio;

@@ -1,0 +1,114 @@
+//! The campaigns bounded context (API.md §4): campaigns with a lifecycle, a budget and metrics;
+//! events through the outbox; successful payments attributed exactly once.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod infrastructure;
+
+use std::{sync::Arc, time::Duration};
+
+use platform::{
+    config::{DatabaseConfig, HttpConfig, PulsarConfig},
+    db,
+    http::{self, ContextReadiness},
+    idempotency::IdempotencyStore,
+    messaging::{self, LazyBroker, Subscription},
+    outbox::Relay,
+};
+use sqlx::{PgPool, migrate::Migrator};
+use tokio_util::sync::CancellationToken;
+
+use crate::application::AtribucionDePagos;
+
+/// The PostgreSQL schema this context owns.
+pub const SCHEMA: &str = "campaigns";
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/campaigns");
+
+/// The topic whose events this context attributes to campaigns.
+pub const PAYMENTS_COMPLETED_TOPIC: &str = "payments.evt.completed";
+
+/// `aeropartners campaigns`: the HTTP API, the outbox relay and the payment consumer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub pulsar: PulsarConfig,
+}
+
+pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let pool = db::connect(config, SCHEMA).await?;
+    if config.migrate_on_start {
+        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    }
+    Ok(pool)
+}
+
+/// The complete campaigns HTTP application (used by the binary and by the tests).
+pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
+    let state = api::ApiState {
+        idempotency: IdempotencyStore::new(pool.clone(), "campaigns", http.request_timeout * 2),
+        pool: pool.clone(),
+    };
+    let (router, openapi) = api::router(state);
+    let readiness = Arc::new(ContextReadiness {
+        pool,
+        schema: SCHEMA,
+        migrator: &MIGRATOR,
+        broker,
+        // Commands keep working without the broker: the outbox holds their events.
+        broker_required: false,
+        probe_topic: PAYMENTS_COMPLETED_TOPIC,
+    });
+    http::app("campaigns", router, openapi, readiness, http)
+}
+
+/// The payment consumer's subscription: Key_Shared, so replicas share the work.
+pub fn payments_subscription() -> Subscription {
+    Subscription {
+        topics: vec![PAYMENTS_COMPLETED_TOPIC.to_owned()],
+        name: application::CONSUMER_NAME.to_owned(),
+        lanes: 16,
+        attempts: 5,
+        max_redeliveries: 10,
+    }
+}
+
+/// Consumes `payments.evt.completed` until `shutdown`.
+pub async fn run_payment_consumer(pool: PgPool, broker: LazyBroker, shutdown: CancellationToken) {
+    let Some(connected) = broker.wait(&shutdown).await else {
+        return;
+    };
+    let handler = Arc::new(AtribucionDePagos::new(pool));
+    messaging::run_consumer(connected, payments_subscription(), handler, shutdown).await;
+}
+
+/// Runs the API, the relay and the consumer until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = database(&config.database).await?;
+    let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
+    let relay = {
+        let (pool, broker, shutdown) = (pool.clone(), broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Some(broker) = broker.wait(&shutdown).await {
+                Relay::new(pool, broker, SCHEMA).run(shutdown).await;
+            }
+        })
+    };
+    let consumer = tokio::spawn(run_payment_consumer(
+        pool.clone(),
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    let purge = IdempotencyStore::new(pool.clone(), "campaigns", Duration::ZERO)
+        .spawn_purge(shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+    let app = app(pool, broker, &config.http);
+    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    shutdown.cancel();
+    let _ = tokio::join!(relay, consumer, purge);
+    Ok(())
+}
