@@ -1,4 +1,4 @@
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -51,6 +51,8 @@ fn fecha(campo: &'static str, texto: &str, errores: &mut Errores) -> Option<Date
             ));
         })
         .ok()
+        // Stored to the microsecond: answer with what a later read returns.
+        .map(|fecha| fecha.trunc_subsecs(6))
 }
 
 fn texto(campo: &'static str, valor: &str, max: usize, errores: &mut Errores) -> Option<String> {

@@ -8,109 +8,28 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
-use axum::{body::Body, http::Request};
-use futures::StreamExt;
-use http_body_util::BodyExt;
 use payments::{
     domain::ResultadoCobro,
     infrastructure::pasarela::{ErrorPasarela, PasarelaDePagos, SolicitudCobro},
 };
-use platform::{
-    config::{HttpConfig, PulsarConfig},
-    messaging::{Broker, Envelope, LazyBroker},
-};
+use platform::messaging::LazyBroker;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tower::ServiceExt;
+pub use testkit::*;
 use uuid::Uuid;
 
 /// A pool on the test database whose connections live in the payments schema, migrated.
 pub async fn migrated_pool(options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
-    let pool = options
-        .max_connections(20)
-        .connect_with(platform::db::with_schema(connect, payments::SCHEMA))
-        .await
-        .expect("test database reachable");
-    platform::db::migrate(&pool, payments::SCHEMA, &payments::MIGRATOR)
-        .await
-        .expect("migrations apply");
-    pool
-}
-
-pub fn http_config() -> HttpConfig {
-    HttpConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        body_limit_bytes: 64 * 1024,
-        request_timeout: Duration::from_secs(30),
-        shutdown_grace: Duration::from_secs(5),
-    }
-}
-
-/// Pulsar settings for a test: the real broker of `PULSAR_URL`, with a fresh topic prefix so
-/// tests never see each other's events.
-pub fn pulsar_config() -> PulsarConfig {
-    PulsarConfig {
-        pulsar_url: std::env::var("PULSAR_URL")
-            .expect("PULSAR_URL must point at the real broker (make test starts one)"),
-        pulsar_namespace: "public/default".into(),
-        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
-    }
-}
-
-pub async fn broker(config: &PulsarConfig) -> Broker {
-    Broker::connect(config).await.expect("Pulsar reachable")
+    testkit::migrated_pool(options, connect, payments::SCHEMA, &payments::MIGRATOR).await
 }
 
 /// The app with no broker at all: enough for everything the HTTP API does alone.
 pub fn app_without_broker(pool: &PgPool) -> platform::http::App {
     payments::app(pool.clone(), LazyBroker::default(), &http_config())
-}
-
-pub struct Answer {
-    pub status: u16,
-    pub headers: axum::http::HeaderMap,
-    pub body: serde_json::Value,
-}
-
-/// Sends one request through the app (no socket) and decodes the JSON answer.
-pub async fn call(
-    app: &platform::http::App,
-    method: &str,
-    uri: &str,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Answer {
-    let mut request = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        })
-    };
-    Answer {
-        status,
-        headers,
-        body,
-    }
 }
 
 pub fn pago_json(referencia: &str, monto: &str) -> String {
@@ -119,36 +38,12 @@ pub fn pago_json(referencia: &str, monto: &str) -> String {
     )
 }
 
-pub async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 pub async fn estado(pool: &PgPool, id: Uuid) -> String {
     sqlx::query_scalar("SELECT estado FROM pagos WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// Polls `check` every 50 ms until it is true; panics with `what` after `limit`. A liveness
-/// bound for asynchronous work, not a speed assertion.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// How the double answers a charge.
@@ -243,71 +138,5 @@ impl PasarelaDePagos for CountingGateway {
             std::future::pending::<()>().await;
         }
         Ok(result)
-    }
-}
-
-/// A subscription that sees every event published under a test's prefix from the moment it
-/// subscribes. Subscribe before producing: the broker may trim messages that every existing
-/// subscription has acknowledged, so a late subscriber is not guaranteed to see them.
-pub struct Observer {
-    topics: Vec<String>,
-    consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor>,
-}
-
-impl Observer {
-    pub async fn subscribe(config: &PulsarConfig, topics: &[&str]) -> Self {
-        let broker = broker(config).await;
-        let full: Vec<String> = topics.iter().map(|t| broker.topic(t)).collect();
-        let consumer = broker
-            .client()
-            .consumer()
-            .with_topics(&full)
-            .with_subscription(format!("test-observer-{}", Uuid::new_v4()))
-            .with_subscription_type(pulsar::SubType::Exclusive)
-            .with_options(pulsar::ConsumerOptions {
-                initial_position: pulsar::consumer::InitialPosition::Earliest,
-                ..Default::default()
-            })
-            .build()
-            .await
-            .expect("observer subscribes");
-        Self {
-            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            consumer,
-        }
-    }
-
-    /// Receives until `done` says enough, as `(logical topic, envelope)` pairs.
-    pub async fn collect(
-        &mut self,
-        limit: Duration,
-        done: impl Fn(&[(String, Envelope)]) -> bool,
-    ) -> Vec<(String, Envelope)> {
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + limit;
-        while !done(&seen) {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(
-                !remaining.is_zero(),
-                "only {} events observed within {limit:?}",
-                seen.len()
-            );
-            match tokio::time::timeout(remaining, self.consumer.next()).await {
-                Ok(Some(Ok(message))) => {
-                    self.consumer.ack(&message).await.unwrap();
-                    let envelope: Envelope = serde_json::from_slice(&message.payload.data).unwrap();
-                    let topic = self
-                        .topics
-                        .iter()
-                        .find(|t| message.topic.ends_with(t.as_str()))
-                        .cloned()
-                        .unwrap_or(message.topic.clone());
-                    seen.push((topic, envelope));
-                }
-                Ok(other) => panic!("observer stream failed: {other:?}"),
-                Err(_) => {}
-            }
-        }
-        seen
     }
 }
