@@ -26,6 +26,8 @@ enum Command {
     PaymentsWorker(payments::WorkerConfig),
     /// Campaigns HTTP API (`/campaigns`), its outbox relay and its payment consumer.
     Campaigns(campaigns::Config),
+    /// Failover proxy in front of the campaigns replicas (`/api/campaigns`).
+    CampaignsProxy(campaigns_proxy::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
 }
@@ -39,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Payments(config) => payments::run_api(config, shutdown).await,
         Command::PaymentsWorker(config) => payments::run_worker(config, shutdown).await,
         Command::Campaigns(config) => campaigns::run(config, shutdown).await,
+        Command::CampaignsProxy(config) => campaigns_proxy::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {

@@ -96,8 +96,19 @@ pub fn app(
     readiness: Arc<dyn Readiness>,
     config: &HttpConfig,
 ) -> App {
+    let api = api.route("/health", get(move || health(service)));
+    app_with_health(service, api, openapi, readiness, config)
+}
+
+/// Like [`app`], for a service whose `api` serves its own `/health`.
+pub fn app_with_health(
+    _service: &'static str,
+    api: Router,
+    openapi: OpenApi,
+    readiness: Arc<dyn Readiness>,
+    config: &HttpConfig,
+) -> App {
     let operational = Router::new()
-        .route("/health", get(move || health(service)))
         .route("/ready", get(ready).with_state(readiness))
         .route("/metrics", get(metrics));
 

@@ -1,0 +1,168 @@
+//! Forwarding one request to a backend, and deciding when a failure may be retried elsewhere.
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use platform::{http::Problem, idempotency::IDEMPOTENCY_KEY_HEADER};
+
+use crate::backends::Pool;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are about one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A request may be sent twice only if doing so cannot apply it twice: reads, and writes the
+/// backend deduplicates (`Idempotency-Key`) or guards (`If-Match`).
+pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || headers.contains_key(IDEMPOTENCY_KEY_HEADER)
+        || headers.contains_key(header::IF_MATCH)
+}
+
+fn retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// `/api/campaigns/{rest}?query` → `/campaigns/{rest}?query`.
+fn upstream_path(request: &Request) -> String {
+    let path = request.uri().path();
+    let rest = path.strip_prefix("/api/campaigns").unwrap_or(path);
+    match request.uri().query() {
+        Some(query) => format!("/campaigns{rest}?{query}"),
+        None => format!("/campaigns{rest}"),
+    }
+}
+
+pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = upstream_path(&request);
+    let mut headers = request.headers().clone();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::HOST);
+    let idempotent = is_idempotent(&method, &headers);
+    let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+        Ok(body) => body,
+        // The platform's body limit already refused anything too large.
+        Err(_) => {
+            return Problem::bad_request("No se pudo leer el cuerpo de la solicitud")
+                .into_response();
+        }
+    };
+
+    let mut last_failure: Option<Response> = None;
+    for (index, base) in pool.candidates() {
+        let attempt = pool
+            .client()
+            .request(method.clone(), format!("{base}{path}"))
+            .headers(headers.clone())
+            .body(body.clone())
+            .send()
+            .await;
+        match attempt {
+            Ok(upstream) if retryable_status(upstream.status()) && idempotent => {
+                tracing::warn!(backend = %base, status = %upstream.status(), "backend failed; retrying elsewhere");
+                last_failure = Some(into_response(upstream).await);
+            }
+            Ok(upstream) => return into_response(upstream).await,
+            Err(error) if error.is_connect() => {
+                // Refused before a byte was sent: nothing was applied, so any request may go to
+                // the next backend, idempotent or not.
+                tracing::warn!(backend = %base, %error, "backend refused the connection; retrying elsewhere");
+                pool.record_refused(index);
+                last_failure = Some(unavailable());
+            }
+            Err(error) if idempotent => {
+                tracing::warn!(backend = %base, %error, "backend failed mid-request; retrying elsewhere");
+                last_failure = Some(unavailable());
+            }
+            Err(error) => {
+                // It may have been applied: a retry could apply it twice. Tell the client.
+                tracing::warn!(backend = %base, %error, "non-idempotent request failed mid-flight; not retried");
+                return Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad-gateway",
+                    "Error del servicio de campañas",
+                    "El servicio de campañas no respondió; la operación pudo o no aplicarse. Reintente con una Idempotency-Key para hacerlo de forma segura",
+                )
+                .into_response();
+            }
+        }
+    }
+    last_failure.unwrap_or_else(unavailable)
+}
+
+fn unavailable() -> Response {
+    Problem::unavailable("Ningún backend de campañas está disponible; reintente en unos segundos")
+        .with_header(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        )
+        .into_response()
+}
+
+async fn into_response(upstream: reqwest::Response) -> Response {
+    let status = upstream.status();
+    let mut headers = upstream.headers().clone();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    let body: Bytes = match upstream.bytes().await {
+        Ok(body) => body,
+        Err(_) => return unavailable(),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_and_guarded_writes_are_idempotent() {
+        let empty = HeaderMap::new();
+        assert!(is_idempotent(&Method::GET, &empty));
+        assert!(!is_idempotent(&Method::POST, &empty));
+        assert!(!is_idempotent(&Method::PATCH, &empty));
+        let mut keyed = HeaderMap::new();
+        keyed.insert(IDEMPOTENCY_KEY_HEADER, "k".parse().unwrap());
+        assert!(is_idempotent(&Method::POST, &keyed));
+        let mut guarded = HeaderMap::new();
+        guarded.insert(header::IF_MATCH, "3".parse().unwrap());
+        assert!(is_idempotent(&Method::PATCH, &guarded));
+    }
+
+    #[test]
+    fn paths_keep_their_rest_and_query() {
+        let request = Request::builder()
+            .uri("/api/campaigns/abc/metrics?x=1&y=2")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(upstream_path(&request), "/campaigns/abc/metrics?x=1&y=2");
+        let root = Request::builder()
+            .uri("/api/campaigns?limit=5")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(upstream_path(&root), "/campaigns?limit=5");
+    }
+}
