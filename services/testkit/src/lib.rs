@@ -192,3 +192,72 @@ impl Observer {
         seen
     }
 }
+
+/// A database of its own for tests that start real service processes (which need a URL, not a
+/// pool). Dropped with `drop_database`.
+pub struct TempDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin_url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL must point at the real PostgreSQL (make test starts one)");
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+        let slash = base.rfind('/').expect("DATABASE_URL names a database");
+        let url = format!(
+            "{}/{name}{}",
+            &base[..slash],
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `url` until it answers 2xx; panics after `limit`.
+pub async fn wait_until_ready(url: &str, limit: Duration) {
+    let client = reqwest::Client::new();
+    eventually(&format!("{url} ready"), limit, || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
