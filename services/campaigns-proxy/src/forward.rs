@@ -3,25 +3,16 @@
 use std::sync::Arc;
 
 use axum::{
-    body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use platform::{http::Problem, idempotency::IDEMPOTENCY_KEY_HEADER};
+use platform::{
+    http::{Problem, upstream},
+    idempotency::IDEMPOTENCY_KEY_HEADER,
+};
 
 use crate::backends::Pool;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) are about one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// A request may be sent twice only if doing so cannot apply it twice: reads, and writes the
 /// backend deduplicates (`Idempotency-Key`) or guards (`If-Match`).
@@ -51,11 +42,7 @@ fn upstream_path(request: &Request) -> String {
 pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = upstream_path(&request);
-    let mut headers = request.headers().clone();
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::HOST);
+    let headers = upstream::forwardable(request.headers());
     let idempotent = is_idempotent(&method, &headers);
     let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
         Ok(body) => body,
@@ -68,19 +55,20 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
 
     let mut last_failure: Option<Response> = None;
     for (index, base) in pool.candidates() {
-        let attempt = pool
-            .client()
-            .request(method.clone(), format!("{base}{path}"))
-            .headers(headers.clone())
-            .body(body.clone())
-            .send()
-            .await;
+        let attempt = upstream::send(
+            pool.client(),
+            &method,
+            &format!("{base}{path}"),
+            &headers,
+            &body,
+        )
+        .await;
         match attempt {
             Ok(upstream) if retryable_status(upstream.status()) && idempotent => {
                 tracing::warn!(backend = %base, status = %upstream.status(), "backend failed; retrying elsewhere");
-                last_failure = Some(into_response(upstream).await);
+                last_failure = Some(upstream::into_response(upstream).await);
             }
-            Ok(upstream) => return into_response(upstream).await,
+            Ok(upstream) => return upstream::into_response(upstream).await,
             Err(error) if error.is_connect() => {
                 // Refused before a byte was sent: nothing was applied, so any request may go to
                 // the next backend, idempotent or not.
@@ -117,26 +105,10 @@ fn unavailable() -> Response {
         .into_response()
 }
 
-async fn into_response(upstream: reqwest::Response) -> Response {
-    let status = upstream.status();
-    let mut headers = upstream.headers().clone();
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::CONTENT_LENGTH);
-    let body: Bytes = match upstream.bytes().await {
-        Ok(body) => body,
-        Err(_) => return unavailable(),
-    };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
 
     #[test]
     fn only_reads_and_guarded_writes_are_idempotent() {

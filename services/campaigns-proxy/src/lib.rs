@@ -94,7 +94,12 @@ pub fn app(pool: Arc<Pool>, http_config: &HttpConfig) -> http::App {
                 .build(),
         )
         .build();
-    http::app_with_health("campaigns-proxy", router, openapi, readiness, http_config)
+    http::app_with_health(
+        router,
+        http::Docs::Static(Box::new(openapi)),
+        readiness,
+        http_config,
+    )
 }
 
 async fn health(State(pool): State<Arc<Pool>>) -> Json<serde_json::Value> {

@@ -7,6 +7,7 @@ mod json;
 mod problem;
 mod readiness;
 mod request_id;
+pub mod upstream;
 
 use std::{
     sync::{Arc, LazyLock},
@@ -97,24 +98,38 @@ pub fn app(
     config: &HttpConfig,
 ) -> App {
     let api = api.route("/health", get(move || health(service)));
-    app_with_health(service, api, openapi, readiness, config)
+    app_with_health(api, Docs::Static(Box::new(openapi)), readiness, config)
+}
+
+/// Where `/openapi.json` comes from.
+pub enum Docs {
+    /// The service's own document, served by the platform.
+    Static(Box<OpenApi>),
+    /// The service's router serves `/openapi.json` itself (the gateway merges its upstreams');
+    /// Swagger UI at `/docs` points at it.
+    Served,
 }
 
 /// Like [`app`], for a service whose `api` serves its own `/health`.
 pub fn app_with_health(
-    _service: &'static str,
     api: Router,
-    openapi: OpenApi,
+    docs: Docs,
     readiness: Arc<dyn Readiness>,
     config: &HttpConfig,
 ) -> App {
+    let swagger = match docs {
+        Docs::Static(openapi) => SwaggerUi::new("/docs").url("/openapi.json", *openapi),
+        Docs::Served => {
+            SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::new(["/openapi.json"]))
+        }
+    };
     let operational = Router::new()
         .route("/ready", get(ready).with_state(readiness))
         .route("/metrics", get(metrics));
 
     let router = api
         .merge(operational)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(swagger)
         .fallback(|| async { Problem::from_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(record_metrics))
         .layer(
