@@ -28,6 +28,8 @@ enum Command {
     Campaigns(campaigns::Config),
     /// Failover proxy in front of the campaigns replicas (`/api/campaigns`).
     CampaignsProxy(campaigns_proxy::Config),
+    /// The API principal: routes /pagos, /campaigns and /api/campaigns, merges /openapi.json.
+    Gateway(gateway::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
 }
@@ -42,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Command::PaymentsWorker(config) => payments::run_worker(config, shutdown).await,
         Command::Campaigns(config) => campaigns::run(config, shutdown).await,
         Command::CampaignsProxy(config) => campaigns_proxy::run(config, shutdown).await,
+        Command::Gateway(config) => gateway::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {

@@ -1,0 +1,122 @@
+//! The gateway in front of the real payments and campaigns services (served on loopback
+//! sockets, on a database of their own).
+
+use std::time::Duration;
+
+use platform::{config::DatabaseConfig, messaging::LazyBroker};
+use testkit::{TempDatabase, call, http_config};
+use tokio_util::sync::CancellationToken;
+
+async fn serve(app: platform::http::App, shutdown: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(platform::http::serve(
+        listener,
+        app,
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    url
+}
+
+#[tokio::test]
+async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
+    let database = TempDatabase::create().await;
+    let config = DatabaseConfig {
+        database_url: database.url.clone(),
+        database_max_connections: 5,
+        migrate_on_start: true,
+    };
+    let shutdown = CancellationToken::new();
+    let payments_pool = payments::database(&config).await.unwrap();
+    let campaigns_pool = campaigns::database(&config).await.unwrap();
+    let payments_url = serve(
+        payments::app(payments_pool, LazyBroker::default(), &http_config()),
+        &shutdown,
+    )
+    .await;
+    let campaigns_url = serve(
+        campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
+        &shutdown,
+    )
+    .await;
+    let dead = format!("http://127.0.0.1:{}", testkit::free_port());
+
+    let gateway_config = gateway::Config {
+        http: http_config(),
+        routes: vec![
+            format!("/pagos={payments_url}/pagos"),
+            format!("/campaigns={campaigns_url}/campaigns"),
+            format!("/api/campaigns={campaigns_url}/campaigns"),
+            format!("/api/reports={dead}/api/reports"),
+        ],
+        docs: vec![
+            format!("payments={payments_url}/openapi.json"),
+            format!("campaigns={campaigns_url}/openapi.json"),
+        ],
+        upstream_timeout: Duration::from_secs(5),
+    };
+    let app = gateway::app(&gateway_config).await.unwrap();
+
+    let pago = r#"{"id_afiliado":"af-gw","monto":12.5,"moneda":"EUR","referencia_pago":"gw-1"}"#;
+    let created = call(
+        &app,
+        "POST",
+        "/pagos/",
+        Some(pago),
+        &[("x-request-id", "gw-req-1")],
+    )
+    .await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    assert_eq!(created.headers["x-request-id"], "gw-req-1");
+    let id = created.body["id_pago"].as_str().unwrap();
+    let fetched = call(&app, "GET", &format!("/pagos/{id}"), None, &[]).await;
+    assert_eq!(
+        (fetched.status, fetched.body["id_pago"].as_str()),
+        (200, Some(id))
+    );
+    let invalid = call(&app, "POST", "/pagos", Some(r#"{"monto":1}"#), &[]).await;
+    assert_eq!(
+        invalid.status, 400,
+        "the service's own problem comes through"
+    );
+    assert_eq!(invalid.headers["content-type"], "application/problem+json");
+
+    let campana = r#"{"nombre":"gw","tipo":"RETENCION","presupuesto":{"monto":10,"moneda":"USD"},"fecha_inicio":"2030-01-01T00:00:00Z","fecha_fin":"2030-02-01T00:00:00Z","id_afiliado":"af-gw"}"#;
+    for prefix in ["/campaigns", "/api/campaigns"] {
+        let answer = call(&app, "POST", prefix, Some(campana), &[]).await;
+        assert_eq!(answer.status, 201, "{prefix}: {:?}", answer.body);
+    }
+    let list = call(
+        &app,
+        "GET",
+        "/api/campaigns?limit=1&id_afiliado=af-gw",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (list.body["total"].as_i64(), list.body["limit"].as_i64()),
+        (Some(2), Some(1))
+    );
+
+    let unrouted = call(&app, "GET", "/reporting/reports", None, &[]).await;
+    assert_eq!(unrouted.status, 404);
+    assert_eq!(unrouted.headers["content-type"], "application/problem+json");
+    let down = call(&app, "GET", "/api/reports/payments", None, &[]).await;
+    assert_eq!(down.status, 503, "a configured but unreachable service");
+
+    let docs = call(&app, "GET", "/openapi.json", None, &[]).await.body;
+    assert!(
+        docs["paths"]["/pagos"]["post"].is_object(),
+        "{}",
+        docs["paths"]
+    );
+    assert!(docs["paths"]["/campaigns/{id}/activate"]["patch"].is_object());
+    assert_eq!(call(&app, "GET", "/docs/", None, &[]).await.status, 200);
+    let health = call(&app, "GET", "/health", None, &[]).await.body;
+    assert_eq!(health["service"], "gateway");
+
+    shutdown.cancel();
+    database.drop_database().await;
+}

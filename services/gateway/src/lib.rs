@@ -1,0 +1,329 @@
+//! The gateway ("API principal", API.md §1): one entry point that routes each path prefix to
+//! the service behind it, keeps the path below the prefix and the query string, and serves one
+//! OpenAPI document merged from every service's.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use platform::{
+    config::HttpConfig,
+    http::{self, DependencyStatus, Docs, Problem, Readiness, upstream},
+};
+use tokio_util::sync::CancellationToken;
+
+/// `aeropartners gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub http: HttpConfig,
+    /// Routes, `PREFIX=UPSTREAM_URL`: a request under PREFIX goes to UPSTREAM_URL plus the rest
+    /// of its path and its query. Add `/api/reports=…`, `/reporting=…` or
+    /// `/event-collector=…` as those services are deployed.
+    #[arg(long = "route", env = "GATEWAY_ROUTES", value_delimiter = ',', default_values_t = [
+        "/pagos=http://127.0.0.1:8010/pagos".to_owned(),
+        "/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
+        "/api/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
+    ])]
+    pub routes: Vec<String>,
+    /// OpenAPI documents to merge into `/openapi.json`, `name=url`.
+    #[arg(long = "docs", env = "GATEWAY_DOCS", value_delimiter = ',', default_values_t = [
+        "payments=http://127.0.0.1:8010/openapi.json".to_owned(),
+        "campaigns=http://127.0.0.1:8001/openapi.json".to_owned(),
+    ])]
+    pub docs: Vec<String>,
+    /// Timeout of one forwarded request.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = platform::config::parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+pub fn parse_pairs(specs: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (left, right) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("{what} `{spec}` must be written KEY=URL"))?;
+            Ok((
+                left.trim().trim_end_matches('/').to_owned(),
+                right.trim().trim_end_matches('/').to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The routing table: the longest prefix that matches a whole path segment wins.
+#[derive(Debug, Clone)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self(routes)
+    }
+
+    /// `/campaigns/abc?x=1` → `http://proxy/api/campaigns/abc?x=1`.
+    pub fn resolve(&self, path: &str, query: Option<&str>) -> Option<String> {
+        let route = self.0.iter().find(|r| {
+            path == r.prefix
+                || path
+                    .strip_prefix(&r.prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })?;
+        let rest = &path[route.prefix.len()..];
+        Some(match query {
+            Some(query) => format!("{}{rest}?{query}", route.upstream),
+            None => format!("{}{rest}", route.upstream),
+        })
+    }
+}
+
+struct Gateway {
+    routes: Routes,
+    client: reqwest::Client,
+    docs: Vec<(String, String)>,
+    merged: RwLock<serde_json::Value>,
+}
+
+async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let Some(url) = gateway
+        .routes
+        .resolve(request.uri().path(), request.uri().query())
+    else {
+        return Problem::not_found("Ningún servicio atiende esta ruta").into_response();
+    };
+    let method = request.method().clone();
+    let headers = upstream::forwardable(request.headers());
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+        Ok(body) => body,
+        Err(_) => {
+            return Problem::bad_request("No se pudo leer el cuerpo de la solicitud")
+                .into_response();
+        }
+    };
+    match upstream::send(&gateway.client, &method, &url, &headers, &body).await {
+        Ok(answer) => upstream::into_response(answer).await,
+        Err(error) => {
+            tracing::warn!(%url, %error, "upstream unreachable");
+            Problem::unavailable(
+                "El servicio que atiende esta ruta no está disponible; reintente en unos segundos",
+            )
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Merges the `paths` and `components.schemas` of every fetched document.
+pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for document in documents {
+        if let Some(p) = document.get("paths").and_then(|p| p.as_object()) {
+            paths.extend(p.clone());
+        }
+        if let Some(s) = document
+            .pointer("/components/schemas")
+            .and_then(|s| s.as_object())
+        {
+            schemas.extend(s.clone());
+        }
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Aeropartners API",
+            "version": "1.0.0",
+            "description": "Todas las APIs de la plataforma detrás del gateway.",
+        },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+impl Gateway {
+    /// Fetches every service's document and rebuilds the merged one; a service that is down
+    /// keeps its place empty until the next refresh.
+    async fn refresh_docs(&self) {
+        let fetches = self.docs.iter().map(|(name, url)| async move {
+            match self
+                .client
+                .get(url)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+                _ => {
+                    tracing::debug!(service = %name, %url, "OpenAPI document not available yet");
+                    None
+                }
+            }
+        });
+        let documents: Vec<serde_json::Value> = futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let merged = merge_documents(&documents);
+        if let Ok(mut slot) = self.merged.write() {
+            *slot = merged;
+        }
+    }
+}
+
+async fn openapi(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    Json(gateway.merged.read().map(|d| d.clone()).unwrap_or_default())
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "healthy", "service": "gateway" }))
+}
+
+/// The gateway itself has no dependency it cannot do without: each route answers (or says its
+/// service is unavailable) independently.
+struct AlwaysReady;
+
+#[async_trait::async_trait]
+impl Readiness for AlwaysReady {
+    async fn check(&self) -> Vec<DependencyStatus> {
+        Vec::new()
+    }
+}
+
+fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
+    let routes = parse_pairs(&config.routes, "route")?
+        .into_iter()
+        .map(|(prefix, upstream)| Route { prefix, upstream })
+        .collect();
+    Ok(Arc::new(Gateway {
+        routes: Routes::new(routes),
+        client: reqwest::Client::builder()
+            .timeout(config.upstream_timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .build()?,
+        docs: parse_pairs(&config.docs, "docs")?,
+        merged: RwLock::new(merge_documents(&[])),
+    }))
+}
+
+fn app_for(gateway: Arc<Gateway>, http_config: &HttpConfig) -> http::App {
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        // Every other path is a candidate for a route (static routes above win over this one).
+        .route("/{*path}", axum::routing::any(forward))
+        .with_state(gateway);
+    http::app_with_health(router, Docs::Served, Arc::new(AlwaysReady), http_config)
+}
+
+/// The gateway application, with its documents fetched once (used by tests).
+pub async fn app(config: &Config) -> anyhow::Result<http::App> {
+    let gateway = build(config)?;
+    gateway.refresh_docs().await;
+    Ok(app_for(gateway, &config.http))
+}
+
+/// Runs the gateway until `shutdown`, refreshing the merged documentation every 30 s.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let gateway = build(&config)?;
+    let refresher = {
+        let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                gateway.refresh_docs().await;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+    http::serve(
+        listener,
+        app_for(gateway, &config.http),
+        shutdown.clone(),
+        config.http.shutdown_grace,
+    )
+    .await?;
+    shutdown.cancel();
+    let _ = refresher.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes::new(vec![
+            Route {
+                prefix: "/pagos".into(),
+                upstream: "http://p/pagos".into(),
+            },
+            Route {
+                prefix: "/campaigns".into(),
+                upstream: "http://x/api/campaigns".into(),
+            },
+            Route {
+                prefix: "/api/campaigns".into(),
+                upstream: "http://x/api/campaigns".into(),
+            },
+        ])
+    }
+
+    #[test]
+    fn resolves_by_whole_segments_keeping_rest_and_query() {
+        let r = routes();
+        assert_eq!(r.resolve("/pagos", None).as_deref(), Some("http://p/pagos"));
+        assert_eq!(
+            r.resolve("/pagos/abc/eventos", Some("a=1")).as_deref(),
+            Some("http://p/pagos/abc/eventos?a=1")
+        );
+        assert_eq!(
+            r.resolve("/campaigns/x", Some("limit=2")).as_deref(),
+            Some("http://x/api/campaigns/x?limit=2")
+        );
+        assert_eq!(
+            r.resolve("/api/campaigns/y", None).as_deref(),
+            Some("http://x/api/campaigns/y")
+        );
+        assert_eq!(
+            r.resolve("/pagosx", None),
+            None,
+            "a prefix matches whole segments only"
+        );
+        assert_eq!(r.resolve("/api/reports/payments", None), None);
+    }
+
+    #[test]
+    fn merged_documentation_has_every_services_paths() {
+        let a =
+            serde_json::json!({"paths": {"/pagos": {}}, "components": {"schemas": {"Pago": {}}}});
+        let b = serde_json::json!({"paths": {"/campaigns": {}}});
+        let merged = merge_documents(&[a, b]);
+        assert!(merged["paths"]["/pagos"].is_object());
+        assert!(merged["paths"]["/campaigns"].is_object());
+        assert!(merged["components"]["schemas"]["Pago"].is_object());
+        assert_eq!(merged["openapi"], "3.1.0");
+    }
+}
