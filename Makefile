@@ -28,7 +28,7 @@ build: infra-up ## Build the `aeropartners` binary and the load generator (relea
 	cargo build --release --locked -p aeropartners -p aeropartners-tests
 
 .PHONY: run
-run: build ## Start the whole platform on this machine (Ctrl-C stops it)
+run: build ## Start the whole platform on this machine: gateway on :8000 (Ctrl-C stops it)
 	@$(WITH_INFRA) scripts/run.sh target/release/aeropartners
 
 .PHONY: fmt-check

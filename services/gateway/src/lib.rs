@@ -162,7 +162,7 @@ pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
 impl Gateway {
     /// Fetches every service's document and rebuilds the merged one; a service that is down
     /// keeps its place empty until the next refresh.
-    async fn refresh_docs(&self) {
+    async fn refresh_docs(&self) -> bool {
         let fetches = self.docs.iter().map(|(name, url)| async move {
             match self
                 .client
@@ -183,10 +183,12 @@ impl Gateway {
             .into_iter()
             .flatten()
             .collect();
+        let complete = documents.len() == self.docs.len();
         let merged = merge_documents(&documents);
         if let Ok(mut slot) = self.merged.write() {
             *slot = merged;
         }
+        complete
     }
 }
 
@@ -242,17 +244,19 @@ pub async fn app(config: &Config) -> anyhow::Result<http::App> {
     Ok(app_for(gateway, &config.http))
 }
 
-/// Runs the gateway until `shutdown`, refreshing the merged documentation every 30 s.
+/// Runs the gateway until `shutdown`, refreshing the merged documentation every 30 s (every
+/// 2 s while a service's document is still missing, e.g. at start-up).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let gateway = build(&config)?;
     let refresher = {
         let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
-                gateway.refresh_docs().await;
+                let complete = gateway.refresh_docs().await;
+                let next = Duration::from_secs(if complete { 30 } else { 2 });
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    () = tokio::time::sleep(next) => {}
                 }
             }
         })
