@@ -51,3 +51,7 @@ test: infra-up fmt-check lint ## fmt, clippy, unit and integration tests against
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)
 	@$(WITH_INFRA) cargo run --release --locked -p aeropartners-tests --bin bench-payments -- $(BENCH_ARGS)
+
+.PHONY: scenario-2
+scenario-2: build ## Quality scenario #2 in full: SIGKILL a campaigns instance under 200 req/s for 60 s
+	@$(WITH_INFRA) target/release/scenario-2 --binary target/release/aeropartners $(SCENARIO_ARGS)

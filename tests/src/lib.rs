@@ -1,1 +1,3 @@
+//! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
+pub mod scenario2;

@@ -144,7 +144,7 @@ impl Pool {
 
     /// Backends to try for one request: the active one, then the other healthy ones, then the
     /// unhealthy ones (a last resort beats a certain failure).
-    pub fn candidates(&self) -> Vec<(usize, String)> {
+    pub fn candidates(&self) -> Vec<(usize, String, String)> {
         let state = self.lock();
         let mut order: Vec<usize> = state.active.into_iter().collect();
         order.extend(
@@ -153,7 +153,13 @@ impl Pool {
         order.extend((0..state.backends.len()).filter(|i| !state.backends[*i].ok));
         order
             .into_iter()
-            .map(|i| (i, state.backends[i].url.clone()))
+            .map(|i| {
+                (
+                    i,
+                    state.backends[i].name.clone(),
+                    state.backends[i].url.clone(),
+                )
+            })
             .collect()
     }
 

@@ -14,6 +14,9 @@ use platform::{
 
 use crate::backends::Pool;
 
+/// Response header naming the backend that answered.
+pub const BACKEND_HEADER: &str = "x-backend";
+
 /// A request may be sent twice only if doing so cannot apply it twice: reads, and writes the
 /// backend deduplicates (`Idempotency-Key`) or guards (`If-Match`).
 pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
@@ -54,7 +57,7 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
     };
 
     let mut last_failure: Option<Response> = None;
-    for (index, base) in pool.candidates() {
+    for (index, name, base) in pool.candidates() {
         let attempt = upstream::send(
             pool.client(),
             &method,
@@ -68,7 +71,14 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
                 tracing::warn!(backend = %base, status = %upstream.status(), "backend failed; retrying elsewhere");
                 last_failure = Some(upstream::into_response(upstream).await);
             }
-            Ok(upstream) => return upstream::into_response(upstream).await,
+            Ok(upstream) => {
+                let mut response = upstream::into_response(upstream).await;
+                // Which backend answered: lets clients and the scenario runner see failovers.
+                if let Ok(value) = axum::http::HeaderValue::from_str(&name) {
+                    response.headers_mut().insert(BACKEND_HEADER, value);
+                }
+                return response;
+            }
             Err(error) if error.is_connect() => {
                 // Refused before a byte was sent: nothing was applied, so any request may go to
                 // the next backend, idempotent or not.
