@@ -23,8 +23,9 @@ infra-down: ## Stop the PostgreSQL and Pulsar this project started
 	@scripts/infra.sh down
 
 .PHONY: build
+# Both packages in one invocation: the same dependency features, so `make bench` and
+# `make scenario-2` reuse the build instead of recompiling shared dependencies.
 build: infra-up ## Build the `aeropartners` binary and the load generator (release)
-	# Both packages in one invocation: the same dependency features, so `make bench` reuses the build.
 	cargo build --release --locked -p aeropartners -p aeropartners-tests
 
 .PHONY: run
