@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,7 +18,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use platform::messaging::{Broker, Envelope};
 use serde::Serialize;
-use testkit::{TempDatabase, free_port, pulsar_config, wait_until_ready};
+use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,33 +60,6 @@ pub struct Report {
     pub events_consumed: u64,
     pub events_lost: u64,
     pub duplicated_effects: u64,
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(
-    binary: &PathBuf,
-    args: &[&str],
-    database_url: &str,
-    prefix: &str,
-) -> anyhow::Result<Process> {
-    Ok(Process(
-        Command::new(binary)
-            .args(args)
-            .env("DATABASE_URL", database_url)
-            .env("PULSAR_TOPIC_PREFIX", prefix)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    ))
 }
 
 #[derive(Debug, Clone)]
@@ -247,20 +219,20 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let mut primary = spawn(
+    let mut primary = ServiceProcess::spawn(
         &config.binary,
         &["campaigns", "--listen", &primary_addr],
         database_url,
         &prefix,
     )?;
-    let _replica = spawn(
+    let _replica = ServiceProcess::spawn(
         &config.binary,
         &["campaigns", "--listen", &replica_addr],
         database_url,
         &prefix,
     )?;
     let backends = format!("primary=http://{primary_addr},replica=http://{replica_addr}");
-    let _proxy = spawn(
+    let _proxy = ServiceProcess::spawn(
         &config.binary,
         &[
             "campaigns-proxy",
@@ -329,13 +301,12 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         let (kill_at, down_for) = (config.kill_at, config.down_for);
         tokio::spawn(async move {
             tokio::time::sleep(kill_at.saturating_sub(started.elapsed())).await;
-            primary.0.kill().expect("the primary can be killed");
-            let _ = primary.0.wait();
+            primary.kill();
             let killed = started.elapsed();
             drop(primary);
             tokio::time::sleep(down_for).await;
             let restarted = started.elapsed();
-            let again = spawn(
+            let again = ServiceProcess::spawn(
                 &binary,
                 &["campaigns", "--listen", &primary_addr],
                 &database_url,

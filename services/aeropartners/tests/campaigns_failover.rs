@@ -1,34 +1,20 @@
 //! The campaigns-proxy in front of real campaigns processes: the primary is killed with
 //! SIGKILL and started again, and the proxy fails over to the replica and back.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use testkit::{
+    ServiceProcess, TempDatabase, eventually, free_port, pulsar_config, wait_until_ready,
 };
 
-use testkit::{TempDatabase, eventually, free_port, pulsar_config, wait_until_ready};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &[&str], database_url: &str, topic_prefix: &str) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_aeropartners"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("PULSAR_TOPIC_PREFIX", topic_prefix)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the aeropartners binary starts");
-    Process(child)
+fn start(args: &[&str], database_url: &str, topic_prefix: &str) -> ServiceProcess {
+    ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_aeropartners").as_ref(),
+        args,
+        database_url,
+        topic_prefix,
+    )
+    .expect("the aeropartners binary starts")
 }
 
 #[tokio::test]
@@ -114,8 +100,7 @@ async fn the_proxy_fails_over_to_the_replica_and_back_to_the_primary() {
     assert_eq!(list["campanas"].as_array().unwrap().len(), 2);
 
     // Kill the primary (SIGKILL): reads keep succeeding through the replica.
-    primary.0.kill().unwrap();
-    primary.0.wait().unwrap();
+    primary.kill();
     let killed = Instant::now();
     for _ in 0..20 {
         let answer = client

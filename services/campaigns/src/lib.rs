@@ -40,11 +40,7 @@ pub struct Config {
 }
 
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let pool = db::connect(config, SCHEMA).await?;
-    if config.migrate_on_start {
-        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
-    }
-    Ok(pool)
+    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
 }
 
 /// The complete campaigns HTTP application (used by the binary and by the tests).

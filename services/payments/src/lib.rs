@@ -62,11 +62,7 @@ pub struct WorkerConfig {
 
 /// Connects the pool and applies migrations when configured to.
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let pool = db::connect(config, SCHEMA).await?;
-    if config.migrate_on_start {
-        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
-    }
-    Ok(pool)
+    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
 }
 
 fn readiness(pool: PgPool, broker: LazyBroker, broker_required: bool) -> ContextReadiness {

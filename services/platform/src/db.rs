@@ -55,6 +55,19 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, Db
         .map_err(DbError::Connect)
 }
 
+/// The context's pool, migrated first when the configuration says so.
+pub async fn connect_and_migrate(
+    config: &DatabaseConfig,
+    schema: &str,
+    migrator: &Migrator,
+) -> Result<PgPool, DbError> {
+    let pool = connect(config, schema).await?;
+    if config.migrate_on_start {
+        migrate(&pool, schema, migrator).await?;
+    }
+    Ok(pool)
+}
+
 /// Creates the schema if needed, then applies the platform tables and the context's own
 /// migrations inside it. Each migrator keeps its history in a table of that schema, and the
 /// migrator's advisory lock serialises replicas that start together.

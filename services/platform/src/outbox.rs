@@ -41,6 +41,38 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// A domain event about to be recorded: everything of the envelope but its id.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a, T: Serialize> {
+    pub event_type: &'a str,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: String,
+    pub aggregate_version: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: &'a str,
+    pub data: &'a T,
+}
+
+/// Wraps `event` in an envelope with a fresh id and adds it to the outbox inside the caller's
+/// transaction.
+pub async fn record<T: Serialize>(
+    tx: &mut PgConnection,
+    topic: &str,
+    event: NewEvent<'_, T>,
+) -> Result<(), sqlx::Error> {
+    let envelope = Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: event.event_type.to_owned(),
+        aggregate_type: event.aggregate_type.to_owned(),
+        aggregate_id: event.aggregate_id,
+        aggregate_version: event.aggregate_version,
+        occurred_at: event.occurred_at,
+        correlation_id: event.correlation_id.to_owned(),
+        data: serde_json::to_value(event.data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+    };
+    enqueue(tx, topic, &envelope).await
+}
+
 /// `GET …/outbox/estadisticas`: `procesados + pendientes + fallidos == total` by construction,
 /// since the three counts partition the rows by one snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

@@ -261,3 +261,38 @@ pub async fn wait_until_ready(url: &str, limit: Duration) {
     })
     .await;
 }
+
+/// A service process started from the `aeropartners` binary, on `database_url` and the broker
+/// of `PULSAR_URL` under `topic_prefix`. Killed (SIGKILL) and reaped when dropped.
+pub struct ServiceProcess(pub std::process::Child);
+
+impl ServiceProcess {
+    pub fn spawn(
+        binary: &std::path::Path,
+        args: &[&str],
+        database_url: &str,
+        topic_prefix: &str,
+    ) -> std::io::Result<Self> {
+        std::process::Command::new(binary)
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env("PULSAR_TOPIC_PREFIX", topic_prefix)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Self)
+    }
+
+    /// SIGKILL, as a crashing node would: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -82,12 +82,7 @@ impl From<ErrorCampanas> for Problem {
 }
 
 fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
-    raw.parse().map_err(|_| {
-        Problem::validation(vec![FieldError::new(
-            "id",
-            format!("'{raw}' no es un UUID válido"),
-        )])
-    })
+    platform::http::uuid_param("id", raw)
 }
 
 /// `If-Match: 3`, `"3"` or `W/"3"` → `Some(3)`; `*` or absent → `None`.

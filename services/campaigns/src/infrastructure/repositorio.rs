@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use platform::{messaging::Envelope, outbox};
+use platform::outbox;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -253,15 +253,14 @@ pub async fn registrar_evento(
     evento: &EventoCampana,
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let envelope = Envelope {
-        event_id: Uuid::new_v4(),
-        event_type: evento.tipo.nombre().to_owned(),
-        aggregate_type: AGGREGATE_TYPE.to_owned(),
+    let event = outbox::NewEvent {
+        event_type: evento.tipo.nombre(),
+        aggregate_type: AGGREGATE_TYPE,
         aggregate_id: evento.datos.id_campana.to_string(),
         aggregate_version: evento.version,
         occurred_at: evento.ocurrido_en,
-        correlation_id: correlation_id.to_owned(),
-        data: serde_json::to_value(&evento.datos).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        correlation_id,
+        data: &evento.datos,
     };
-    outbox::enqueue(tx, evento.tipo.topic(), &envelope).await
+    outbox::record(tx, evento.tipo.topic(), event).await
 }

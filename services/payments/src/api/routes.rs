@@ -76,12 +76,7 @@ fn capitalizar(texto: &str) -> String {
 }
 
 fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
-    raw.parse().map_err(|_| {
-        Problem::validation(vec![FieldError::new(
-            "id_pago",
-            format!("'{raw}' no es un UUID válido"),
-        )])
-    })
+    platform::http::uuid_param("id_pago", raw)
 }
 
 /// Accept a payment.

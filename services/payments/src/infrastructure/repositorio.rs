@@ -2,7 +2,7 @@
 //! in one transaction (the outbox row rides along), so neither can exist without the other.
 
 use chrono::{DateTime, Utc};
-use platform::{messaging::Envelope, outbox};
+use platform::outbox;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
@@ -152,17 +152,16 @@ pub async fn registrar_evento(
     evento: &EventoPago,
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let envelope = Envelope {
-        event_id: Uuid::new_v4(),
-        event_type: evento.tipo.nombre().to_owned(),
-        aggregate_type: AGGREGATE_TYPE.to_owned(),
+    let event = outbox::NewEvent {
+        event_type: evento.tipo.nombre(),
+        aggregate_type: AGGREGATE_TYPE,
         aggregate_id: evento.datos.id_pago.to_string(),
         aggregate_version: evento.secuencia,
         occurred_at: evento.ocurrido_en,
-        correlation_id: correlation_id.to_owned(),
-        data: serde_json::to_value(&evento.datos).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        correlation_id,
+        data: &evento.datos,
     };
-    outbox::enqueue(tx, evento.tipo.topic(), &envelope).await
+    outbox::record(tx, evento.tipo.topic(), event).await
 }
 
 /// Claims up to `lote` payments stuck before a result for longer than `antiguedad`, touching

@@ -314,6 +314,17 @@ pub async fn serve(
     }
 }
 
+/// A UUID from a path segment; a malformed one is a 400 naming `field` (not a 404: the
+/// client sent something that cannot be an id at all).
+pub fn uuid_param(field: &str, raw: &str) -> Result<uuid::Uuid, Problem> {
+    raw.parse().map_err(|_| {
+        Problem::validation(vec![FieldError::new(
+            field,
+            format!("'{raw}' no es un UUID válido"),
+        )])
+    })
+}
+
 /// Header value helper for handlers.
 pub fn header_value(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
