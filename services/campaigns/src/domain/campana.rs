@@ -143,7 +143,6 @@ pub struct NuevaCampana {
 #[serde(rename_all = "lowercase")]
 pub enum Cambio {
     Budget,
-    Info,
     Pause,
     Finish,
     Cancel,
