@@ -40,8 +40,23 @@ fmt-check:
 lint: infra-up
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
+CRD := crds/reportversions.aeropartners.io.yaml
+CHART_CRD := charts/aeropartners/crds/reportversions.aeropartners.io.yaml
+
+.PHONY: crds
+crds: ## Regenerate the ReportVersion CRD (crds/ and, when the chart exists, its copy)
+	cargo run --quiet --locked -p operator --bin crdgen > $(CRD)
+	@if [ -d charts/aeropartners ]; then mkdir -p $(dir $(CHART_CRD)) && cp $(CRD) $(CHART_CRD); fi
+
+.PHONY: crds-check
+crds-check: ## Fail when a committed CRD differs from what the Rust types generate
+	@cargo run --quiet --locked -p operator --bin crdgen | diff -u $(CRD) - \
+		|| { echo "$(CRD) is stale: run 'make crds' and commit the result" >&2; exit 1; }
+	@if [ -d charts/aeropartners ]; then cmp -s $(CRD) $(CHART_CRD) \
+		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
+
 .PHONY: test
-test: infra-up fmt-check lint ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
+test: infra-up fmt-check lint crds-check ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
 	@mkdir -p target
 	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
