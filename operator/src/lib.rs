@@ -3,3 +3,4 @@
 //! data service is ready to serve.
 
 pub mod crd;
+pub mod decide;
