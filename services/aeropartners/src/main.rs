@@ -30,6 +30,8 @@ enum Command {
     CampaignsProxy(campaigns_proxy::Config),
     /// The API principal: routes /pagos, /campaigns and /api/campaigns, merges /openapi.json.
     Gateway(gateway::Config),
+    /// The ReportVersion operator (needs a kubeconfig or an in-cluster service account).
+    Operator(operator::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
 }
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Campaigns(config) => campaigns::run(config, shutdown).await,
         Command::CampaignsProxy(config) => campaigns_proxy::run(config, shutdown).await,
         Command::Gateway(config) => gateway::run(config, shutdown).await,
+        Command::Operator(config) => operator::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {

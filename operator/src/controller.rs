@@ -1,0 +1,223 @@
+//! The controller: watches `ReportVersion`s and the data-service Deployments, asks
+//! [`decide`](crate::decide::decide) what to do, writes the status with server-side apply under
+//! one field manager, records Events, and requeues with per-object backoff on errors.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use prometheus::{HistogramVec, IntCounterVec};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    crd::ReportVersion,
+    decide::{Observed, decide},
+};
+
+/// The one field manager the operator writes status with.
+pub const FIELD_MANAGER: &str = "aeropartners-operator";
+/// Label every data-service Deployment carries; the operator watches only those.
+pub const DATA_SERVICE_SELECTOR: &str = "app.kubernetes.io/name=data-service";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ReportVersion {0} has no namespace")]
+    NotNamespaced(String),
+}
+
+static RECONCILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    platform::telemetry::counter_vec(
+        "operator_reconciles_total",
+        "Reconciliations by outcome",
+        &["outcome"],
+    )
+});
+static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    platform::telemetry::histogram_vec(
+        "operator_reconcile_duration_seconds",
+        "Time one reconciliation took",
+        &["outcome"],
+    )
+});
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// How long a switch may wait for its target before the resource is `Degraded`.
+    pub progress_deadline: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, progress_deadline: Duration) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            progress_deadline,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn key(rv: &ReportVersion) -> String {
+        format!("{}/{}", rv.namespace().unwrap_or_default(), rv.name_any())
+    }
+}
+
+/// Whether the data service of `version` has ready replicas in `namespace`.
+async fn target_ready(
+    client: &Client,
+    namespace: &str,
+    version: &str,
+) -> Result<bool, kube::Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    Ok(deployments
+        .get_opt(&format!("data-service-{version}"))
+        .await?
+        .and_then(|d| d.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        > 0)
+}
+
+pub async fn reconcile(rv: Arc<ReportVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&rv, &ctx).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    RECONCILES.with_label_values(&[outcome]).inc();
+    DURATION
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&Context::key(&rv));
+    }
+    result
+}
+
+async fn reconcile_inner(rv: &ReportVersion, ctx: &Context) -> Result<Action, Error> {
+    let namespace = rv
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(rv.name_any()))?;
+    let observed = Observed {
+        generation: rv.metadata.generation.unwrap_or_default(),
+        desired: rv.spec.version,
+        status: rv.status.clone().unwrap_or_default(),
+        target_ready: target_ready(&ctx.client, &namespace, rv.spec.version.as_str()).await?,
+        now: Timestamp::now(),
+    };
+    let decision = decide(&observed, ctx.progress_deadline);
+    if rv.status.as_ref() != Some(&decision.status) {
+        let api: Api<ReportVersion> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "aeropartners.io/v1alpha1",
+            "kind": "ReportVersion",
+            "status": decision.status,
+        });
+        api.patch_status(
+            &rv.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    if let Some(notice) = decision.notice {
+        let event = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.to_owned(),
+            note: Some(notice.note),
+            action: "SwitchVersion".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &rv.object_ref(&())).await {
+            // An event is information, not state: never fail the reconciliation for it.
+            tracing::warn!(%error, "cannot record a Kubernetes event");
+        }
+    }
+    Ok(decision
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Exponential backoff per object: 0.5 s, 1 s, 2 s … up to a minute.
+pub fn error_policy(rv: Arc<ReportVersion>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = failures.entry(Context::key(&rv)).or_default();
+    *count = count.saturating_add(1);
+    let delay = Duration::from_millis(500)
+        .saturating_mul(1 << (*count - 1).min(7))
+        .min(Duration::from_secs(60));
+    tracing::warn!(%error, resource = %Context::key(&rv), ?delay, "reconciliation failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` (watching `namespace`, or every namespace).
+pub async fn run(
+    client: Client,
+    namespace: Option<&str>,
+    progress_deadline: Duration,
+    shutdown: CancellationToken,
+) {
+    let (rvs, deployments): (Api<ReportVersion>, Api<Deployment>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(rvs, watcher::Config::default());
+    let store = controller.store();
+    let context = Arc::new(Context::new(client, progress_deadline));
+    controller
+        // A data service becoming ready (or not) re-examines every ReportVersion beside it.
+        .watches(
+            deployments,
+            watcher::Config::default().labels(DATA_SERVICE_SELECTOR),
+            move |deployment| {
+                let namespace = deployment.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|rv| rv.namespace() == namespace)
+                    .map(|rv| ObjectRef::from_obj(&*rv))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
