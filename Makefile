@@ -9,6 +9,8 @@ SHELL := /bin/bash
 INFRA_ENV := target/infra/env
 # Loads DATABASE_URL / PULSAR_URL / PULSAR_ADMIN_URL written by `scripts/infra.sh up`.
 WITH_INFRA = set -a && source $(INFRA_ENV) && set +a &&
+# Puts the Kubernetes tools on PATH and points KUBECONFIG at the test API server.
+WITH_K8S = export PATH="$$(scripts/k8s-tools.sh path):$$PATH" && export "$$(scripts/kube-apiserver.sh env)" &&
 
 .PHONY: help
 help: ## List the targets
@@ -17,6 +19,15 @@ help: ## List the targets
 .PHONY: infra-up
 infra-up: ## Install (if missing) and start PostgreSQL + Apache Pulsar, or use DATABASE_URL / PULSAR_URL
 	@scripts/infra.sh up
+
+.PHONY: k8s-up
+k8s-up: ## Build (once) kube-apiserver, etcd, kubectl and helm, and start a test API server on loopback
+	@scripts/k8s-tools.sh >/dev/null
+	@scripts/kube-apiserver.sh up
+
+.PHONY: k8s-down
+k8s-down: ## Stop the test API server
+	@scripts/kube-apiserver.sh down
 
 .PHONY: infra-down
 infra-down: ## Stop the PostgreSQL and Pulsar this project started
@@ -56,9 +67,9 @@ crds-check: ## Fail when a committed CRD differs from what the Rust types genera
 		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
 
 .PHONY: test
-test: infra-up fmt-check lint crds-check ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
+test: infra-up k8s-up fmt-check lint crds-check ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
 	@mkdir -p target
-	@$(WITH_INFRA) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
+	@$(WITH_INFRA) $(WITH_K8S) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
