@@ -14,7 +14,7 @@ WITH_K8S = export PATH="$$(scripts/k8s-tools.sh path):$$PATH" && export "$$(scri
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9 %-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: infra-up
 infra-up: ## Install (if missing) and start PostgreSQL + Apache Pulsar, or use DATABASE_URL / PULSAR_URL
@@ -82,3 +82,35 @@ bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench 
 .PHONY: scenario-2
 scenario-2: build ## Quality scenario #2 in full: SIGKILL a campaigns instance under 200 req/s for 60 s
 	@$(WITH_INFRA) target/release/scenario-2 --binary target/release/aeropartners $(SCENARIO_ARGS)
+
+# --- Kubernetes (kind) -----------------------------------------------------------------------
+IMAGE ?= localhost/aeropartners:0.1.0
+NAMESPACE ?= aeropartners
+KIND_CLUSTER ?= aeropartners
+
+.PHONY: images
+images: ## Build the container image (Docker) with every binary
+	docker build -t $(IMAGE) .
+
+.PHONY: kind-up
+kind-up: ## Create the kind cluster with the user-facing ports mapped to localhost
+	kind create cluster --config kind-config.yaml
+
+.PHONY: kind-load
+kind-load: ## Load the image into the kind cluster
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+.PHONY: deploy
+deploy: ## helm install/upgrade the chart into the cluster and wait for it
+	helm upgrade --install aeropartners charts/aeropartners --namespace $(NAMESPACE) --create-namespace \
+		--set image.tag=$(lastword $(subst :, ,$(IMAGE))) --wait --timeout 10m
+
+.PHONY: undeploy
+undeploy: ## Remove the release (the CRD stays, as Helm leaves CRDs alone)
+	helm uninstall aeropartners --namespace $(NAMESPACE)
+
+.PHONY: switch-v1 switch-v2
+switch-v1 switch-v2: switch-%: ## Switch the report version and wait until it is served
+	kubectl -n $(NAMESPACE) patch rv reports --type merge -p '{"spec":{"version":"$*"}}'
+	kubectl -n $(NAMESPACE) wait --for=condition=Ready rv/reports --timeout=2m
+	kubectl -n $(NAMESPACE) get rv reports
