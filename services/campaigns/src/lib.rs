@@ -86,14 +86,7 @@ pub async fn run_payment_consumer(pool: PgPool, broker: LazyBroker, shutdown: Ca
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
-    let relay = {
-        let (pool, broker, shutdown) = (pool.clone(), broker.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Some(broker) = broker.wait(&shutdown).await {
-                Relay::new(pool, broker, SCHEMA).run(shutdown).await;
-            }
-        })
-    };
+    let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
     let consumer = tokio::spawn(run_payment_consumer(
         pool.clone(),
         broker.clone(),

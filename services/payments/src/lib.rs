@@ -91,14 +91,7 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
 pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
-    let relay = {
-        let (pool, broker, shutdown) = (pool.clone(), broker.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Some(broker) = broker.wait(&shutdown).await {
-                Relay::new(pool, broker, SCHEMA).run(shutdown).await;
-            }
-        })
-    };
+    let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
     let purge =
         IdempotencyStore::new(pool.clone(), "pagos", Duration::ZERO).spawn_purge(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;

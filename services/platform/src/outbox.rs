@@ -174,6 +174,20 @@ impl Relay {
         }
     }
 
+    /// Starts a relay for `schema` as soon as `broker` connects; runs until `shutdown`.
+    pub fn spawn(
+        pool: PgPool,
+        broker: crate::messaging::LazyBroker,
+        schema: &'static str,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if let Some(broker) = broker.wait(&shutdown).await {
+                Relay::new(pool, broker, schema).run(shutdown).await;
+            }
+        })
+    }
+
     /// Runs until `shutdown`; never gives up on an event.
     pub async fn run(self, shutdown: CancellationToken) {
         let channel = format!("{}_outbox", self.schema);
