@@ -30,6 +30,8 @@ enum Command {
     CampaignsProxy(campaigns_proxy::Config),
     /// The API principal: routes /pagos, /campaigns and /api/campaigns, merges /openapi.json.
     Gateway(gateway::Config),
+    /// Data service v1 or v2 (`--version`): the upstream of legacy reporting.
+    DataService(data_service::Config),
     /// The ReportVersion operator (needs a kubeconfig or an in-cluster service account).
     Operator(operator::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
@@ -48,11 +50,15 @@ async fn main() -> anyhow::Result<()> {
         Command::CampaignsProxy(config) => campaigns_proxy::run(config, shutdown).await,
         Command::Gateway(config) => gateway::run(config, shutdown).await,
         Command::Operator(config) => operator::run(config, shutdown).await,
+        Command::DataService(config) => data_service::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {
                 payments::database(&config).await?;
                 campaigns::database(&config).await?;
+                for version in [data_service::Version::V1, data_service::Version::V2] {
+                    data_service::database(&config, version).await?;
+                }
                 Ok(())
             }
             .await
