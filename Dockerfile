@@ -3,7 +3,8 @@
 # Dependencies are compiled in their own layer (cargo-chef), so a source change rebuilds only
 # the workspace crates.
 
-FROM lukemathwalker/cargo-chef:latest-rust-1.95-bookworm AS chef
+FROM rust:1.95-bookworm AS chef
+RUN cargo install cargo-chef --locked
 WORKDIR /src
 
 FROM chef AS planner

@@ -58,6 +58,8 @@ supervise campaigns-replica campaigns --listen 127.0.0.1:8002
 supervise campaigns-proxy campaigns-proxy --listen 127.0.0.1:8080 \
 	--backend primary=http://127.0.0.1:8001,replica=http://127.0.0.1:8002
 supervise gateway gateway --listen 127.0.0.1:8000
+supervise data-service-v1 data-service --version v1 --listen 127.0.0.1:9001
+supervise data-service-v2 data-service --version v2 --listen 127.0.0.1:9002
 
 wait_ready() {
 	local url=$1
@@ -67,7 +69,7 @@ wait_ready() {
 	done
 	echo "[run] warning: $url did not become ready; see $log_dir/" >&2
 }
-for port in 8010 8011 8001 8002 8080 8000; do
+for port in 8010 8011 8001 8002 8080 8000 9001 9002; do
 	wait_ready "http://127.0.0.1:$port/ready"
 done
 
@@ -82,6 +84,8 @@ Aeropartners is running (logs in $log_dir/):
   campaigns primary    http://127.0.0.1:8001/campaigns
   campaigns replica    http://127.0.0.1:8002/campaigns
   campaigns-proxy      http://127.0.0.1:8080/api/campaigns   status: http://127.0.0.1:8080/status
+  data-service v1      http://127.0.0.1:9001/api/v1/pagos/report
+  data-service v2      http://127.0.0.1:9002/api/v2/payments/report
   PostgreSQL           ${DATABASE_URL}
   Pulsar               ${PULSAR_URL} (admin ${PULSAR_ADMIN_URL:-n/a})
 

@@ -31,8 +31,9 @@ use crate::{
 
 /// The one field manager the operator writes status with.
 pub const FIELD_MANAGER: &str = "aeropartners-operator";
-/// Label every data-service Deployment carries; the operator watches only those.
-pub const DATA_SERVICE_SELECTOR: &str = "app.kubernetes.io/name=data-service";
+/// Label every data-service Deployment carries (its value is the version); the operator
+/// watches only Deployments that have it.
+pub const DATA_SERVICE_SELECTOR: &str = "aeropartners.io/data-service";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -80,7 +80,7 @@ async fn data_service(client: &Client, ns: &str, version: &str, ready: bool) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let name = format!("data-service-{version}");
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "data-service"}},
+        "metadata": {"name": name, "labels": {"aeropartners.io/data-service": version}},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},

@@ -61,7 +61,8 @@ capabilities:
 
 {{/*
 A service workload: Deployment + Service + PodDisruptionBudget.
-Parameters: root, name (component), values (its block), args (container args), nodePort (optional).
+Parameters: root, name (component), values (its block), args (container args), nodePort and
+extraLabels (optional; extraLabels go on the Deployment only, never into selectors).
 */}}
 {{- define "aeropartners.workload" -}}
 {{- $root := .root -}}
@@ -73,6 +74,9 @@ metadata:
   name: {{ .name }}
   labels:
     {{- include "aeropartners.labels" $labels | nindent 4 }}
+    {{- with .extraLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 spec:
   replicas: {{ $v.replicas }}
   revisionHistoryLimit: 3
