@@ -23,9 +23,7 @@ use super::dto::{
     PresupuestoBody,
 };
 use crate::{
-    application::{
-        ErrorCampanas, cambiar_presupuesto, crear_campana, ejecutar_accion, estado_desde_texto,
-    },
+    application::{ErrorCampanas, cambiar_presupuesto, crear_campana, ejecutar_accion},
     domain::{Accion, Campana},
     infrastructure::repositorio::{self, Filtro},
 };
@@ -199,7 +197,7 @@ async fn listar(
     let offset = parametro_entero(&params, "offset", 0, 0..=i64::from(i32::MAX))?;
     let estado = match params.get("estado") {
         None => None,
-        Some(raw) => Some(estado_desde_texto(raw).ok_or_else(|| {
+        Some(raw) => Some(crate::domain::EstadoCampana::from_code(raw).ok_or_else(|| {
             Problem::validation(vec![FieldError::new(
                 "estado",
                 format!("'{raw}' no es un estado válido"),

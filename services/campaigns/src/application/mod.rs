@@ -7,7 +7,7 @@ mod comandos;
 pub use atribucion::{AtribucionDePagos, CONSUMER_NAME};
 pub use comandos::{cambiar_presupuesto, crear_campana, ejecutar_accion};
 
-use crate::domain::{EstadoCampana, ReglaViolada};
+use crate::domain::ReglaViolada;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ErrorCampanas {
@@ -39,9 +39,4 @@ pub(crate) fn comprobar_version(actual: i64, esperada: Option<i64>) -> Result<()
 pub(crate) fn ahora() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(6)
-}
-
-/// States a list filter may name.
-pub fn estado_desde_texto(texto: &str) -> Option<EstadoCampana> {
-    EstadoCampana::from_code(texto)
 }
