@@ -70,6 +70,7 @@ pub fn payments_subscription() -> Subscription {
         lanes: 16,
         attempts: 5,
         max_redeliveries: 10,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
     }
 }
 

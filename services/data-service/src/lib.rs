@@ -101,6 +101,7 @@ pub fn subscription(version: Version) -> Subscription {
         lanes: 8,
         attempts: 5,
         max_redeliveries: 10,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
     }
 }
 

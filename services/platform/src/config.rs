@@ -16,7 +16,8 @@ pub struct HttpConfig {
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests and background work before exiting.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    /// Within the chart's 30 s termination grace, after its 5 s preStop pause.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 

@@ -20,8 +20,12 @@ use pulsar::{
     proto::MessageIdData,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, OnceCell, mpsc};
+use tokio::{
+    sync::{Mutex, OnceCell, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{config::PulsarConfig, telemetry};
@@ -258,12 +262,20 @@ pub struct Subscription {
     pub attempts: usize,
     /// Broker redeliveries before the message goes to `<topic>-DLQ`.
     pub max_redeliveries: usize,
+    /// On shutdown, how long the messages already being handled may take to finish. Queued
+    /// messages are not started: they go back to the broker (and to another replica) at once.
+    /// Keep it below the pod's termination grace period.
+    pub drain_timeout: Duration,
 }
+
+/// The drain timeout every service uses: the chart gives a pod 30 s after it is told to stop,
+/// of which the preStop pause takes 5 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     telemetry::counter_vec(
         "events_consumed_total",
-        "Events taken from Pulsar by subscription and outcome (ok, retried, dead_lettered)",
+        "Events taken from Pulsar by subscription and outcome (ok, returned, released, undecodable)",
         &["subscription", "outcome"],
     )
 });
@@ -271,6 +283,8 @@ static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 enum Outcome {
     Ack,
     Nack,
+    /// Neither: the consumer is stopping, so the message goes back to the broker on close.
+    Release,
 }
 
 struct Delivery {
@@ -303,7 +317,8 @@ pub async fn run_consumer(
     }
 }
 
-/// One consumer's life: returns Ok on shutdown, Err when it must be rebuilt.
+/// One consumer's life: returns Ok on shutdown, Err when it must be rebuilt. Either way the
+/// lanes are drained first (see [`drain`]), so no handler of this consumer runs after it returns.
 async fn consume_once(
     broker: &Broker,
     subscription: &Subscription,
@@ -343,30 +358,70 @@ async fn consume_once(
     // Unbounded on purpose: a lane must never wait to report an outcome, or a full lane queue
     // (the loop below waiting to hand it a message) and a full outcome queue (the lane waiting
     // for the loop) would wait on each other. Its length is bounded by the lanes' queues.
-    let (outcomes_tx, mut outcomes_rx) =
-        mpsc::unbounded_channel::<(String, MessageIdData, Outcome)>();
+    let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel::<Settlement>();
+    // Cancelled when this consumer stops: a lane then finishes the message it is handling and
+    // starts no other.
+    let stop_lanes = CancellationToken::new();
+    let mut lane_tasks = JoinSet::new();
     let lanes: Vec<mpsc::Sender<Delivery>> = (0..subscription.lanes.max(1))
-        .map(|_| spawn_lane(subscription.clone(), handler.clone(), outcomes_tx.clone()))
+        .map(|_| {
+            spawn_lane(
+                &mut lane_tasks,
+                subscription.clone(),
+                handler.clone(),
+                outcomes_tx.clone(),
+                stop_lanes.clone(),
+            )
+        })
         .collect();
     drop(outcomes_tx);
 
+    let result = pump(
+        &mut consumer,
+        &lanes,
+        &mut outcomes_rx,
+        &subscription.name,
+        shutdown,
+    )
+    .await;
+
+    stop_lanes.cancel();
+    drop(lanes);
+    drain(
+        &mut consumer,
+        &mut outcomes_rx,
+        lane_tasks,
+        subscription,
+        result.is_ok(),
+    )
+    .await;
+    // Everything not acknowledged (prefetched, queued in a lane, or abandoned) goes back to
+    // the broker now, and from there to another replica.
+    if let Err(error) = consumer.close().await {
+        tracing::debug!(subscription = %subscription.name, %error, "consumer close failed");
+    }
+    result
+}
+
+/// Moves messages from the broker to the lanes and outcomes back to the broker until
+/// `shutdown` (Ok) or a broken connection (Err).
+async fn pump(
+    consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+    lanes: &[mpsc::Sender<Delivery>],
+    outcomes: &mut mpsc::UnboundedReceiver<Settlement>,
+    subscription: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), MessagingError> {
     // A consumer whose connection died silently would wait forever on `next()`: check the
     // connection whenever nothing arrived for a while, and rebuild the consumer if it is gone.
     let mut idle_check = tokio::time::interval(IDLE_CHECK);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => {
-                // Unacknowledged messages go back to the broker and to another replica.
-                let _ = consumer.close().await;
-                return Ok(());
-            }
-            Some((topic, id, outcome)) = outcomes_rx.recv() => {
-                match outcome {
-                    Outcome::Ack => consumer.ack_with_id(&topic, id).await.map_err(pulsar::Error::Consumer)?,
-                    Outcome::Nack => consumer.nack_with_id(&topic, id).await.map_err(pulsar::Error::Consumer)?,
-                }
-            }
+            // Shutdown first, then outcomes (acknowledge what is done before taking more).
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            Some(settlement) = outcomes.recv() => settle(consumer, settlement).await?,
             _ = idle_check.tick() => {
                 tokio::time::timeout(OPERATION_TIMEOUT, consumer.check_connection())
                     .await
@@ -380,19 +435,82 @@ async fn consume_once(
                     None => return Err(MessagingError::Broker(pulsar::Error::Custom("consumer stream ended".into()))),
                 };
                 let key = message.key().unwrap_or_default();
-                let lane = lane_for(&key, lanes.len());
+                let lane = &lanes[lane_for(&key, lanes.len())];
                 let delivery = Delivery {
                     topic: message.topic.clone(),
                     id: message.message_id.id.clone(),
                     payload: message.payload.data,
                 };
-                if lanes[lane].send(delivery).await.is_err() {
-                    return Err(MessagingError::Broker(pulsar::Error::Custom("lane stopped".into())));
+                // A full lane must not keep shutdown waiting: the message is simply not
+                // acknowledged and comes back on close.
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    sent = lane.send(delivery) => if sent.is_err() {
+                        return Err(MessagingError::Broker(pulsar::Error::Custom(format!("a lane of {subscription} stopped"))));
+                    },
                 }
             }
         }
     }
 }
+
+/// Waits (at most `drain_timeout`) for the lanes to finish the messages they are handling and
+/// acknowledges those, so they are not delivered again. A handler still running at the deadline
+/// is abandoned: its message is redelivered, which idempotent handlers absorb.
+async fn drain(
+    consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+    outcomes: &mut mpsc::UnboundedReceiver<Settlement>,
+    mut lane_tasks: JoinSet<()>,
+    subscription: &Subscription,
+    connected: bool,
+) {
+    let deadline = tokio::time::sleep(subscription.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            settlement = outcomes.recv() => match settlement {
+                // Every lane has ended (each holds a sender until it returns).
+                None => break,
+                Some(settlement) if connected => {
+                    if let Err(error) = settle(consumer, settlement).await {
+                        tracing::debug!(subscription = %subscription.name, %error,
+                            "acknowledgement during drain failed; the message will be redelivered");
+                    }
+                }
+                Some(_) => {}
+            },
+            () = &mut deadline => {
+                tracing::warn!(subscription = %subscription.name, timeout = ?subscription.drain_timeout,
+                    "handlers still running at the drain deadline; their messages will be redelivered");
+                lane_tasks.abort_all();
+                break;
+            }
+        }
+    }
+    while lane_tasks.join_next().await.is_some() {}
+}
+
+async fn settle(
+    consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+    (topic, id, outcome): Settlement,
+) -> Result<(), MessagingError> {
+    match outcome {
+        Outcome::Ack => consumer
+            .ack_with_id(&topic, id)
+            .await
+            .map_err(pulsar::Error::Consumer)?,
+        Outcome::Nack => consumer
+            .nack_with_id(&topic, id)
+            .await
+            .map_err(pulsar::Error::Consumer)?,
+        Outcome::Release => {}
+    }
+    Ok(())
+}
+
+/// A handled message on its way back to the broker: topic, id and what to tell the broker.
+type Settlement = (String, MessageIdData, Outcome);
 
 fn lane_for(key: &str, lanes: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -401,14 +519,25 @@ fn lane_for(key: &str, lanes: usize) -> usize {
 }
 
 fn spawn_lane(
+    tasks: &mut JoinSet<()>,
     subscription: Subscription,
     handler: Arc<dyn EventHandler>,
-    outcomes: mpsc::UnboundedSender<(String, MessageIdData, Outcome)>,
+    outcomes: mpsc::UnboundedSender<Settlement>,
+    stop: CancellationToken,
 ) -> mpsc::Sender<Delivery> {
-    let (tx, mut rx) = mpsc::channel::<Delivery>(256);
-    tokio::spawn(async move {
-        while let Some(delivery) = rx.recv().await {
-            let outcome = process(&subscription, handler.as_ref(), &delivery.payload).await;
+    let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_QUEUE);
+    tasks.spawn(async move {
+        loop {
+            let delivery = tokio::select! {
+                // Checked before every message: once stopping, the queued ones stay unstarted.
+                biased;
+                () = stop.cancelled() => return,
+                delivery = rx.recv() => match delivery {
+                    Some(delivery) => delivery,
+                    None => return,
+                },
+            };
+            let outcome = process(&subscription, handler.as_ref(), &delivery.payload, &stop).await;
             if outcomes
                 .send((delivery.topic, delivery.id, outcome))
                 .is_err()
@@ -420,10 +549,14 @@ fn spawn_lane(
     tx
 }
 
+/// Messages waiting in one lane. Small: what waits here is what a shutdown gives back.
+const LANE_QUEUE: usize = 64;
+
 async fn process(
     subscription: &Subscription,
     handler: &dyn EventHandler,
     payload: &[u8],
+    stop: &CancellationToken,
 ) -> Outcome {
     let envelope: Envelope = match serde_json::from_slice(payload) {
         Ok(envelope) => envelope,
@@ -436,9 +569,21 @@ async fn process(
             return Outcome::Nack;
         }
     };
+    // Attached with `instrument`, never entered across an await: a span entered while the
+    // task is suspended would become the parent of whatever runs next on that thread.
     let span = tracing::info_span!("event", event_id = %envelope.event_id,
         event_type = %envelope.event_type, request_id = %envelope.correlation_id);
-    let _entered = span.enter();
+    handle_with_retries(subscription, handler, envelope, stop)
+        .instrument(span)
+        .await
+}
+
+async fn handle_with_retries(
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    envelope: Envelope,
+    stop: &CancellationToken,
+) -> Outcome {
     let attempt = || async { handler.handle(envelope.clone()).await };
     let result = attempt
         .retry(
@@ -447,7 +592,8 @@ async fn process(
                 .with_max_delay(Duration::from_secs(2))
                 .with_max_times(subscription.attempts.saturating_sub(1)),
         )
-        .when(|error| matches!(error, HandlerError::Transient(_)))
+        // No new attempt once stopping: the message goes back to the broker instead.
+        .when(|error| matches!(error, HandlerError::Transient(_)) && !stop.is_cancelled())
         .notify(|error, after| tracing::warn!(%error, ?after, "event handler failed, retrying"))
         .await;
     match result {
@@ -456,6 +602,13 @@ async fn process(
                 .with_label_values(&[subscription.name.as_str(), "ok"])
                 .inc();
             Outcome::Ack
+        }
+        Err(HandlerError::Transient(error)) if stop.is_cancelled() => {
+            tracing::info!(%error, "event handler failed while stopping; the message goes back to the broker");
+            CONSUMED
+                .with_label_values(&[subscription.name.as_str(), "released"])
+                .inc();
+            Outcome::Release
         }
         Err(error) => {
             tracing::error!(%error, "event handler gave up; returning the message to the broker");

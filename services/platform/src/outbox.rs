@@ -208,8 +208,9 @@ impl Relay {
                     }
                 };
             }
-            // Drain everything that is due, then sleep until notified.
-            loop {
+            // Drain everything that is due, then sleep until notified. A stopping relay leaves
+            // the rest of a backlog to the other replicas (or to its own next start).
+            while !shutdown.is_cancelled() {
                 match self.relay_once().await {
                     Ok(n) if n as i64 >= self.batch_size => continue,
                     Ok(_) => break,

@@ -2,9 +2,9 @@
 //! retries, and dead-lettering of a message that keeps failing.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::Utc;
@@ -97,6 +97,7 @@ async fn keys_stay_in_order_failures_are_retried_and_poison_is_dead_lettered() {
         lanes: 4,
         attempts: 3,
         max_redeliveries: 2,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
     };
     tokio::spawn(messaging::run_consumer(
         broker.clone(),
@@ -158,4 +159,151 @@ async fn keys_stay_in_order_failures_are_retried_and_poison_is_dead_lettered() {
         .get(&dead.event_id)
         .unwrap();
     assert_eq!(poison_attempts, 9, "bounded retries before dead-lettering");
+}
+
+/// Records every event id it handled, taking `delay` per event.
+struct Slow {
+    delay: Duration,
+    handled: Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Slow {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        self.handled.lock().unwrap().push(envelope.event_id);
+        Ok(())
+    }
+}
+
+fn slow(delay: Duration) -> Arc<Slow> {
+    Arc::new(Slow {
+        delay,
+        handled: Mutex::new(Vec::new()),
+    })
+}
+
+/// Polls `check` until true; panics with `what` after `limit` (a liveness bound).
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn handled(handler: &Slow) -> Vec<Uuid> {
+    handler.handled.lock().unwrap().clone()
+}
+
+/// The issue-7 failure: a consumer told to stop went on handling its whole queued backlog.
+/// Now it finishes only what its lanes are handling, acknowledges that, and gives the rest back
+/// to the broker, where the next consumer of the subscription gets it: nothing is lost, and what
+/// the first consumer finished is not delivered again.
+#[tokio::test]
+async fn shutdown_gives_the_backlog_back_to_the_broker() {
+    let config = config();
+    let broker = Broker::connect(&config).await.unwrap();
+    let subscription = Subscription {
+        topics: vec![TOPIC.into()],
+        name: "shutdown-test".into(),
+        lanes: 4,
+        attempts: 3,
+        max_redeliveries: 5,
+        drain_timeout: Duration::from_secs(10),
+    };
+    // 800 events at 100 ms each on 4 lanes: a 20 s backlog for the first consumer.
+    let events: Vec<Envelope> = (0..800)
+        .map(|i| envelope(&format!("key-{}", i % 40), i64::from(i / 40 + 1)))
+        .collect();
+    broker.publish(TOPIC, &events).await.unwrap();
+
+    let first = slow(Duration::from_millis(100));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(messaging::run_consumer(
+        broker.clone(),
+        subscription.clone(),
+        first.clone(),
+        shutdown.clone(),
+    ));
+    eventually(
+        "the first consumer handles 20 events",
+        Duration::from_secs(30),
+        || {
+            let first = first.clone();
+            async move { handled(&first).len() >= 20 }
+        },
+    )
+    .await;
+
+    let asked = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the consumer stops within its drain timeout, not after its backlog")
+        .unwrap();
+    let stopped_after = asked.elapsed();
+    let by_first: HashSet<Uuid> = handled(&first).into_iter().collect();
+    assert!(
+        by_first.len() < 200,
+        "the backlog was handled instead of given back ({} of 800 in {stopped_after:?})",
+        by_first.len()
+    );
+    // Nothing of the stopped consumer keeps running in the background.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handled(&first).len(),
+        by_first.len(),
+        "a lane kept working after stop"
+    );
+
+    let second = slow(Duration::ZERO);
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(messaging::run_consumer(
+        broker.clone(),
+        subscription,
+        second.clone(),
+        shutdown.clone(),
+    ));
+    let expected = events.len() - by_first.len();
+    eventually(
+        "the next consumer gets the rest",
+        Duration::from_secs(60),
+        || {
+            let second = second.clone();
+            async move { handled(&second).len() >= expected }
+        },
+    )
+    .await;
+    // Anything redelivered on top would arrive right behind the rest.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_second = handled(&second);
+    let all: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let union: HashSet<Uuid> = by_first.iter().chain(&by_second).copied().collect();
+    assert_eq!(
+        union, all,
+        "every event handled by one consumer or the other"
+    );
+    let again: Vec<&Uuid> = by_second
+        .iter()
+        .filter(|id| by_first.contains(id))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "{} events finished and acknowledged by the first consumer came back",
+        again.len()
+    );
+    assert_eq!(
+        by_second.len(),
+        expected,
+        "the second consumer handled each event once"
+    );
 }
