@@ -110,6 +110,7 @@ pub fn worker_subscription(concurrency: usize) -> Subscription {
         lanes: concurrency,
         attempts: 5,
         max_redeliveries: 10,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
     }
 }
 
@@ -121,17 +122,29 @@ pub async fn run_worker_with(
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
+    run_worker_subscribed(
+        pool,
+        broker,
+        pasarela,
+        worker_subscription(concurrency),
+        shutdown,
+    )
+    .await;
+}
+
+/// Like [`run_worker_with`], with the subscription's settings spelt out.
+pub async fn run_worker_subscribed(
+    pool: PgPool,
+    broker: LazyBroker,
+    pasarela: Arc<dyn PasarelaDePagos>,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+) {
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
     let handler = Arc::new(ProcesadorDePagos::new(pool, pasarela));
-    messaging::run_consumer(
-        connected,
-        worker_subscription(concurrency),
-        handler,
-        shutdown,
-    )
-    .await;
+    messaging::run_consumer(connected, subscription, handler, shutdown).await;
 }
 
 /// Resumes stalled payments every `stalled_after / 5` until `shutdown`.
@@ -148,7 +161,10 @@ pub async fn run_sweeper(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match procesador.recuperar_estancados(stalled_after, 100).await {
+        match procesador
+            .recuperar_estancados(stalled_after, 100, &shutdown)
+            .await
+        {
             Ok(0) => {}
             Ok(resumed) => tracing::warn!(resumed, "sweeper resumed stalled payments"),
             Err(error) => tracing::warn!(%error, "sweeper pass failed; will try again"),

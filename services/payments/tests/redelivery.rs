@@ -5,9 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use payments::{application::ProcesadorDePagos, run_worker_with};
-use platform::messaging::LazyBroker;
+use payments::{
+    application::ProcesadorDePagos, run_worker_subscribed, run_worker_with, worker_subscription,
+};
 use platform::messaging::{Envelope, EventHandler};
+use platform::messaging::{LazyBroker, Subscription};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -144,11 +146,15 @@ async fn a_worker_stopped_between_charge_and_commit_never_charges_twice(
     gateway.hang_after_charge(true);
     let first = CancellationToken::new();
     let first_broker = broker(&pulsar).await;
-    let crashed = tokio::spawn(run_worker_with(
+    // Its handler never returns: the stopping worker abandons it at the drain deadline.
+    let crashed = tokio::spawn(run_worker_subscribed(
         pool.clone(),
         LazyBroker::ready(first_broker),
         gateway.clone(),
-        4,
+        Subscription {
+            drain_timeout: Duration::from_secs(2),
+            ..worker_subscription(4)
+        },
         first.clone(),
     ));
     eventually("first charge", Duration::from_secs(30), || async {
@@ -238,7 +244,7 @@ async fn the_sweeper_finishes_payments_whose_message_is_gone(
 
     let sweeper = ProcesadorDePagos::new(pool.clone(), gateway.clone());
     let resumed = sweeper
-        .recuperar_estancados(Duration::from_secs(300), 100)
+        .recuperar_estancados(Duration::from_secs(300), 100, &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(resumed, 1, "only the stalled payment, not the recent one");
@@ -246,7 +252,7 @@ async fn the_sweeper_finishes_payments_whose_message_is_gone(
     assert_eq!(estado(&pool, recent).await, "PENDIENTE");
     assert_eq!(gateway.charges(), 1, "the sweeper did not charge again");
     let again = sweeper
-        .recuperar_estancados(Duration::from_secs(300), 100)
+        .recuperar_estancados(Duration::from_secs(300), 100, &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(again, 0);

@@ -13,8 +13,10 @@
 
 use std::sync::Arc;
 
+use futures::{StreamExt, stream::FuturesUnordered};
 use platform::messaging::{Envelope, EventHandler, HandlerError};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -54,15 +56,41 @@ impl ProcesadorDePagos {
     /// every payment that has sat in `PENDIENTE` or `PROCESANDO` for longer than `antiguedad`.
     /// Safe beside the consumer and in every replica: claims are taken with `SKIP LOCKED`, and
     /// processing is idempotent anyway. Returns how many payments it picked up.
+    ///
+    /// Up to `EN_PARALELO` charges run at once (one at a time, a batch of slow charges would
+    /// take minutes). Once `parar` is cancelled no further payment is started: the ones claimed
+    /// but not started stay as they are and are resumed by their message or by a later pass,
+    /// so a stopping worker is not held up by a batch (issue 7: a pass kept a worker that had
+    /// been told to stop charging for minutes).
     pub async fn recuperar_estancados(
         &self,
         antiguedad: std::time::Duration,
         lote: i64,
+        parar: &CancellationToken,
     ) -> Result<usize, ErrorProcesamiento> {
+        const EN_PARALELO: usize = 8;
         let estancados = repositorio::reclamar_estancados(&self.pool, antiguedad, lote).await?;
-        for (id_pago, request_id) in &estancados {
-            tracing::warn!(%id_pago, "resuming a stalled payment");
-            self.procesar(*id_pago, request_id).await?;
+        let mut pendientes = estancados.iter();
+        let mut en_curso = FuturesUnordered::new();
+        let mut primer_error = None;
+        loop {
+            while en_curso.len() < EN_PARALELO && !parar.is_cancelled() {
+                let Some((id_pago, request_id)) = pendientes.next() else {
+                    break;
+                };
+                tracing::warn!(%id_pago, "resuming a stalled payment");
+                en_curso.push(self.procesar(*id_pago, request_id));
+            }
+            match en_curso.next().await {
+                Some(Err(error)) => {
+                    primer_error.get_or_insert(error);
+                }
+                Some(Ok(())) => {}
+                None => break,
+            }
+        }
+        if let Some(error) = primer_error {
+            return Err(error);
         }
         Ok(estancados.len())
     }
