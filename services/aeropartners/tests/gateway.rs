@@ -120,3 +120,98 @@ async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
     shutdown.cancel();
     database.drop_database().await;
 }
+
+/// The issue-7 failure: for the first seconds the gateway answered `/ready` while its merged
+/// `/openapi.json` held only the payments paths. Now it is unready, naming what it waits for,
+/// until every service's document is in.
+#[tokio::test]
+async fn is_unready_until_every_services_document_is_merged() {
+    let database = TempDatabase::create().await;
+    let config = DatabaseConfig {
+        database_url: database.url.clone(),
+        database_max_connections: 5,
+        migrate_on_start: true,
+    };
+    let shutdown = CancellationToken::new();
+    let payments_pool = payments::database(&config).await.unwrap();
+    let campaigns_pool = campaigns::database(&config).await.unwrap();
+    let payments_url = serve(
+        payments::app(payments_pool, LazyBroker::default(), &http_config()),
+        &shutdown,
+    )
+    .await;
+    let campaigns_port = testkit::free_port();
+    let gateway_port = testkit::free_port();
+    let mut gateway_http = http_config();
+    gateway_http.listen = format!("127.0.0.1:{gateway_port}").parse().unwrap();
+    let gateway_config = gateway::Config {
+        http: gateway_http,
+        routes: vec![format!("/pagos={payments_url}/pagos")],
+        docs: vec![
+            format!("payments={payments_url}/openapi.json"),
+            format!("campaigns=http://127.0.0.1:{campaigns_port}/openapi.json"),
+        ],
+        upstream_timeout: Duration::from_secs(5),
+    };
+    tokio::spawn(gateway::run(gateway_config, shutdown.clone()));
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    testkit::wait_until_ready(&format!("{gateway_url}/health"), Duration::from_secs(10)).await;
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client| {
+        let url = format!("{gateway_url}/ready");
+        async move {
+            let answer = client.get(url).send().await.unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        }
+    };
+    let docs = |client: reqwest::Client| {
+        let url = format!("{gateway_url}/openapi.json");
+        async move {
+            let body: serde_json::Value =
+                client.get(url).send().await.unwrap().json().await.unwrap();
+            body["paths"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Payments is merged, campaigns is not up yet: not ready, and it says why.
+    testkit::eventually("payments paths merged", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { docs(client).await.iter().any(|p| p.starts_with("/pagos")) }
+    })
+    .await;
+    let (status, body) = ready(client.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("campaigns"),
+        "names the missing document: {body}"
+    );
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", campaigns_port))
+        .await
+        .unwrap();
+    tokio::spawn(platform::http::serve(
+        listener,
+        campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    testkit::eventually("gateway ready", Duration::from_secs(15), || {
+        let client = client.clone();
+        async move { ready(client).await.0 == 200 }
+    })
+    .await;
+    let paths = docs(client.clone()).await;
+    assert!(
+        paths.iter().any(|p| p.starts_with("/campaigns"))
+            && paths.iter().any(|p| p.starts_with("/pagos")),
+        "ready means every document is merged: {paths:?}"
+    );
+
+    shutdown.cancel();
+    database.drop_database().await;
+}

@@ -97,6 +97,9 @@ struct Gateway {
     routes: Routes,
     client: reqwest::Client,
     docs: Vec<(String, String)>,
+    /// The last document fetched from each entry of `docs` (same order); `None` until the
+    /// first successful fetch. A service that is briefly down keeps its paths in `/docs`.
+    fetched: RwLock<Vec<Option<serde_json::Value>>>,
     merged: RwLock<serde_json::Value>,
 }
 
@@ -160,8 +163,8 @@ pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
 }
 
 impl Gateway {
-    /// Fetches every service's document and rebuilds the merged one; a service that is down
-    /// keeps its place empty until the next refresh.
+    /// Fetches every service's document and rebuilds the merged one from the newest copy of
+    /// each. Returns true when every service has answered at least once.
     async fn refresh_docs(&self) -> bool {
         let fetches = self.docs.iter().map(|(name, url)| async move {
             match self
@@ -178,17 +181,38 @@ impl Gateway {
                 }
             }
         });
-        let documents: Vec<serde_json::Value> = futures::future::join_all(fetches)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let answers = futures::future::join_all(fetches).await;
+        let Ok(mut fetched) = self.fetched.write() else {
+            return false;
+        };
+        for (slot, answer) in fetched.iter_mut().zip(answers) {
+            if answer.is_some() {
+                *slot = answer;
+            }
+        }
+        let documents: Vec<serde_json::Value> = fetched.iter().flatten().cloned().collect();
         let complete = documents.len() == self.docs.len();
-        let merged = merge_documents(&documents);
+        drop(fetched);
         if let Ok(mut slot) = self.merged.write() {
-            *slot = merged;
+            *slot = merge_documents(&documents);
         }
         complete
+    }
+
+    /// The services whose document has never been fetched.
+    fn missing_docs(&self) -> Vec<&str> {
+        let fetched = self.fetched.read().map(|f| f.clone()).unwrap_or_default();
+        self.docs
+            .iter()
+            .zip(
+                fetched
+                    .iter()
+                    .map(Option::is_some)
+                    .chain(std::iter::repeat(false)),
+            )
+            .filter(|(_, present)| !present)
+            .map(|((name, _), _)| name.as_str())
+            .collect()
     }
 }
 
@@ -200,14 +224,25 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "healthy", "service": "gateway" }))
 }
 
-/// The gateway itself has no dependency it cannot do without: each route answers (or says its
-/// service is unavailable) independently.
-struct AlwaysReady;
+/// Ready once the merged documentation is complete: until every service's document has been
+/// fetched, `/docs` would show part of the API. After that the gateway stays ready whatever its
+/// upstreams do: each route answers (or says its service is unavailable) on its own, and a
+/// gateway taken out of its Service would fail every route at once.
+struct DocsComplete(Arc<Gateway>);
 
 #[async_trait::async_trait]
-impl Readiness for AlwaysReady {
+impl Readiness for DocsComplete {
     async fn check(&self) -> Vec<DependencyStatus> {
-        Vec::new()
+        let missing = self.0.missing_docs();
+        let result = if missing.is_empty() {
+            Ok(format!("{} documents merged", self.0.docs.len()))
+        } else {
+            Err(format!(
+                "waiting for the OpenAPI document of {}",
+                missing.join(", ")
+            ))
+        };
+        vec![DependencyStatus::from_result("openapi", true, result)]
     }
 }
 
@@ -222,6 +257,7 @@ fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
             .timeout(config.upstream_timeout)
             .connect_timeout(Duration::from_secs(2))
             .build()?,
+        fetched: RwLock::new(vec![None; config.docs.len()]),
         docs: parse_pairs(&config.docs, "docs")?,
         merged: RwLock::new(merge_documents(&[])),
     }))
@@ -233,8 +269,13 @@ fn app_for(gateway: Arc<Gateway>, http_config: &HttpConfig) -> http::App {
         .route("/openapi.json", get(openapi))
         // Every other path is a candidate for a route (static routes above win over this one).
         .route("/{*path}", axum::routing::any(forward))
-        .with_state(gateway);
-    http::app_with_health(router, Docs::Served, Arc::new(AlwaysReady), http_config)
+        .with_state(gateway.clone());
+    http::app_with_health(
+        router,
+        Docs::Served,
+        Arc::new(DocsComplete(gateway)),
+        http_config,
+    )
 }
 
 /// The gateway application, with its documents fetched once (used by tests).
