@@ -1,91 +1,184 @@
 #!/usr/bin/env bash
-# Starts every Aeropartners service on this machine, prints where they listen, restarts any
-# service process that dies (as Kubernetes would, with a log line saying so), and stops them
-# all on Ctrl-C. Expects DATABASE_URL and PULSAR_URL in the environment (`make run` provides
-# them from scripts/infra.sh).
+# Starts every Aeropartners service on this machine, waits until each one is ready, prints
+# where they listen, restarts any service process that dies (as Kubernetes would, with a line
+# saying so), and stops them all on Ctrl-C, SIGTERM or a closed terminal. Expects DATABASE_URL
+# and PULSAR_URL in the environment (`make run` provides them from scripts/infra.sh).
+#
+#   scripts/run.sh path/to/aeropartners
+#
+# Environment knobs:
+#   RUN_LOG_DIR        logs and pid files, one per service (default: target/run)
+#   RUN_READY_TIMEOUT  seconds to wait for every /ready before giving up (default: 180)
+#   RUN_STOP_TIMEOUT   seconds a service may take to drain after SIGTERM before it is
+#                      killed (default: 40; the services drain within 25 s)
+#   PORT_GATEWAY PORT_PAYMENTS PORT_PAYMENTS_WORKER PORT_CAMPAIGNS_PRIMARY
+#   PORT_CAMPAIGNS_REPLICA PORT_CAMPAIGNS_PROXY PORT_DATA_SERVICE_V1 PORT_DATA_SERVICE_V2
+#                      the listening ports (defaults: 8000 8010 8011 8001 8002 8080 9001 9002)
+#
+# How Ctrl-C works here: a terminal sends SIGINT to its whole foreground process group. The
+# services run in sessions of their own (setsid), so only make and this script get it, and this
+# script stops every service in order with SIGTERM; a service never sees SIGINT and is never
+# mistaken for one that crashed. A shell started in the background (`make run &`, CI) hands
+# its children SIGINT *ignored*, and bash cannot trap a signal that was ignored when it started,
+# so the script first re-executes itself with the default dispositions.
 set -euo pipefail
+
+if [[ -z ${AEROPARTNERS_RUN_SIGNALS:-} ]]; then
+	export AEROPARTNERS_RUN_SIGNALS=default
+	exec env --default-signal=INT,TERM "${BASH}" "$0" "$@"
+fi
 
 bin=${1:?usage: scripts/run.sh path/to/aeropartners}
 : "${DATABASE_URL:?DATABASE_URL is not set}"
 : "${PULSAR_URL:?PULSAR_URL is not set}"
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
 log_dir=${RUN_LOG_DIR:-target/run}
-mkdir -p "$log_dir"
+ready_timeout=${RUN_READY_TIMEOUT:-180}
+stop_timeout=${RUN_STOP_TIMEOUT:-40}
+mkdir -p "${log_dir}"
+
+gateway_port=${PORT_GATEWAY:-8000}
+payments_port=${PORT_PAYMENTS:-8010}
+worker_port=${PORT_PAYMENTS_WORKER:-8011}
+primary_port=${PORT_CAMPAIGNS_PRIMARY:-8001}
+replica_port=${PORT_CAMPAIGNS_REPLICA:-8002}
+proxy_port=${PORT_CAMPAIGNS_PROXY:-8080}
+data_v1_port=${PORT_DATA_SERVICE_V1:-9001}
+data_v2_port=${PORT_DATA_SERVICE_V2:-9002}
+
+local_url() { printf 'http://127.0.0.1:%s' "$1"; }
+
+# running PID: the process exists and has not exited. `kill -0` alone also succeeds for a
+# zombie, i.e. a service that has exited but was not reaped yet.
+running() {
+	local stat
+	read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+	stat=${stat##*) }
+	[[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
+}
 
 supervisors=()
+names=()
 
-# supervise NAME ARGS...: runs `$bin ARGS...`, logging to $log_dir/NAME.log, and starts it
-# again whenever it exits, until this supervisor is told to stop (SIGTERM).
+# supervise NAME ARGS...: runs `$bin ARGS...` in a session of its own, logging to
+# $log_dir/NAME.log (its pid in $log_dir/NAME.pid), and starts it again whenever it exits,
+# until this supervisor gets SIGTERM: then it passes SIGTERM on, waits up to $stop_timeout
+# seconds for the service to drain, and kills it if it has not.
 supervise() {
 	local name=$1
 	shift
 	(
 		child=
 		stopping=
-		trap 'stopping=1; [[ -n $child ]] && kill -TERM "$child" 2>/dev/null' TERM INT
-		while [[ -z $stopping ]]; do
-			"$bin" "$@" >>"$log_dir/$name.log" 2>&1 &
+		trap 'stopping=1; if [[ -n ${child} ]]; then kill -TERM "${child}" 2>/dev/null || true; fi' TERM
+		while [[ -z ${stopping} ]]; do
+			setsid "${bin}" "$@" >>"${log_dir}/${name}.log" 2>&1 &
 			child=$!
+			echo "${child}" >"${log_dir}/${name}.pid"
 			status=0
-			wait "$child" || status=$?
-			# `wait` returns early when a trap fires: wait for the child to finish draining.
-			while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done
-			[[ -n $stopping ]] && break
-			echo "[run] $name exited (status $status); restarting it in 1 s" >&2
+			wait "${child}" || status=$?
+			[[ -n ${stopping} ]] && break
+			echo "[run] ${name} exited (status ${status}); restarting it in 1 s" >&2
 			sleep 1
 		done
+		# `wait` returns as soon as the trap fires: give the service its drain time.
+		waited=0
+		while running "${child}"; do
+			if ((waited >= stop_timeout * 10)); then
+				echo "[run] ${name} did not stop within ${stop_timeout} s; killing it" >&2
+				kill -KILL "${child}" 2>/dev/null || true
+				break
+			fi
+			sleep 0.1
+			waited=$((waited + 1))
+		done
+		wait "${child}" 2>/dev/null || true
+		rm -f "${log_dir}/${name}.pid"
 	) &
 	supervisors+=("$!")
+	names+=("${name}")
 }
 
+stopped=
 stop() {
-	trap - INT TERM EXIT
+	[[ -n ${stopped} ]] && return
+	stopped=1
+	trap - INT TERM HUP
+	((${#supervisors[@]} > 0)) || return 0
 	echo
-	echo "[run] stopping..."
-	# SIGTERM lets each service drain its in-flight requests and work.
-	for pid in "${supervisors[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${supervisors[@]}"; do wait "$pid" 2>/dev/null || true; done
-	echo "[run] stopped."
+	echo "[run] stopping ${#supervisors[@]} services (SIGTERM; each drains its work)..."
+	local started=${SECONDS} pid
+	for pid in "${supervisors[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
+	for pid in "${supervisors[@]}"; do wait "${pid}" 2>/dev/null || true; done
+	echo "[run] stopped in $((SECONDS - started)) s."
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap 'stop; exit 129' HUP
+trap stop EXIT
 
-"$bin" migrate
+"${bin}" migrate >>"${log_dir}/migrate.log" 2>&1 || {
+	echo "[run] migrations failed; see ${log_dir}/migrate.log" >&2
+	exit 1
+}
 
-supervise payments payments --listen 127.0.0.1:8010
-supervise payments-worker payments-worker --listen 127.0.0.1:8011
-supervise campaigns-primary campaigns --listen 127.0.0.1:8001
-supervise campaigns-replica campaigns --listen 127.0.0.1:8002
-supervise campaigns-proxy campaigns-proxy --listen 127.0.0.1:8080 \
-	--backend primary=http://127.0.0.1:8001,replica=http://127.0.0.1:8002
-supervise gateway gateway --listen 127.0.0.1:8000
-supervise data-service-v1 data-service --version v1 --listen 127.0.0.1:9001
-supervise data-service-v2 data-service --version v2 --listen 127.0.0.1:9002
+supervise payments payments --listen "127.0.0.1:${payments_port}"
+supervise payments-worker payments-worker --listen "127.0.0.1:${worker_port}"
+supervise campaigns-primary campaigns --listen "127.0.0.1:${primary_port}"
+supervise campaigns-replica campaigns --listen "127.0.0.1:${replica_port}"
+supervise campaigns-proxy campaigns-proxy --listen "127.0.0.1:${proxy_port}" \
+	--backend "primary=$(local_url "${primary_port}"),replica=$(local_url "${replica_port}")"
+supervise gateway gateway --listen "127.0.0.1:${gateway_port}" \
+	--route "/pagos=$(local_url "${payments_port}")/pagos" \
+	--route "/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
+	--route "/api/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
+	--docs "payments=$(local_url "${payments_port}")/openapi.json" \
+	--docs "campaigns=$(local_url "${primary_port}")/openapi.json"
+supervise data-service-v1 data-service --version v1 --listen "127.0.0.1:${data_v1_port}"
+supervise data-service-v2 data-service --version v2 --listen "127.0.0.1:${data_v2_port}"
 
-wait_ready() {
-	local url=$1
-	for _ in $(seq 1 150); do
-		curl -sf "$url" >/dev/null 2>&1 && return 0
-		sleep 0.2
+# Every service's /ready, in the order of `names`.
+ports=("${payments_port}" "${worker_port}" "${primary_port}" "${replica_port}" "${proxy_port}"
+	"${gateway_port}" "${data_v1_port}" "${data_v2_port}")
+waiting=("${!names[@]}")
+started=${SECONDS}
+next_report=$((SECONDS + 10))
+while ((${#waiting[@]} > 0)); do
+	still=()
+	for i in "${waiting[@]}"; do
+		curl -sf -o /dev/null --max-time 2 "$(local_url "${ports[i]}")/ready" || still+=("${i}")
 	done
-	echo "[run] warning: $url did not become ready; see $log_dir/" >&2
-}
-for port in 8010 8011 8001 8002 8080 8000 9001 9002; do
-	wait_ready "http://127.0.0.1:$port/ready"
+	waiting=("${still[@]}")
+	((${#waiting[@]} == 0)) && break
+	if ((SECONDS - started >= ready_timeout)); then
+		echo "[run] not ready after ${ready_timeout} s:" >&2
+		for i in "${waiting[@]}"; do
+			echo "[run]   ${names[i]}: $(local_url "${ports[i]}")/ready (log: ${log_dir}/${names[i]}.log)" >&2
+		done
+		exit 1
+	fi
+	if ((SECONDS >= next_report)); then
+		pending=()
+		for i in "${waiting[@]}"; do pending+=("${names[i]}"); done
+		echo "[run] waiting for ${pending[*]} to be ready..." >&2
+		next_report=$((SECONDS + 10))
+	fi
+	sleep 0.2
 done
 
 cat <<MSG
 
-Aeropartners is running (logs in $log_dir/):
+Aeropartners is running, every service ready after $((SECONDS - started)) s (logs in ${log_dir}/):
 
   Service              URL
-  gateway (API)        http://127.0.0.1:8000      docs: http://127.0.0.1:8000/docs
-  payments             http://127.0.0.1:8010/pagos
-  payments-worker      http://127.0.0.1:8011/ready
-  campaigns primary    http://127.0.0.1:8001/campaigns
-  campaigns replica    http://127.0.0.1:8002/campaigns
-  campaigns-proxy      http://127.0.0.1:8080/api/campaigns   status: http://127.0.0.1:8080/status
-  data-service v1      http://127.0.0.1:9001/api/v1/pagos/report
-  data-service v2      http://127.0.0.1:9002/api/v2/payments/report
+  gateway (API)        $(local_url "${gateway_port}")      docs: $(local_url "${gateway_port}")/docs
+  payments             $(local_url "${payments_port}")/pagos
+  payments-worker      $(local_url "${worker_port}")/ready
+  campaigns primary    $(local_url "${primary_port}")/campaigns
+  campaigns replica    $(local_url "${replica_port}")/campaigns
+  campaigns-proxy      $(local_url "${proxy_port}")/api/campaigns   status: $(local_url "${proxy_port}")/status
+  data-service v1      $(local_url "${data_v1_port}")/api/v1/pagos/report
+  data-service v2      $(local_url "${data_v2_port}")/api/v2/payments/report
   PostgreSQL           ${DATABASE_URL}
   Pulsar               ${PULSAR_URL} (admin ${PULSAR_ADMIN_URL:-n/a})
 
@@ -93,5 +186,5 @@ Every service also serves /health, /ready, /metrics, /openapi.json and /docs.
 A service process that dies is restarted. Press Ctrl-C to stop everything.
 MSG
 
-# Runs until Ctrl-C; the supervisors keep the services up meanwhile.
+# Runs until a signal; the supervisors keep the services up meanwhile.
 wait "${supervisors[@]}"
