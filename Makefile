@@ -34,14 +34,18 @@ infra-down: ## Stop the PostgreSQL and Pulsar this project started
 	@scripts/infra.sh down
 
 .PHONY: build
-# Both packages in one invocation: the same dependency features, so `make bench` and
-# `make scenario-2` reuse the build instead of recompiling shared dependencies.
-build: infra-up ## Build the `aeropartners` binary and the load generator (release)
-	cargo build --release --locked -p aeropartners -p aeropartners-tests
+# The same profile (dev, dependencies optimised: see Cargo.toml) and the same package selection
+# as `make test`, so after `make test` this compiles nothing but what changed, and `make run`,
+# `make bench` and the scenarios share that one build of the dependencies (`make test` checks
+# it: build-shared-check).
+BUILD := cargo build --locked --workspace --bins
+BIN := target/debug
+build: infra-up ## Build the `aeropartners` binary, the benchmarks and the scenario runners
+	$(BUILD)
 
 .PHONY: run
 run: build ## Start the whole platform on this machine: gateway on :8000 (Ctrl-C stops it)
-	@$(WITH_INFRA) scripts/run.sh target/release/aeropartners
+	@$(WITH_INFRA) scripts/run.sh $(BIN)/aeropartners
 
 .PHONY: fmt-check
 fmt-check:
@@ -50,6 +54,24 @@ fmt-check:
 .PHONY: lint
 lint: infra-up
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+.PHONY: shellcheck
+shellcheck: ## shellcheck every script (installed by scripts/infra.sh test-deps)
+	@scripts/infra.sh test-deps
+	shellcheck --external-sources scripts/*.sh .ci/run
+
+.PHONY: build-shared-check
+# Fails when `make build` would compile a dependency again after `make test`: a feature that
+# only a test enables would make `make run` a second full compile (issue 7).
+build-shared-check:
+	@$(BUILD) --message-format=json-render-diagnostics \
+		| grep '"reason":"compiler-artifact"' | grep '"fresh":false' \
+		| grep -o '"package_id":"[^"]*"' | grep -v '"package_id":"path+file://' \
+		> target/rebuilt-after-test.txt || true
+	@if [ -s target/rebuilt-after-test.txt ]; then \
+		echo "make build recompiles dependencies that make test already built:" >&2; \
+		cat target/rebuilt-after-test.txt >&2; exit 1; fi
+	@echo "build-shared-check: make build reuses every dependency make test compiled"
 
 CRD := crds/reportversions.aeropartners.io.yaml
 CHART_CRD := charts/aeropartners/crds/reportversions.aeropartners.io.yaml
@@ -67,21 +89,27 @@ crds-check: ## Fail when a committed CRD differs from what the Rust types genera
 		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
 
 .PHONY: test
-test: infra-up k8s-up fmt-check lint crds-check ## fmt, clippy, unit and integration tests against real PostgreSQL + Pulsar
+test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar
 	@mkdir -p target
 	@$(WITH_INFRA) $(WITH_K8S) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
+	$(MAKE) --no-print-directory build-shared-check || status=1; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
 	exit $$status
 
 .PHONY: bench
-bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling (prints figures)
-	@$(WITH_INFRA) cargo run --release --locked -p aeropartners-tests --bin bench-payments -- $(BENCH_ARGS)
+bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling, a 2-minute soak (prints figures)
+	@$(WITH_INFRA) $(BIN)/bench-payments $(BENCH_ARGS)
+	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners --warmup 30 --seconds 90 $(SOAK_ARGS)
+
+.PHONY: soak
+soak: build ## The whole platform under sustained load: RSS per service, log sizes, Ctrl-C stop time
+	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners $(SOAK_ARGS)
 
 .PHONY: scenario-2
 scenario-2: build ## Quality scenario #2 in full: SIGKILL a campaigns instance under 200 req/s for 60 s
-	@$(WITH_INFRA) target/release/scenario-2 --binary target/release/aeropartners $(SCENARIO_ARGS)
+	@$(WITH_INFRA) $(BIN)/scenario-2 --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
 
 # --- Kubernetes (kind) -----------------------------------------------------------------------
 IMAGE ?= localhost/aeropartners:0.1.0

@@ -3,6 +3,7 @@
 # real Apache Pulsar standalone broker, both on loopback only.
 #
 #   scripts/infra.sh deps          install missing system packages (apt)
+#   scripts/infra.sh test-deps     install what only `make test` needs (shellcheck)
 #   scripts/infra.sh up            start what is not running, write $INFRA_DIR/env
 #   scripts/infra.sh down          stop what this script started
 #   scripts/infra.sh pulsar-stop   stop only the broker (data and ports are kept)
@@ -153,6 +154,35 @@ java_major() {
 
 pulsar_dist_present() { [[ -f "${PULSAR_HOME_DIR}/.unpacked" ]]; }
 
+# apt_install PACKAGE...: installs the packages (none: nothing to do).
+apt_install() {
+	(($# > 0)) || return 0
+	[[ ${EUID} -eq 0 ]] || die "missing packages ($*) and not root: install them with apt-get"
+	log "installing: $*"
+	# Without systemd, Debian's postinst scripts would start a stock
+	# cluster on 5432 through invoke-rc.d; policy-rc.d exit code 101
+	# ("action forbidden") keeps package installs from starting daemons.
+	local policy=/usr/sbin/policy-rc.d own_policy=0
+	if [[ ! -e "${policy}" ]]; then
+		printf '#!/bin/sh\nexit 101\n' >"${policy}"
+		chmod 755 "${policy}"
+		own_policy=1
+		# Also on Ctrl-C: a leftover policy-rc.d would silently block
+		# every later package from starting its service.
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	local rc=0
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+	} >&2 || rc=$?
+	if ((own_policy)); then
+		rm -f "${policy}"
+		trap - EXIT
+	fi
+	((rc == 0)) || die "apt-get failed (${rc})"
+}
+
 cmd_deps() {
 	local missing=()
 	pg_bindir >/dev/null || missing+=(postgresql)
@@ -163,32 +193,7 @@ cmd_deps() {
 	if ! pulsar_dist_present && ! command -v mvn >/dev/null; then
 		missing+=(maven)
 	fi
-	if ((${#missing[@]} > 0)); then
-		[[ ${EUID} -eq 0 ]] || die "missing packages (${missing[*]}) and not root: install them with apt-get"
-		log "installing: ${missing[*]}"
-		# Without systemd, Debian's postinst scripts would start a stock
-		# cluster on 5432 through invoke-rc.d; policy-rc.d exit code 101
-		# ("action forbidden") keeps package installs from starting daemons.
-		local policy=/usr/sbin/policy-rc.d own_policy=0
-		if [[ ! -e "${policy}" ]]; then
-			printf '#!/bin/sh\nexit 101\n' >"${policy}"
-			chmod 755 "${policy}"
-			own_policy=1
-			# Also on Ctrl-C: a leftover policy-rc.d would silently block
-			# every later package from starting its service.
-			trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-		fi
-		local rc=0
-		{
-			DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-		} >&2 || rc=$?
-		if ((own_policy)); then
-			rm -f "${policy}"
-			trap - EXIT
-		fi
-		((rc == 0)) || die "apt-get failed (${rc})"
-	fi
+	apt_install "${missing[@]}"
 	local major
 	major=$(java_major "$(pulsar_java)")
 	if ((major < 17)); then
@@ -674,6 +679,13 @@ cmd_down() {
 	rm -f "${ENV_FILE}"
 }
 
+# Tools only `make test` needs (not `make run`).
+cmd_test_deps() {
+	local missing=()
+	command -v shellcheck >/dev/null || missing+=(shellcheck)
+	apt_install "${missing[@]}"
+}
+
 cmd_pulsar_stop() { stop_pulsar; }
 
 cmd_pulsar_start() {
@@ -721,7 +733,7 @@ usage() {
 main() {
 	local cmd=${1:-}
 	case "${cmd}" in
-	deps | up | down | pulsar-stop | pulsar-start | status) ;;
+	deps | test-deps | up | down | pulsar-stop | pulsar-start | status) ;;
 	-h | --help | help)
 		usage
 		return 0
@@ -734,6 +746,10 @@ main() {
 	init_paths
 	if [[ "${cmd}" == deps ]]; then
 		cmd_deps
+		return 0
+	fi
+	if [[ "${cmd}" == test-deps ]]; then
+		cmd_test_deps
 		return 0
 	fi
 	take_lock

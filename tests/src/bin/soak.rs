@@ -1,0 +1,467 @@
+//! `make soak` (a short one runs in `make bench`): the whole `make run` platform under a
+//! sustained mixed load, watched the way a user would watch it. Issue 7 found a data service at
+//! 237 MB after a few minutes while every other service held 17–34 MB, and log lines of 885 KB.
+//!
+//! It starts `scripts/run.sh` on a database and topic prefix of its own and free ports, sends
+//! an open-loop mix through the gateway (payments, campaign creates and activations) and to the
+//! data services (report reads) for `--seconds`, samples every service's RSS every 5 s, then
+//! presses Ctrl-C (SIGINT to the process group) and times the stop. It prints, per service: RSS
+//! after the warm-up, peak and at the end, the RSS trend after the warm-up (least-squares slope,
+//! MB/min), the log size and its longest line. It writes `target/bench/soak.json` and asserts
+//! nothing.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The `aeropartners` binary to run.
+    #[arg(long, default_value = "target/debug/aeropartners")]
+    binary: PathBuf,
+    /// Seconds of load (after the warm-up).
+    #[arg(long, default_value_t = 180)]
+    seconds: u64,
+    /// Seconds of load before the baseline RSS is taken (caches and pools fill up first).
+    #[arg(long, default_value_t = 30)]
+    warmup: u64,
+    /// Payments per second through the gateway; campaign writes and report reads come on top
+    /// (one campaign per 20 payments, a report read per 4).
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+}
+
+/// The services of scripts/run.sh and the environment variable that sets each one's port.
+const SERVICES: [(&str, &str); 8] = [
+    ("payments", "PORT_PAYMENTS"),
+    ("payments-worker", "PORT_PAYMENTS_WORKER"),
+    ("campaigns-primary", "PORT_CAMPAIGNS_PRIMARY"),
+    ("campaigns-replica", "PORT_CAMPAIGNS_REPLICA"),
+    ("campaigns-proxy", "PORT_CAMPAIGNS_PROXY"),
+    ("gateway", "PORT_GATEWAY"),
+    ("data-service-v1", "PORT_DATA_SERVICE_V1"),
+    ("data-service-v2", "PORT_DATA_SERVICE_V2"),
+];
+
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Ticks dropped because too many requests were already in flight.
+    shed: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL (make soak sets it)")?;
+    std::env::var("PULSAR_URL").context("PULSAR_URL (make soak sets it)")?;
+    if !args.binary.exists() {
+        bail!(
+            "{} does not exist: run `make build` first",
+            args.binary.display()
+        );
+    }
+    let database = format!("soak_{}", std::process::id());
+    let mut admin = PgConnection::connect(&database_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut admin)
+        .await?;
+    let url = testkit_url(&database_url, &database)?;
+    let result = soak(&args, &url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    result
+}
+
+fn testkit_url(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base
+        .rfind('/')
+        .context("DATABASE_URL has no database name")?;
+    Ok(format!(
+        "{}/{database}{}",
+        &base[..slash],
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    ))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
+    let log_dir = PathBuf::from("target/soak/run");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    std::fs::create_dir_all(&log_dir)?;
+    let mut ports = BTreeMap::new();
+    let mut command = Command::new("bash");
+    command
+        .arg("scripts/run.sh")
+        .arg(&args.binary)
+        .env("DATABASE_URL", database_url)
+        .env(
+            "PULSAR_TOPIC_PREFIX",
+            format!("soak{}-", Uuid::new_v4().simple()),
+        )
+        .env("RUN_LOG_DIR", &log_dir)
+        // What the chart runs: JSON lines, the format whose span lists grew in issue 7.
+        .env("LOG_FORMAT", "json")
+        // A gateway that answers quickly, so the worker keeps up and backlogs do not pile up.
+        .env("GATEWAY_LATENCY_MIN", "5ms")
+        .env("GATEWAY_LATENCY_MAX", "30ms")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    for (name, variable) in SERVICES {
+        let port = free_port()?;
+        command.env(variable, port.to_string());
+        ports.insert(name, port);
+    }
+    let mut platform = command.spawn().context("bash runs scripts/run.sh")?;
+    let group = platform.id();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let started = Instant::now();
+    for (name, port) in &ports {
+        let url = format!("http://127.0.0.1:{port}/ready");
+        while !client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if started.elapsed() > Duration::from_secs(180) || platform.try_wait()?.is_some() {
+                let _ = Command::new("kill")
+                    .args(["-INT", "--", &format!("-{group}")])
+                    .status();
+                bail!("{name} did not become ready; see {}", log_dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!(
+        "platform ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let pids: BTreeMap<&str, u32> = SERVICES
+        .iter()
+        .map(|(name, _)| {
+            let pid = std::fs::read_to_string(log_dir.join(format!("{name}.pid")))
+                .with_context(|| format!("pid file of {name}"))?;
+            Ok((*name, pid.trim().parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let counters = Arc::new(Counters::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn(load(
+        client.clone(),
+        ports.clone(),
+        args.rate,
+        counters.clone(),
+        stop.clone(),
+    ));
+
+    let total = Duration::from_secs(args.warmup + args.seconds);
+    let load_started = Instant::now();
+    let mut samples: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut sampler = tokio::time::interval(SAMPLE_EVERY);
+    while load_started.elapsed() < total {
+        sampler.tick().await;
+        let at = load_started.elapsed().as_secs_f64();
+        for (name, pid) in &pids {
+            if let Some(mb) = rss_mb(*pid) {
+                samples.entry(name).or_default().push((at, mb));
+            }
+        }
+    }
+    stop.cancel();
+    load.await?;
+
+    // Ctrl-C, as a user would.
+    let asked = Instant::now();
+    Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()?;
+    let stop_status = loop {
+        if let Some(status) = platform.try_wait()? {
+            break Some(status);
+        }
+        if asked.elapsed() > Duration::from_secs(90) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stop_seconds = asked.elapsed().as_secs_f64();
+    let survivors: Vec<&str> = pids
+        .iter()
+        .filter(|(_, pid)| rss_mb(**pid).is_some())
+        .map(|(name, _)| *name)
+        .collect();
+
+    report(
+        args,
+        &samples,
+        &log_dir,
+        &counters,
+        load_started.elapsed(),
+        stop_seconds,
+        stop_status.and_then(|s| s.code()),
+        &survivors,
+    )
+}
+
+/// The open-loop mix: payments at `rate`, a campaign created and activated per 20 payments,
+/// a report read (v1 and v2 in turn) per 4.
+async fn load(
+    client: reqwest::Client,
+    ports: BTreeMap<&'static str, u16>,
+    rate: f64,
+    counters: Arc<Counters>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let gateway = format!("http://127.0.0.1:{}", ports["gateway"]);
+    let reports = [
+        format!(
+            "http://127.0.0.1:{}/api/v1/pagos/report",
+            ports["data-service-v1"]
+        ),
+        format!(
+            "http://127.0.0.1:{}/api/v2/payments/report",
+            ports["data-service-v2"]
+        ),
+    ];
+    let in_flight = Arc::new(Semaphore::new(256));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            counters.shed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (client, counters, gateway) = (client.clone(), counters.clone(), gateway.clone());
+        let report = n
+            .is_multiple_of(4)
+            .then(|| reports[usize::from(n.is_multiple_of(8))].clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut outcomes = vec![pay(&client, &gateway, n).await];
+            if n.is_multiple_of(20) {
+                outcomes.push(campaign(&client, &gateway, n).await);
+            }
+            if let Some(url) = report {
+                outcomes.push(
+                    client
+                        .get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                );
+            }
+            for ok in outcomes {
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                let counter = if ok { &counters.ok } else { &counters.failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Let the last requests finish.
+    let _ = in_flight.acquire_many(256).await;
+}
+
+async fn pay(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
+    client
+        .post(format!("{gateway}/pagos"))
+        .json(&serde_json::json!({
+            "id_afiliado": format!("af-{}", n % 50),
+            "monto": 10 + n % 90,
+            "moneda": "USD",
+            "referencia_pago": format!("soak-{n}"),
+        }))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn campaign(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
+    let created = client
+        .post(format!("{gateway}/campaigns"))
+        .header("Idempotency-Key", format!("soak-campaign-{n}"))
+        .json(&serde_json::json!({
+            "nombre": format!("soak {n}"),
+            "tipo": "PROMOCIONAL",
+            "presupuesto": {"monto": 100000, "moneda": "USD"},
+            "fecha_inicio": "2026-01-01T00:00:00Z",
+            "fecha_fin": "2036-01-01T00:00:00Z",
+            "id_afiliado": format!("af-{}", n % 50),
+        }))
+        .send()
+        .await;
+    let Ok(created) = created else { return false };
+    if created.status() != 201 {
+        return false;
+    }
+    let Ok(body) = created.json::<serde_json::Value>().await else {
+        return false;
+    };
+    let Some(id) = body["id"].as_str() else {
+        return false;
+    };
+    client
+        .patch(format!("{gateway}/campaigns/{id}/activate"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Resident set size in MB, or None when the process is gone (or a zombie).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Least-squares slope of (seconds, MB) in MB per minute.
+fn slope_per_minute(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den == 0.0 { 0.0 } else { num / den * 60.0 }
+}
+
+/// Size of a log file and its longest line, in bytes.
+fn log_figures(path: &Path) -> (u64, usize) {
+    let Ok(text) = std::fs::read(path) else {
+        return (0, 0);
+    };
+    let longest = text
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0);
+    (text.len() as u64, longest)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    samples: &BTreeMap<&str, Vec<(f64, f64)>>,
+    log_dir: &Path,
+    counters: &Counters,
+    ran: Duration,
+    stop_seconds: f64,
+    stop_code: Option<i32>,
+    survivors: &[&str],
+) -> anyhow::Result<()> {
+    let (sent, ok, failed, shed) = (
+        counters.sent.load(Ordering::Relaxed),
+        counters.ok.load(Ordering::Relaxed),
+        counters.failed.load(Ordering::Relaxed),
+        counters.shed.load(Ordering::Relaxed),
+    );
+    println!(
+        "\nsoak: {:.0} s of load ({} s warm-up), {sent} requests, {ok} ok, {failed} failed, {shed} shed",
+        ran.as_secs_f64(),
+        args.warmup
+    );
+    println!(
+        "\n{:<18} {:>11} {:>9} {:>8} {:>12} {:>10} {:>13}",
+        "service", "RSS warm MB", "peak MB", "end MB", "trend MB/min", "log MB", "longest line"
+    );
+    let mut rows = Vec::new();
+    for (name, _) in SERVICES {
+        let points = samples.get(name).map(Vec::as_slice).unwrap_or_default();
+        let after: Vec<(f64, f64)> = points
+            .iter()
+            .copied()
+            .filter(|(at, _)| *at >= args.warmup as f64)
+            .collect();
+        let warm = after.first().map_or(0.0, |p| p.1);
+        let end = after.last().map_or(0.0, |p| p.1);
+        let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
+        let trend = slope_per_minute(&after);
+        let (log_bytes, longest) = log_figures(&log_dir.join(format!("{name}.log")));
+        println!(
+            "{name:<18} {warm:>11.1} {peak:>9.1} {end:>8.1} {trend:>12.2} {:>10.2} {longest:>11} B",
+            log_bytes as f64 / 1e6
+        );
+        rows.push(serde_json::json!({
+            "service": name, "rss_warm_mb": warm, "rss_peak_mb": peak, "rss_end_mb": end,
+            "rss_trend_mb_per_min": trend, "log_bytes": log_bytes, "longest_log_line_bytes": longest,
+            "samples": points,
+        }));
+    }
+    println!(
+        "\nCtrl-C → stopped in {stop_seconds:.1} s (exit {}); still running afterwards: {}",
+        stop_code.map_or("none: killed".to_owned(), |c| c.to_string()),
+        if survivors.is_empty() {
+            "nothing".to_owned()
+        } else {
+            survivors.join(", ")
+        }
+    );
+    let json = serde_json::json!({
+        "seconds": args.seconds, "warmup": args.warmup, "rate": args.rate,
+        "requests": sent, "ok": ok, "failed": failed, "shed": shed,
+        "stop_seconds": stop_seconds, "stop_exit_code": stop_code, "survivors": survivors,
+        "services": rows,
+    });
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write(
+        "target/bench/soak.json",
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("figures in target/bench/soak.json");
+    Ok(())
+}
