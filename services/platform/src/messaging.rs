@@ -12,7 +12,7 @@ use std::{
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus::IntCounterVec;
 use pulsar::{
     ConnectionRetryOptions, ConsumerOptions, OperationRetryOptions, Producer, ProducerOptions,
@@ -395,12 +395,31 @@ async fn consume_once(
         result.is_ok(),
     )
     .await;
-    // Everything not acknowledged (prefetched, queued in a lane, or abandoned) goes back to
-    // the broker now, and from there to another replica.
-    if let Err(error) = consumer.close().await {
-        tracing::debug!(subscription = %subscription.name, %error, "consumer close failed");
-    }
+    close(&mut consumer, &subscription.name).await;
     result
+}
+
+/// How long closing a consumer may take before it is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes the consumer: everything not acknowledged (prefetched, queued in a lane, or
+/// abandoned) goes back to the broker now, and from there to another replica.
+///
+/// The `pulsar` crate's consumer engine hands each message to a bounded receiver queue and
+/// waits while that queue is full; closing goes through the same engine (it asks it for the
+/// connection), so a consumer with a full queue would wait for ever (issue 7: a worker with a
+/// backlog never exited). Empty the queue first (those messages are not acknowledged: they
+/// come back after the close), and give up on a close that still hangs.
+async fn close(consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>, subscription: &str) {
+    while let Some(Some(_)) = consumer.next().now_or_never() {}
+    match tokio::time::timeout(CLOSE_TIMEOUT, consumer.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%subscription, %error, "consumer close failed");
+        }
+        Err(_) => tracing::warn!(%subscription, timeout = ?CLOSE_TIMEOUT,
+            "consumer close did not finish; its messages come back once the connection closes"),
+    }
 }
 
 /// Moves messages from the broker to the lanes and outcomes back to the broker until
@@ -480,6 +499,10 @@ async fn drain(
                 }
                 Some(_) => {}
             },
+            // Keep taking (and dropping) what the broker pushes meanwhile: with its receiver
+            // queue full, the consumer's engine would not send our acknowledgements (see
+            // `close`). What is dropped is not acknowledged, so it comes back after the close.
+            Some(_) = consumer.next(), if connected => {}
             () = &mut deadline => {
                 tracing::warn!(subscription = %subscription.name, timeout = ?subscription.drain_timeout,
                     "handlers still running at the drain deadline; their messages will be redelivered");

@@ -219,8 +219,9 @@ async fn shutdown_gives_the_backlog_back_to_the_broker() {
         max_redeliveries: 5,
         drain_timeout: Duration::from_secs(10),
     };
-    // 800 events at 100 ms each on 4 lanes: a 20 s backlog for the first consumer.
-    let events: Vec<Envelope> = (0..800)
+    // 3000 events at 100 ms each on 4 lanes: a 75 s backlog for the first consumer, and more
+    // than its receiver queue holds (1000), so the client library's queue is full at the stop.
+    let events: Vec<Envelope> = (0..3000)
         .map(|i| envelope(&format!("key-{}", i % 40), i64::from(i / 40 + 1)))
         .collect();
     broker.publish(TOPIC, &events).await.unwrap();
@@ -253,7 +254,7 @@ async fn shutdown_gives_the_backlog_back_to_the_broker() {
     let by_first: HashSet<Uuid> = handled(&first).into_iter().collect();
     assert!(
         by_first.len() < 200,
-        "the backlog was handled instead of given back ({} of 800 in {stopped_after:?})",
+        "the backlog was handled instead of given back ({} of 3000 in {stopped_after:?})",
         by_first.len()
     );
     // Nothing of the stopped consumer keeps running in the background.

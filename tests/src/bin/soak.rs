@@ -2,9 +2,12 @@
 //! sustained mixed load, watched the way a user would watch it. Issue 7 found a data service at
 //! 237 MB after a few minutes while every other service held 17–34 MB, and log lines of 885 KB.
 //!
-//! It starts `scripts/run.sh` on a database and topic prefix of its own and free ports, sends
-//! an open-loop mix through the gateway (payments, campaign creates and activations) and to the
-//! data services (report reads) for `--seconds`, samples every service's RSS every 5 s, then
+//! It starts `scripts/run.sh` on a database and topic prefix of its own and free ports, gives
+//! each of 50 affiliates an active campaign, then sends an open-loop mix through the gateway
+//! (payments, each attributed to its affiliate's campaign, and campaign budget changes) and to
+//! the data services (report reads) for `--seconds`. The mix is stationary (the number of
+//! campaigns a payment touches does not grow), so memory that keeps growing is a leak,
+//! not more work; samples every service's RSS every 5 s, then
 //! presses Ctrl-C (SIGINT to the process group) and times the stop. It prints, per service: RSS
 //! after the warm-up, peak and at the end, the RSS trend after the warm-up (least-squares slope,
 //! MB/min), the log size and its longest line. It writes `target/bench/soak.json` and asserts
@@ -40,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     warmup: u64,
     /// Payments per second through the gateway; campaign writes and report reads come on top
-    /// (one campaign per 20 payments, a report read per 4).
+    /// (a budget change per 20 payments, a report read per 4).
     #[arg(long, default_value_t = 60.0)]
     rate: f64,
 }
@@ -179,11 +182,19 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
+    let gateway = format!("http://127.0.0.1:{}", ports["gateway"]);
+    let mut campaigns = Vec::new();
+    for affiliate in 0..AFFILIATES {
+        campaigns.push(create_campaign(&client, &gateway, affiliate).await?);
+    }
+    let campaigns = Arc::new(campaigns);
+
     let counters = Arc::new(Counters::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let load = tokio::spawn(load(
         client.clone(),
         ports.clone(),
+        campaigns,
         args.rate,
         counters.clone(),
         stop.clone(),
@@ -241,11 +252,12 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     )
 }
 
-/// The open-loop mix: payments at `rate`, a campaign created and activated per 20 payments,
-/// a report read (v1 and v2 in turn) per 4.
+/// The open-loop mix: payments at `rate`, a budget change of one of the campaigns per 20
+/// payments, a report read (v1 and v2 in turn) per 4.
 async fn load(
     client: reqwest::Client,
     ports: BTreeMap<&'static str, u16>,
+    campaigns: Arc<Vec<String>>,
     rate: f64,
     counters: Arc<Counters>,
     stop: tokio_util::sync::CancellationToken,
@@ -275,7 +287,12 @@ async fn load(
             counters.shed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let (client, counters, gateway) = (client.clone(), counters.clone(), gateway.clone());
+        let (client, counters, gateway, campaigns) = (
+            client.clone(),
+            counters.clone(),
+            gateway.clone(),
+            campaigns.clone(),
+        );
         let report = n
             .is_multiple_of(4)
             .then(|| reports[usize::from(n.is_multiple_of(8))].clone());
@@ -283,7 +300,8 @@ async fn load(
             let _permit = permit;
             let mut outcomes = vec![pay(&client, &gateway, n).await];
             if n.is_multiple_of(20) {
-                outcomes.push(campaign(&client, &gateway, n).await);
+                let id = &campaigns[usize::try_from(n / 20).unwrap_or(0) % campaigns.len()];
+                outcomes.push(change_budget(&client, &gateway, id, n).await);
             }
             if let Some(url) = report {
                 outcomes.push(
@@ -309,7 +327,7 @@ async fn pay(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
     client
         .post(format!("{gateway}/pagos"))
         .json(&serde_json::json!({
-            "id_afiliado": format!("af-{}", n % 50),
+            "id_afiliado": format!("af-{}", n % AFFILIATES),
             "monto": 10 + n % 90,
             "moneda": "USD",
             "referencia_pago": format!("soak-{n}"),
@@ -319,32 +337,44 @@ async fn pay(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-async fn campaign(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
+/// Affiliates of the soak; each gets one active campaign before the load starts.
+const AFFILIATES: u64 = 50;
+
+async fn create_campaign(
+    client: &reqwest::Client,
+    gateway: &str,
+    affiliate: u64,
+) -> anyhow::Result<String> {
     let created = client
         .post(format!("{gateway}/campaigns"))
-        .header("Idempotency-Key", format!("soak-campaign-{n}"))
         .json(&serde_json::json!({
-            "nombre": format!("soak {n}"),
+            "nombre": format!("soak {affiliate}"),
             "tipo": "PROMOCIONAL",
-            "presupuesto": {"monto": 100000, "moneda": "USD"},
+            "presupuesto": {"monto": 1_000_000_000, "moneda": "USD"},
             "fecha_inicio": "2026-01-01T00:00:00Z",
             "fecha_fin": "2036-01-01T00:00:00Z",
-            "id_afiliado": format!("af-{}", n % 50),
+            "id_afiliado": format!("af-{affiliate}"),
         }))
         .send()
-        .await;
-    let Ok(created) = created else { return false };
-    if created.status() != 201 {
-        return false;
-    }
-    let Ok(body) = created.json::<serde_json::Value>().await else {
-        return false;
-    };
-    let Some(id) = body["id"].as_str() else {
-        return false;
-    };
+        .await?
+        .error_for_status()?;
+    let body: serde_json::Value = created.json().await?;
+    let id = body["id"]
+        .as_str()
+        .context("a created campaign has an id")?
+        .to_owned();
     client
         .patch(format!("{gateway}/campaigns/{id}/activate"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(id)
+}
+
+async fn change_budget(client: &reqwest::Client, gateway: &str, id: &str, n: u64) -> bool {
+    client
+        .patch(format!("{gateway}/campaigns/{id}/budget"))
+        .json(&serde_json::json!({"monto": 1_000_000_000 + n, "moneda": "USD"}))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
