@@ -80,6 +80,18 @@ pid_alive() {
 	[[ "$cmdline" == *"/${name} "* ]]
 }
 
+# started PIDFILE: the process just started from PIDFILE still runs (not a zombie). Used
+# while waiting for a daemon to come up: until the forked child has exec'd the daemon its
+# command line is still this script's, so pid_alive would call it gone (a race that failed
+# a cold CI run with "etcd exited" and an empty log).
+started() {
+	local pid stat
+	pid=$(<"$1") || return 1
+	read -r stat 2>/dev/null <"/proc/${pid}/stat" || return 1
+	stat=${stat##*) }
+	[[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
+}
+
 # stop PIDFILE NAME: SIGTERM, wait, SIGKILL if it does not go.
 stop() {
 	local pidfile=$1 name=$2 pid i
@@ -278,7 +290,7 @@ start_etcd() {
 	local i
 	for ((i = 0; i < 300; i++)); do
 		etcd_healthy && return 0
-		pid_alive "${ETCD_PIDFILE}" etcd || {
+		started "${ETCD_PIDFILE}" || {
 			tail -n 30 "${ETCD_LOG}" >&2
 			die "etcd exited; log: ${ETCD_LOG}"
 		}
@@ -335,7 +347,7 @@ wait_ready() {
 			log "API server ready in $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s: https://127.0.0.1:${APISERVER_PORT}"
 			return 0
 		fi
-		if ! pid_alive "${APISERVER_PIDFILE}" kube-apiserver; then
+		if ! started "${APISERVER_PIDFILE}"; then
 			tail -n 40 "${APISERVER_LOG}" >&2
 			die "kube-apiserver exited; log: ${APISERVER_LOG}"
 		fi
