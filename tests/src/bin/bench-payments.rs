@@ -142,6 +142,7 @@ async fn run(
         latencia_min: Duration::ZERO,
         latencia_max: Duration::ZERO,
         tasa_fallo: 0.5,
+        retencion_claves: Duration::from_secs(24 * 3600),
     }));
     if scenario == Scenario::FullSystem {
         tokio::spawn(payments::run_worker_with(

@@ -3,9 +3,9 @@
 //! key: charging the same key twice returns the first answer and charges once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rand::Rng;
@@ -55,12 +55,43 @@ pub struct ConfigStripeSimulado {
     /// Probability (0..=1) that a charge is refused.
     #[arg(long, env = "GATEWAY_FAILURE_RATE", default_value_t = 0.5)]
     pub tasa_fallo: f64,
+    /// How long an idempotency key is remembered (Stripe keeps them 24 h); older keys are
+    /// forgotten, which bounds the simulator's memory. It lives in the worker's process, so
+    /// without a bound the worker's memory grew with every payment ever charged.
+    #[arg(long = "gateway-idempotency-retention", env = "GATEWAY_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = platform::config::parse_duration)]
+    pub retencion_claves: Duration,
 }
 
 /// Simulated Stripe: random latency and refusals, idempotent per key.
 pub struct StripeSimulado {
     config: ConfigStripeSimulado,
-    cobros: Mutex<HashMap<Uuid, Arc<OnceCell<ResultadoCobro>>>>,
+    cobros: Mutex<Cobros>,
+}
+
+/// The answers by idempotency key, and the keys in the order they were first seen (so the
+/// expired ones are dropped from the front).
+#[derive(Default)]
+struct Cobros {
+    por_clave: HashMap<Uuid, Arc<OnceCell<ResultadoCobro>>>,
+    por_llegada: VecDeque<(Instant, Uuid)>,
+}
+
+impl Cobros {
+    fn celda(&mut self, clave: Uuid, retencion: Duration) -> Arc<OnceCell<ResultadoCobro>> {
+        let ahora = Instant::now();
+        while let Some((llegada, vieja)) = self.por_llegada.front().copied() {
+            if ahora.duration_since(llegada) < retencion {
+                break;
+            }
+            self.por_llegada.pop_front();
+            self.por_clave.remove(&vieja);
+        }
+        if let Some(celda) = self.por_clave.get(&clave) {
+            return celda.clone();
+        }
+        self.por_llegada.push_back((ahora, clave));
+        self.por_clave.entry(clave).or_default().clone()
+    }
 }
 
 impl StripeSimulado {
@@ -69,6 +100,14 @@ impl StripeSimulado {
             config,
             cobros: Mutex::default(),
         }
+    }
+
+    /// How many idempotency keys the simulator remembers now.
+    pub fn claves_recordadas(&self) -> usize {
+        self.cobros
+            .lock()
+            .map(|c| c.por_clave.len())
+            .unwrap_or_default()
     }
 
     fn decidir(&self) -> (Duration, ResultadoCobro) {
@@ -99,13 +138,11 @@ impl StripeSimulado {
 #[async_trait::async_trait]
 impl PasarelaDePagos for StripeSimulado {
     async fn cobrar(&self, solicitud: SolicitudCobro) -> Result<ResultadoCobro, ErrorPasarela> {
-        let celda = {
-            let mut cobros = self.cobros.lock().expect("gateway map is never poisoned");
-            cobros
-                .entry(solicitud.clave_idempotencia)
-                .or_default()
-                .clone()
-        };
+        let celda = self
+            .cobros
+            .lock()
+            .expect("gateway map is never poisoned")
+            .celda(solicitud.clave_idempotencia, self.config.retencion_claves);
         let resultado = celda
             .get_or_init(|| async {
                 let (latencia, resultado) = self.decidir();
@@ -126,6 +163,7 @@ mod tests {
             latencia_min: Duration::ZERO,
             latencia_max: Duration::ZERO,
             tasa_fallo,
+            retencion_claves: Duration::from_secs(24 * 3600),
         })
     }
 
@@ -175,5 +213,27 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(pasarela.cobrar(solicitud(clave)).await.unwrap(), primera);
         }
+    }
+
+    #[tokio::test]
+    async fn keys_older_than_the_retention_are_forgotten() {
+        let pasarela = StripeSimulado::new(ConfigStripeSimulado {
+            retencion_claves: Duration::from_millis(50),
+            ..pasarela(0.5).config
+        });
+        let clave = Uuid::new_v4();
+        let primera = pasarela.cobrar(solicitud(clave)).await.unwrap();
+        assert_eq!(pasarela.cobrar(solicitud(clave)).await.unwrap(), primera);
+        for _ in 0..5 {
+            pasarela.cobrar(solicitud(Uuid::new_v4())).await.unwrap();
+        }
+        assert_eq!(pasarela.claves_recordadas(), 6, "all within the retention");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        pasarela.cobrar(solicitud(Uuid::new_v4())).await.unwrap();
+        assert_eq!(
+            pasarela.claves_recordadas(),
+            1,
+            "only the newest key is left"
+        );
     }
 }
