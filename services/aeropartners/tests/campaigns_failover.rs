@@ -3,19 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{
-    ServiceProcess, TempDatabase, eventually, free_port, pulsar_config, wait_until_ready,
-};
+use testkit::{TempDatabase, eventually, free_port, pulsar_config, wait_until_ready};
 
-fn start(args: &[&str], database_url: &str, topic_prefix: &str) -> ServiceProcess {
-    ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_aeropartners").as_ref(),
-        args,
-        database_url,
-        topic_prefix,
-    )
-    .expect("the aeropartners binary starts")
-}
+mod common;
+
+use common::start;
 
 #[tokio::test]
 async fn the_proxy_fails_over_to_the_replica_and_back_to_the_primary() {

@@ -19,22 +19,29 @@ async fn serve(app: platform::http::App, shutdown: &CancellationToken) -> String
     url
 }
 
-#[tokio::test]
-async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
+/// A database of its own, migrated for payments and campaigns, and the payments API served on
+/// a loopback port; returns the database, the payments URL and the campaigns pool.
+async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String, sqlx::PgPool) {
     let database = TempDatabase::create().await;
     let config = DatabaseConfig {
         database_url: database.url.clone(),
         database_max_connections: 5,
         migrate_on_start: true,
     };
-    let shutdown = CancellationToken::new();
     let payments_pool = payments::database(&config).await.unwrap();
     let campaigns_pool = campaigns::database(&config).await.unwrap();
     let payments_url = serve(
         payments::app(payments_pool, LazyBroker::default(), &http_config()),
-        &shutdown,
+        shutdown,
     )
     .await;
+    (database, payments_url, campaigns_pool)
+}
+
+#[tokio::test]
+async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
+    let shutdown = CancellationToken::new();
+    let (database, payments_url, campaigns_pool) = payments_served(&shutdown).await;
     let campaigns_url = serve(
         campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
         &shutdown,
@@ -126,20 +133,8 @@ async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
 /// until every service's document is in.
 #[tokio::test]
 async fn is_unready_until_every_services_document_is_merged() {
-    let database = TempDatabase::create().await;
-    let config = DatabaseConfig {
-        database_url: database.url.clone(),
-        database_max_connections: 5,
-        migrate_on_start: true,
-    };
     let shutdown = CancellationToken::new();
-    let payments_pool = payments::database(&config).await.unwrap();
-    let campaigns_pool = campaigns::database(&config).await.unwrap();
-    let payments_url = serve(
-        payments::app(payments_pool, LazyBroker::default(), &http_config()),
-        &shutdown,
-    )
-    .await;
+    let (database, payments_url, campaigns_pool) = payments_served(&shutdown).await;
     let campaigns_port = testkit::free_port();
     let gateway_port = testkit::free_port();
     let mut gateway_http = http_config();

@@ -5,19 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{ServiceProcess, TempDatabase, count, eventually, free_port, pulsar_config};
+use testkit::{TempDatabase, count, eventually, free_port, pulsar_config};
 
 const PAYMENTS: usize = 240;
 
-fn start(args: &[&str], database_url: &str, topic_prefix: &str) -> ServiceProcess {
-    ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_aeropartners").as_ref(),
-        args,
-        database_url,
-        topic_prefix,
-    )
-    .expect("the aeropartners binary starts")
-}
+mod common;
+
+use common::start;
 
 async fn terminal(pool: &sqlx::PgPool) -> i64 {
     count(

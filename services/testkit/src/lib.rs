@@ -231,13 +231,20 @@ impl TempDatabase {
     pub async fn drop_database(self) {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        // Right after a write-heavy run an autovacuum worker may still be on the database,
+        // and FORCE cannot end a superuser's session: try again for a little while.
+        let mut attempts = 0;
+        while let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE {} WITH (FORCE)",
             self.name
         )))
         .execute(&mut admin)
         .await
-        .unwrap();
+        {
+            attempts += 1;
+            assert!(attempts < 30, "cannot drop database {}: {error}", self.name);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

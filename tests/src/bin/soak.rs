@@ -27,7 +27,6 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -74,7 +73,7 @@ struct Counters {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL (make soak sets it)")?;
+    std::env::var("DATABASE_URL").context("DATABASE_URL (make soak sets it)")?;
     std::env::var("PULSAR_URL").context("PULSAR_URL (make soak sets it)")?;
     if !args.binary.exists() {
         bail!(
@@ -82,39 +81,10 @@ async fn main() -> anyhow::Result<()> {
             args.binary.display()
         );
     }
-    let database = format!("soak_{}", std::process::id());
-    let mut admin = PgConnection::connect(&database_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-        .execute(&mut admin)
-        .await?;
-    let url = testkit_url(&database_url, &database)?;
-    let result = soak(&args, &url).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {database} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
+    let database = testkit::TempDatabase::create().await;
+    let result = soak(&args, &database.url).await;
+    database.drop_database().await;
     result
-}
-
-fn testkit_url(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let slash = base
-        .rfind('/')
-        .context("DATABASE_URL has no database name")?;
-    Ok(format!(
-        "{}/{database}{}",
-        &base[..slash],
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    ))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
@@ -137,17 +107,21 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
         // A gateway that answers quickly, so the worker keeps up and backlogs do not pile up.
         .env("GATEWAY_LATENCY_MIN", "5ms")
         .env("GATEWAY_LATENCY_MAX", "30ms")
+        // The simulated gateway (an external service in production) lives in the worker's
+        // process and remembers each idempotency key for this long (24 h by default): a short
+        // window lets its records level off within the soak, so the worker's own memory shows.
+        .env("GATEWAY_IDEMPOTENCY_RETENTION", "60s")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .process_group(0);
     for (name, variable) in SERVICES {
-        let port = free_port()?;
+        let port = testkit::free_port();
         command.env(variable, port.to_string());
         ports.insert(name, port);
     }
-    let mut platform = command.spawn().context("bash runs scripts/run.sh")?;
-    let group = platform.id();
+    let mut platform = Platform(command.spawn().context("bash runs scripts/run.sh")?);
+    let group = platform.0.id();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
@@ -160,7 +134,7 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            if started.elapsed() > Duration::from_secs(180) || platform.try_wait()?.is_some() {
+            if started.elapsed() > Duration::from_secs(180) || platform.0.try_wait()?.is_some() {
                 let _ = Command::new("kill")
                     .args(["-INT", "--", &format!("-{group}")])
                     .status();
@@ -222,7 +196,7 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
         .args(["-INT", "--", &format!("-{group}")])
         .status()?;
     let stop_status = loop {
-        if let Some(status) = platform.try_wait()? {
+        if let Some(status) = platform.0.try_wait()? {
             break Some(status);
         }
         if asked.elapsed() > Duration::from_secs(90) {
@@ -250,6 +224,19 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
         stop_status.and_then(|s| s.code()),
         &survivors,
     )
+}
+
+/// scripts/run.sh, stopped with Ctrl-C (SIGINT to its process group) if the soak ends early.
+struct Platform(std::process::Child);
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let group = format!("-{}", self.0.id());
+            let _ = Command::new("kill").args(["-INT", "--", &group]).status();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The open-loop mix: payments at `rate`, a budget change of one of the campaigns per 20
@@ -350,7 +337,7 @@ async fn create_campaign(
         .json(&serde_json::json!({
             "nombre": format!("soak {affiliate}"),
             "tipo": "PROMOCIONAL",
-            "presupuesto": {"monto": 1_000_000_000, "moneda": "USD"},
+            "presupuesto": {"monto": 900_000, "moneda": "USD"},
             "fecha_inicio": "2026-01-01T00:00:00Z",
             "fecha_fin": "2036-01-01T00:00:00Z",
             "id_afiliado": format!("af-{affiliate}"),
@@ -374,7 +361,7 @@ async fn create_campaign(
 async fn change_budget(client: &reqwest::Client, gateway: &str, id: &str, n: u64) -> bool {
     client
         .patch(format!("{gateway}/campaigns/{id}/budget"))
-        .json(&serde_json::json!({"monto": 1_000_000_000 + n, "moneda": "USD"}))
+        .json(&serde_json::json!({"monto": 900_000 + n % 1000, "moneda": "USD"}))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
