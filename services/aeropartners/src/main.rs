@@ -30,6 +30,9 @@ enum Command {
     CampaignsProxy(campaigns_proxy::Config),
     /// The API principal: routes /pagos, /campaigns and /api/campaigns, merges /openapi.json.
     Gateway(gateway::Config),
+    /// Reports (`/api/reports`, `/reporting`) on port 8020; `reports rebuild` rebuilds the
+    /// read model from its stored events.
+    Reports(reports::Args),
     /// Data service v1 or v2 (`--version`): the upstream of legacy reporting.
     DataService(data_service::Config),
     /// The ReportVersion operator (needs a kubeconfig or an in-cluster service account).
@@ -51,11 +54,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway(config) => gateway::run(config, shutdown).await,
         Command::Operator(config) => operator::run(config, shutdown).await,
         Command::DataService(config) => data_service::run(config, shutdown).await,
+        Command::Reports(args) => reports::run(args, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {
                 payments::database(&config).await?;
                 campaigns::database(&config).await?;
+                reports::database(&config).await?;
                 for version in [data_service::Version::V1, data_service::Version::V2] {
                     data_service::database(&config, version).await?;
                 }

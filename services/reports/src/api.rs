@@ -1,0 +1,317 @@
+//! `/api/reports` (API.md §5.1, §5.2).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use platform::http::{ApiJson, FieldError, Problem, header_value};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    domain::{EstadoVersion, Filtro, Fuente, ReporteV1, ReporteV2, Version},
+    projection::Progreso,
+    queries,
+    version::{ErrorFuente, FuenteVersion, publicar},
+};
+
+/// The header that says which version answered (and, on a request, pins one).
+pub const VERSION_HEADER: &str = "x-report-version";
+
+/// Reports computed in the last `ttl` are served again: a burst of identical queries costs
+/// one computation per replica and interval, and a new event is visible after at most `ttl`.
+pub type Cache = moka::future::Cache<(Version, Filtro), Bytes>;
+
+pub fn cache(ttl: Duration) -> Cache {
+    moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub version: watch::Sender<EstadoVersion>,
+    pub fuente: Arc<dyn FuenteVersion>,
+    pub cache: Option<Cache>,
+    pub progreso: Arc<Progreso>,
+    /// When the consumer first had its broker (for "caught up" at start).
+    pub conectado_desde: Arc<OnceLock<Instant>>,
+    /// This replica's name (the pod name in Kubernetes).
+    pub instancia: Arc<str>,
+}
+
+impl ApiState {
+    /// The version this request is served in: the one pinned by the client, or the active one,
+    /// read once.
+    fn version_de(&self, headers: &HeaderMap) -> Result<Version, Problem> {
+        match headers.get(VERSION_HEADER) {
+            None => Ok(self.version.borrow().activa),
+            Some(raw) => raw.to_str().ok().and_then(Version::parse).ok_or_else(|| {
+                Problem::validation(vec![FieldError::new(
+                    "X-Report-Version",
+                    "debe ser v1 o v2 (u omitirse para la versión activa)",
+                )])
+            }),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Aeropartners — Reportes", version = "1.0.0",
+         description = "Modelo de lectura CQRS de pagos y campañas, en las versiones v1 y v2, \
+                        con cambio de versión sin interrupción; y el reporting heredado."),
+    tags((name = "reports", description = "Reportes v1/v2"),
+         (name = "reporting", description = "Reporting heredado"))
+)]
+struct ReportesDoc;
+
+pub fn router(state: ApiState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ReportesDoc::openapi())
+        .routes(routes!(pagos))
+        .routes(routes!(version_actual, cambiar_version))
+        .routes(routes!(salud))
+        .with_state(state)
+}
+
+/// `GET /api/reports/payments` in either shape.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Reporte {
+    V1(ReporteV1),
+    V2(ReporteV2),
+}
+
+/// The payments report in the active version (or the one pinned by `X-Report-Version`).
+#[utoipa::path(
+    get, path = "/api/reports/payments", tag = "reports",
+    params(
+        ("estado" = Option<String>, Query, description = "PENDIENTE, PROCESANDO, EXITOSO, FALLIDO o REVERSADO"),
+        ("moneda" = Option<String>, Query, description = "USD, EUR o COP"),
+        ("id_afiliado" = Option<String>, Query),
+        ("fecha_desde" = Option<String>, Query, description = "AAAA-MM-DD o RFC 3339, inclusive"),
+        ("fecha_hasta" = Option<String>, Query, description = "AAAA-MM-DD (el día entero) o RFC 3339, inclusive"),
+        ("X-Report-Version" = Option<String>, Header, description = "v1 o v2: fija la versión de esta solicitud"),
+    ),
+    responses(
+        (status = 200, body = Reporte, headers(("x-report-version" = String, description = "La versión que respondió"))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn pagos(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let version = state.version_de(&headers)?;
+    let filtro = Filtro::from_query(&params).map_err(|errores| {
+        Problem::validation(
+            errores
+                .into_iter()
+                .map(|(c, m)| FieldError::new(c, m))
+                .collect(),
+        )
+    })?;
+    let calcular = {
+        let (pool, filtro) = (state.pool.clone(), filtro.clone());
+        async move { calcular(&pool, version, &filtro).await }
+    };
+    let cuerpo = match &state.cache {
+        Some(cache) => cache
+            .try_get_with((version, filtro), calcular)
+            .await
+            .map_err(|e| Problem::internal(&e))?,
+        None => calcular.await.map_err(|e| Problem::internal(&e))?,
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                HeaderName::from_static(VERSION_HEADER),
+                HeaderValue::from_static(version.as_str()),
+            ),
+        ],
+        cuerpo,
+    )
+        .into_response())
+}
+
+async fn calcular(pool: &PgPool, version: Version, filtro: &Filtro) -> Result<Bytes, CalculoError> {
+    let cuerpo = match version {
+        Version::V1 => serde_json::to_vec(&queries::v1(pool, filtro).await?),
+        Version::V2 => serde_json::to_vec(&queries::v2(pool, filtro).await?),
+    }?;
+    Ok(Bytes::from(cuerpo))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CalculoError {
+    #[error("report query failed: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("report serialisation failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// `GET/PUT /api/reports/version`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionDto {
+    /// The version this replica serves.
+    pub active: Version,
+    /// The version asked for; differs from `active` while a switch waits for its target.
+    pub desired: Version,
+    pub source: Fuente,
+    pub switched_at: Option<DateTime<Utc>>,
+    /// True when the source cannot be reached and `active` is the last version known.
+    pub stale: bool,
+    /// The replica that answered.
+    pub replica: String,
+}
+
+impl VersionDto {
+    fn new(estado: &EstadoVersion, fuente: Fuente, instancia: &str) -> Self {
+        Self {
+            active: estado.activa,
+            desired: estado.deseada,
+            source: fuente,
+            switched_at: estado.cambiada_en,
+            stale: estado.desactualizada,
+            replica: instancia.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CambiarVersion {
+    /// `v1` or `v2`.
+    pub active: Version,
+}
+
+impl From<ErrorFuente> for Problem {
+    fn from(error: ErrorFuente) -> Self {
+        tracing::warn!(%error, "version source unavailable");
+        match error {
+            ErrorFuente::SinRecurso(nombre) => Problem::unavailable(format!(
+                "No existe el ReportVersion '{nombre}'; créelo (kubectl apply) antes de cambiar de versión"
+            )),
+            ErrorFuente::Db(_) | ErrorFuente::Kube(_) => Problem::unavailable(
+                "La fuente de la versión activa no responde; se sigue sirviendo la versión actual. Reintente",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+        }
+    }
+}
+
+/// The active version of this replica.
+#[utoipa::path(get, path = "/api/reports/version", tag = "reports",
+    responses((status = 200, body = VersionDto)))]
+async fn version_actual(State(state): State<ApiState>) -> Json<VersionDto> {
+    let estado = state.version.borrow().clone();
+    Json(VersionDto::new(
+        &estado,
+        state.fuente.fuente(),
+        &state.instancia,
+    ))
+}
+
+/// Switches the version, with no restart and no failed request. With the `database` source
+/// the answer already says the new version; with `kubernetes` it says `desired` until the
+/// operator has confirmed the target ready.
+#[utoipa::path(put, path = "/api/reports/version", tag = "reports",
+    request_body = CambiarVersion,
+    responses(
+        (status = 200, body = VersionDto),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn cambiar_version(
+    State(state): State<ApiState>,
+    body: ApiJson<CambiarVersion>,
+) -> Result<Json<VersionDto>, Problem> {
+    let estado = state.fuente.pedir(body.value.active).await?;
+    // This replica serves the change at once; the others learn of it from the source.
+    publicar(&state.version, estado);
+    let estado = state.version.borrow().clone();
+    Ok(Json(VersionDto::new(
+        &estado,
+        state.fuente.fuente(),
+        &state.instancia,
+    )))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SaludVersion {
+    pub lag_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Salud {
+    /// `healthy`, `catching_up` (the backlog found at start is not worked off yet) or
+    /// `stale` (the version source cannot be reached).
+    pub status: &'static str,
+    pub version: Version,
+    /// Lag of the last event this replica applied (occurred → applied).
+    pub lag_ms: u64,
+    /// Events this replica applied since it started (duplicates not counted).
+    pub eventos_procesados: u64,
+    /// Redelivered events this replica recognised and skipped.
+    pub eventos_duplicados: u64,
+    /// Both versions are applied by the same statement, so they share the lag; a rebuild
+    /// makes its version's tables wait until it commits.
+    pub versiones: HashMap<String, SaludVersion>,
+    pub replica: String,
+}
+
+/// The projection's health on this replica.
+#[utoipa::path(get, path = "/api/reports/health", tag = "reports",
+    responses((status = 200, body = Salud)))]
+async fn salud(State(state): State<ApiState>) -> Json<Salud> {
+    let estado = state.version.borrow().clone();
+    let lag_ms = u64::try_from(state.progreso.lag().as_millis()).unwrap_or(u64::MAX);
+    let status = if estado.desactualizada {
+        "stale"
+    } else if state.progreso.al_dia(state.conectado_desde.get().copied()) {
+        "healthy"
+    } else {
+        "catching_up"
+    };
+    Json(Salud {
+        status,
+        version: estado.activa,
+        lag_ms,
+        eventos_procesados: state.progreso.aplicados(),
+        eventos_duplicados: state.progreso.duplicados(),
+        versiones: Version::ALL
+            .iter()
+            .map(|v| (v.as_str().to_owned(), SaludVersion { lag_ms }))
+            .collect(),
+        replica: state.instancia.to_string(),
+    })
+}
+
+/// A response header with the version (used by the legacy routes too).
+pub fn version_header(version: Version) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(VERSION_HEADER),
+        header_value(version.as_str()),
+    )
+}
