@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rust_decimal::{Decimal, prelude::ToPrimitive};
+use rust_decimal::{Decimal, RoundingStrategy, prelude::ToPrimitive};
 use serde::{Serialize, Serializer};
 
 use super::Version;
@@ -20,7 +20,7 @@ pub struct Cifra(pub Decimal);
 
 impl Serialize for Cifra {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(self.0.round_dp(2).to_f64().unwrap_or_default())
+        s.serialize_f64(redondear(self.0).to_f64().unwrap_or_default())
     }
 }
 
@@ -35,12 +35,19 @@ impl utoipa::PartialSchema for Cifra {
 
 impl utoipa::ToSchema for Cifra {}
 
+/// Two decimals, half away from zero (as a report reader rounds, not banker's rounding).
+fn redondear(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
 /// `part` of `whole` as a percentage; 0 when `whole` is 0.
 fn porcentaje(part: i64, whole: i64) -> Cifra {
     if whole == 0 {
         Cifra::default()
     } else {
-        Cifra((Decimal::from(part) * Decimal::ONE_HUNDRED / Decimal::from(whole)).round_dp(2))
+        Cifra(redondear(
+            Decimal::from(part) * Decimal::ONE_HUNDRED / Decimal::from(whole),
+        ))
     }
 }
 
@@ -48,7 +55,7 @@ fn promedio(total: Decimal, cantidad: i64) -> Cifra {
     if cantidad == 0 {
         Cifra::default()
     } else {
-        Cifra((total / Decimal::from(cantidad)).round_dp(2))
+        Cifra(redondear(total / Decimal::from(cantidad)))
     }
 }
 
