@@ -137,8 +137,15 @@ deploy: ## helm install/upgrade the chart into the cluster and wait for it
 undeploy: ## Remove the release (the CRD stays, as Helm leaves CRDs alone)
 	helm uninstall aeropartners --namespace $(NAMESPACE)
 
+GATEWAY_URL ?= http://127.0.0.1:8000
+
 .PHONY: switch-v1 switch-v2
-switch-v1 switch-v2: switch-%: ## Switch the report version and wait until it is served
+switch-v1 switch-v2: switch-%: ## Switch the report version of the running platform (PUT /api/reports/version on GATEWAY_URL)
+	@curl -sS --fail-with-body -X PUT -H 'content-type: application/json' \
+		-d '{"active":"$*"}' $(GATEWAY_URL)/api/reports/version; echo
+
+.PHONY: kube-switch-v1 kube-switch-v2
+kube-switch-v1 kube-switch-v2: kube-switch-%: ## Switch the report version in the cluster (kubectl patch rv) and wait until it is served
 	kubectl -n $(NAMESPACE) patch rv reports --type merge -p '{"spec":{"version":"$*"}}'
 	kubectl -n $(NAMESPACE) wait --for=condition=Ready rv/reports --timeout=2m
 	kubectl -n $(NAMESPACE) get rv reports

@@ -210,3 +210,43 @@ async fn is_unready_until_every_services_document_is_merged() {
     shutdown.cancel();
     database.drop_database().await;
 }
+
+/// Replicas behind one route take turns, and a replica that refuses connections (stopped, or
+/// not started yet) costs no request, whatever its method: nothing reached it.
+#[tokio::test]
+async fn a_route_with_replicas_balances_and_skips_a_refusing_one() {
+    let shutdown = CancellationToken::new();
+    let mut live = Vec::new();
+    for name in ["a", "b"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        live.push(format!("http://{}", listener.local_addr().unwrap()));
+        let app = axum::Router::new().fallback(move |method: axum::http::Method| async move {
+            axum::Json(serde_json::json!({"replica": name, "method": method.as_str()}))
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let dead = format!("http://127.0.0.1:{}", testkit::free_port());
+    let config = gateway::Config {
+        http: http_config(),
+        routes: vec![format!(
+            "/api/reports={}/api/reports|{dead}/api/reports|{}/api/reports",
+            live[0], live[1]
+        )],
+        docs: vec![],
+        upstream_timeout: Duration::from_secs(5),
+    };
+    let app = gateway::app(&config).await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..30 {
+        let method = if i % 3 == 0 { "PUT" } else { "GET" };
+        let answer = call(&app, method, "/api/reports/version", Some("{}"), &[]).await;
+        assert_eq!(answer.status, 200, "request {i}: {:?}", answer.body);
+        assert_eq!(answer.body["method"], method);
+        *seen
+            .entry(answer.body["replica"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both live replicas served: {seen:?}");
+    assert!(seen.values().all(|n| *n >= 10), "{seen:?}");
+    shutdown.cancel();
+}

@@ -16,7 +16,7 @@ use std::{
 
 use testkit::{TempDatabase, free_port, pulsar_config};
 
-const SERVICES: [&str; 8] = [
+const SERVICES: [&str; 10] = [
     "payments",
     "payments-worker",
     "campaigns-primary",
@@ -25,6 +25,8 @@ const SERVICES: [&str; 8] = [
     "gateway",
     "data-service-v1",
     "data-service-v2",
+    "reports-a",
+    "reports-b",
 ];
 
 fn script() -> PathBuf {
@@ -63,6 +65,8 @@ fn start(database_url: &str, log_dir: &Path, sigint_ignored: bool) -> (Child, Ve
         "PORT_GATEWAY",
         "PORT_DATA_SERVICE_V1",
         "PORT_DATA_SERVICE_V2",
+        "PORT_REPORTS_A",
+        "PORT_REPORTS_B",
     ]
     .into_iter()
     .zip(&ports)

@@ -25,19 +25,23 @@ use tokio_util::sync::CancellationToken;
 pub struct Config {
     #[command(flatten)]
     pub http: HttpConfig,
-    /// Routes, `PREFIX=UPSTREAM_URL`: a request under PREFIX goes to UPSTREAM_URL plus the rest
-    /// of its path and its query. Add `/api/reports=…`, `/reporting=…` or
-    /// `/event-collector=…` as those services are deployed.
+    /// Routes, `PREFIX=UPSTREAM_URL[|UPSTREAM_URL…]`: a request under PREFIX goes to an
+    /// upstream plus the rest of its path and its query. Several upstreams (replicas run
+    /// without a Kubernetes Service in front) take turns, and a request whose connection is
+    /// refused by one goes to the next. Add `/event-collector=…` as it is deployed.
     #[arg(long = "route", env = "GATEWAY_ROUTES", value_delimiter = ',', default_values_t = [
         "/pagos=http://127.0.0.1:8010/pagos".to_owned(),
         "/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
         "/api/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
+        "/api/reports=http://127.0.0.1:8020/api/reports|http://127.0.0.1:8021/api/reports".to_owned(),
+        "/reporting=http://127.0.0.1:8020/reporting|http://127.0.0.1:8021/reporting".to_owned(),
     ])]
     pub routes: Vec<String>,
     /// OpenAPI documents to merge into `/openapi.json`, `name=url`.
     #[arg(long = "docs", env = "GATEWAY_DOCS", value_delimiter = ',', default_values_t = [
         "payments=http://127.0.0.1:8010/openapi.json".to_owned(),
         "campaigns=http://127.0.0.1:8001/openapi.json".to_owned(),
+        "reports=http://127.0.0.1:8020/openapi.json".to_owned(),
     ])]
     pub docs: Vec<String>,
     /// Timeout of one forwarded request.
@@ -49,7 +53,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
-    pub upstream: String,
+    /// One or more equivalent upstreams (replicas of one service).
+    pub upstreams: Vec<String>,
 }
 
 pub fn parse_pairs(specs: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -68,28 +73,46 @@ pub fn parse_pairs(specs: &[String], what: &str) -> anyhow::Result<Vec<(String, 
 }
 
 /// The routing table: the longest prefix that matches a whole path segment wins.
-#[derive(Debug, Clone)]
-pub struct Routes(Vec<Route>);
+#[derive(Debug)]
+pub struct Routes {
+    routes: Vec<Route>,
+    /// Turns of the routes with several upstreams.
+    next: std::sync::atomic::AtomicUsize,
+}
 
 impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Self(routes)
+        Self {
+            routes,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
-    /// `/campaigns/abc?x=1` → `http://proxy/api/campaigns/abc?x=1`.
-    pub fn resolve(&self, path: &str, query: Option<&str>) -> Option<String> {
-        let route = self.0.iter().find(|r| {
+    /// `/campaigns/abc?x=1` → `[http://proxy/api/campaigns/abc?x=1]`: the URL at each of the
+    /// route's upstreams, starting with the one whose turn it is.
+    pub fn resolve(&self, path: &str, query: Option<&str>) -> Option<Vec<String>> {
+        let route = self.routes.iter().find(|r| {
             path == r.prefix
                 || path
                     .strip_prefix(&r.prefix)
                     .is_some_and(|rest| rest.starts_with('/'))
         })?;
         let rest = &path[route.prefix.len()..];
-        Some(match query {
-            Some(query) => format!("{}{rest}?{query}", route.upstream),
-            None => format!("{}{rest}", route.upstream),
-        })
+        let first = match route.upstreams.len() {
+            0 | 1 => 0,
+            n => self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n,
+        };
+        let n = route.upstreams.len();
+        Some(
+            (0..n)
+                .map(|i| &route.upstreams[(first + i) % n])
+                .map(|upstream| match query {
+                    Some(query) => format!("{upstream}{rest}?{query}"),
+                    None => format!("{upstream}{rest}"),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -104,7 +127,7 @@ struct Gateway {
 }
 
 async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
-    let Some(url) = gateway
+    let Some(urls) = gateway
         .routes
         .resolve(request.uri().path(), request.uri().query())
     else {
@@ -119,9 +142,25 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
                 .into_response();
         }
     };
-    match upstream::send(&gateway.client, &method, &url, &headers, &body).await {
-        Ok(answer) => upstream::into_response(answer).await,
-        Err(error) => {
+    let mut last_error = None;
+    for url in &urls {
+        match upstream::send(&gateway.client, &method, url, &headers, &body).await {
+            Ok(answer) => return upstream::into_response(answer).await,
+            // A refused connection delivered nothing: the next replica may take the request,
+            // whatever its method. Any other failure may have reached the service.
+            Err(error) if error.is_connect() => {
+                tracing::debug!(%url, %error, "upstream refused the connection; trying the next");
+                last_error = Some((url, error));
+            }
+            Err(error) => {
+                last_error = Some((url, error));
+                break;
+            }
+        }
+    }
+    match last_error {
+        None => Problem::not_found("Ningún servicio atiende esta ruta").into_response(),
+        Some((url, error)) => {
             tracing::warn!(%url, %error, "upstream unreachable");
             Problem::unavailable(
                 "El servicio que atiende esta ruta no está disponible; reintente en unos segundos",
@@ -249,7 +288,14 @@ impl Readiness for DocsComplete {
 fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
     let routes = parse_pairs(&config.routes, "route")?
         .into_iter()
-        .map(|(prefix, upstream)| Route { prefix, upstream })
+        .map(|(prefix, upstreams)| Route {
+            prefix,
+            upstreams: upstreams
+                .split('|')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+        })
         .collect();
     Ok(Arc::new(Gateway {
         routes: Routes::new(routes),
@@ -323,15 +369,19 @@ mod tests {
         Routes::new(vec![
             Route {
                 prefix: "/pagos".into(),
-                upstream: "http://p/pagos".into(),
+                upstreams: vec!["http://p/pagos".into()],
             },
             Route {
                 prefix: "/campaigns".into(),
-                upstream: "http://x/api/campaigns".into(),
+                upstreams: vec!["http://x/api/campaigns".into()],
             },
             Route {
                 prefix: "/api/campaigns".into(),
-                upstream: "http://x/api/campaigns".into(),
+                upstreams: vec!["http://x/api/campaigns".into()],
+            },
+            Route {
+                prefix: "/api/reports".into(),
+                upstreams: vec!["http://a/api/reports".into(), "http://b/api/reports".into()],
             },
         ])
     }
@@ -339,25 +389,49 @@ mod tests {
     #[test]
     fn resolves_by_whole_segments_keeping_rest_and_query() {
         let r = routes();
-        assert_eq!(r.resolve("/pagos", None).as_deref(), Some("http://p/pagos"));
+        let one =
+            |path: &str, query: Option<&str>| r.resolve(path, query).map(|urls| urls.join(" "));
+        assert_eq!(one("/pagos", None).as_deref(), Some("http://p/pagos"));
         assert_eq!(
-            r.resolve("/pagos/abc/eventos", Some("a=1")).as_deref(),
+            one("/pagos/abc/eventos", Some("a=1")).as_deref(),
             Some("http://p/pagos/abc/eventos?a=1")
         );
         assert_eq!(
-            r.resolve("/campaigns/x", Some("limit=2")).as_deref(),
+            one("/campaigns/x", Some("limit=2")).as_deref(),
             Some("http://x/api/campaigns/x?limit=2")
         );
         assert_eq!(
-            r.resolve("/api/campaigns/y", None).as_deref(),
+            one("/api/campaigns/y", None).as_deref(),
             Some("http://x/api/campaigns/y")
         );
         assert_eq!(
-            r.resolve("/pagosx", None),
+            one("/pagosx", None),
             None,
             "a prefix matches whole segments only"
         );
-        assert_eq!(r.resolve("/api/reports/payments", None), None);
+        assert_eq!(one("/reporting/reports", None), None);
+    }
+
+    #[test]
+    fn replicas_of_a_route_take_turns_and_each_list_has_every_replica() {
+        let r = routes();
+        let firsts: Vec<String> = (0..4)
+            .map(|_| {
+                let urls = r
+                    .resolve("/api/reports/payments", Some("moneda=USD"))
+                    .unwrap();
+                assert_eq!(urls.len(), 2);
+                assert_ne!(urls[0], urls[1]);
+                urls[0].clone()
+            })
+            .collect();
+        assert_eq!(firsts[0], firsts[2]);
+        assert_ne!(firsts[0], firsts[1]);
+        assert!(
+            firsts
+                .iter()
+                .all(|u| u.ends_with("/api/reports/payments?moneda=USD"))
+        );
     }
 
     #[test]

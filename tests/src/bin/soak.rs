@@ -4,8 +4,8 @@
 //!
 //! It starts `scripts/run.sh` on a database and topic prefix of its own and free ports, gives
 //! each of 50 affiliates an active campaign, then sends an open-loop mix through the gateway
-//! (payments, each attributed to its affiliate's campaign, and campaign budget changes) and to
-//! the data services (report reads) for `--seconds`. The mix is stationary (the number of
+//! (payments, each attributed to its affiliate's campaign, campaign budget changes, and report
+//! reads of the read model and of legacy reporting) for `--seconds`. The mix is stationary (the number of
 //! campaigns a payment touches does not grow), so memory that keeps growing is a leak,
 //! not more work; samples every service's RSS every 5 s, then
 //! presses Ctrl-C (SIGINT to the process group) and times the stop. It prints, per service: RSS
@@ -48,7 +48,7 @@ struct Args {
 }
 
 /// The services of scripts/run.sh and the environment variable that sets each one's port.
-const SERVICES: [(&str, &str); 8] = [
+const SERVICES: [(&str, &str); 10] = [
     ("payments", "PORT_PAYMENTS"),
     ("payments-worker", "PORT_PAYMENTS_WORKER"),
     ("campaigns-primary", "PORT_CAMPAIGNS_PRIMARY"),
@@ -57,6 +57,8 @@ const SERVICES: [(&str, &str); 8] = [
     ("gateway", "PORT_GATEWAY"),
     ("data-service-v1", "PORT_DATA_SERVICE_V1"),
     ("data-service-v2", "PORT_DATA_SERVICE_V2"),
+    ("reports-a", "PORT_REPORTS_A"),
+    ("reports-b", "PORT_REPORTS_B"),
 ];
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -240,7 +242,8 @@ impl Drop for Platform {
 }
 
 /// The open-loop mix: payments at `rate`, a budget change of one of the campaigns per 20
-/// payments, a report read (v1 and v2 in turn) per 4.
+/// payments, a report read per 4 (the read model in v1 and v2 in turn; legacy reporting every
+/// 16th), all through the gateway.
 async fn load(
     client: reqwest::Client,
     ports: BTreeMap<&'static str, u16>,
@@ -250,16 +253,6 @@ async fn load(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let gateway = format!("http://127.0.0.1:{}", ports["gateway"]);
-    let reports = [
-        format!(
-            "http://127.0.0.1:{}/api/v1/pagos/report",
-            ports["data-service-v1"]
-        ),
-        format!(
-            "http://127.0.0.1:{}/api/v2/payments/report",
-            ports["data-service-v2"]
-        ),
-    ];
     let in_flight = Arc::new(Semaphore::new(256));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -280,9 +273,22 @@ async fn load(
             gateway.clone(),
             campaigns.clone(),
         );
-        let report = n
-            .is_multiple_of(4)
-            .then(|| reports[usize::from(n.is_multiple_of(8))].clone());
+        // v1 and v2 of the read model in turn, and a legacy report (from the data service of
+        // the active version) every 16th.
+        let report = n.is_multiple_of(4).then(|| {
+            if n.is_multiple_of(16) {
+                client
+                    .post(format!("{gateway}/reporting/report"))
+                    .json(&serde_json::json!({"tipo_reporte": "pagos_por_periodo"}))
+            } else {
+                client
+                    .get(format!("{gateway}/api/reports/payments"))
+                    .header(
+                        "x-report-version",
+                        if n.is_multiple_of(8) { "v2" } else { "v1" },
+                    )
+            }
+        });
         tokio::spawn(async move {
             let _permit = permit;
             let mut outcomes = vec![pay(&client, &gateway, n).await];
@@ -290,14 +296,8 @@ async fn load(
                 let id = &campaigns[usize::try_from(n / 20).unwrap_or(0) % campaigns.len()];
                 outcomes.push(change_budget(&client, &gateway, id, n).await);
             }
-            if let Some(url) = report {
-                outcomes.push(
-                    client
-                        .get(url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success()),
-                );
+            if let Some(request) = report {
+                outcomes.push(request.send().await.is_ok_and(|r| r.status().is_success()));
             }
             for ok in outcomes {
                 counters.sent.fetch_add(1, Ordering::Relaxed);
