@@ -1,4 +1,5 @@
-//! The controller: watches `ReportVersion`s and the data-service Deployments, asks
+//! The controller: watches `ReportVersion`s, the data-service Deployments and the reports
+//! Deployment, asks
 //! [`decide`](crate::decide::decide) what to do, writes the status with server-side apply under
 //! one field manager, records Events, and requeues with per-object backoff on errors.
 
@@ -34,6 +35,8 @@ pub const FIELD_MANAGER: &str = "aeropartners-operator";
 /// Label every data-service Deployment carries (its value is the version); the operator
 /// watches only Deployments that have it.
 pub const DATA_SERVICE_SELECTOR: &str = "aeropartners.io/data-service";
+/// Label of the Deployment that serves the reports (its replicas follow the active version).
+pub const REPORTS_SELECTOR: &str = "aeropartners.io/reports";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,11 +66,13 @@ pub struct Context {
     pub recorder: Recorder,
     /// How long a switch may wait for its target before the resource is `Degraded`.
     pub progress_deadline: Duration,
+    /// The Deployment (beside each ReportVersion) whose replicas serve the reports.
+    pub reports_deployment: String,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, progress_deadline: Duration) -> Self {
+    pub fn new(client: Client, progress_deadline: Duration, reports_deployment: String) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -76,6 +81,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             progress_deadline,
+            reports_deployment,
             failures: Mutex::default(),
         }
     }
@@ -85,15 +91,15 @@ impl Context {
     }
 }
 
-/// Whether the data service of `version` has ready replicas in `namespace`.
-async fn target_ready(
+/// Whether the Deployment `name` has ready replicas in `namespace`.
+async fn deployment_ready(
     client: &Client,
     namespace: &str,
-    version: &str,
+    name: &str,
 ) -> Result<bool, kube::Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     Ok(deployments
-        .get_opt(&format!("data-service-{version}"))
+        .get_opt(name)
         .await?
         .and_then(|d| d.status)
         .and_then(|s| s.ready_replicas)
@@ -126,7 +132,13 @@ async fn reconcile_inner(rv: &ReportVersion, ctx: &Context) -> Result<Action, Er
         generation: rv.metadata.generation.unwrap_or_default(),
         desired: rv.spec.version,
         status: rv.status.clone().unwrap_or_default(),
-        target_ready: target_ready(&ctx.client, &namespace, rv.spec.version.as_str()).await?,
+        target_ready: deployment_ready(
+            &ctx.client,
+            &namespace,
+            &format!("data-service-{}", rv.spec.version.as_str()),
+        )
+        .await?,
+        reports_ready: deployment_ready(&ctx.client, &namespace, &ctx.reports_deployment).await?,
         now: Timestamp::now(),
     };
     let decision = decide(&observed, ctx.progress_deadline);
@@ -186,6 +198,7 @@ pub async fn run(
     client: Client,
     namespace: Option<&str>,
     progress_deadline: Duration,
+    reports_deployment: String,
     shutdown: CancellationToken,
 ) {
     let (rvs, deployments): (Api<ReportVersion>, Api<Deployment>) = match namespace {
@@ -197,21 +210,28 @@ pub async fn run(
     };
     let controller = Controller::new(rvs, watcher::Config::default());
     let store = controller.store();
-    let context = Arc::new(Context::new(client, progress_deadline));
+    let context = Arc::new(Context::new(client, progress_deadline, reports_deployment));
+    // A data service or the reports Deployment becoming ready (or not) re-examines every
+    // ReportVersion beside it.
+    let beside = move |deployment: Deployment| {
+        let namespace = deployment.namespace();
+        store
+            .state()
+            .into_iter()
+            .filter(|rv| rv.namespace() == namespace)
+            .map(|rv| ObjectRef::from_obj(&*rv))
+            .collect::<Vec<_>>()
+    };
     controller
-        // A data service becoming ready (or not) re-examines every ReportVersion beside it.
+        .watches(
+            deployments.clone(),
+            watcher::Config::default().labels(DATA_SERVICE_SELECTOR),
+            beside.clone(),
+        )
         .watches(
             deployments,
-            watcher::Config::default().labels(DATA_SERVICE_SELECTOR),
-            move |deployment| {
-                let namespace = deployment.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|rv| rv.namespace() == namespace)
-                    .map(|rv| ObjectRef::from_obj(&*rv))
-                    .collect::<Vec<_>>()
-            },
+            watcher::Config::default().labels(REPORTS_SELECTOR),
+            beside,
         )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)

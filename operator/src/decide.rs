@@ -1,6 +1,7 @@
 //! The reconciler's decision, free of I/O: from what is observed (the resource, whether the
-//! target version's data service is ready, the time) to the status to write, the event to emit
-//! and when to look again. Everything the operator promises is decided here, and tested here.
+//! target version's data service and the reports Deployment are ready, the time) to the status
+//! to write, the event to emit and when to look again. Everything the operator promises is
+//! decided here, and tested here.
 
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct Observed {
     pub status: ReportVersionStatus,
     /// The desired version's data service has ready replicas.
     pub target_ready: bool,
+    /// The reports Deployment, which serves the version, has ready replicas.
+    pub reports_ready: bool,
     pub now: Timestamp,
 }
 
@@ -52,6 +55,7 @@ pub fn decide(observed: &Observed, progress_deadline: Duration) -> Decision {
         desired,
         status,
         target_ready,
+        reports_ready,
         now,
     } = observed;
     let previous = status;
@@ -68,7 +72,9 @@ pub fn decide(observed: &Observed, progress_deadline: Duration) -> Decision {
         };
     }
 
-    if *target_ready {
+    // A version is promoted only once it can be served: its data service (legacy reporting's
+    // `datos`) and the replicas that serve it.
+    if *target_ready && *reports_ready {
         next.active_version = Some(*desired);
         next.switched_at = Some(rfc3339_seconds(*now));
         serving(&mut next, *generation, now, *desired);
@@ -91,20 +97,26 @@ pub fn decide(observed: &Observed, progress_deadline: Duration) -> Decision {
         };
     }
 
-    // The target is not ready: keep serving what is active, say why, and give up (Degraded)
-    // after the deadline, still serving the old version.
+    // The target cannot serve yet: keep serving what is active, say why, and give up
+    // (Degraded) after the deadline, still serving the old version.
     let serving = active.map_or_else(|| "ninguna".to_owned(), |v| v.as_str().to_owned());
-    let waiting = format!(
-        "Esperando a que data-service-{} tenga réplicas listas; se sigue sirviendo {serving}",
-        desired.as_str()
-    );
+    let (reason, blocker) = if *target_ready {
+        ("WaitingForReports", "reports".to_owned())
+    } else {
+        (
+            "WaitingForDataService",
+            format!("data-service-{}", desired.as_str()),
+        )
+    };
+    let waiting =
+        format!("Esperando a que {blocker} tenga réplicas listas; se sigue sirviendo {serving}");
     set(
         &mut next,
         *generation,
         now,
         PROGRESSING,
         true,
-        "WaitingForDataService",
+        reason,
         &waiting,
     );
     set(
@@ -121,8 +133,7 @@ pub fn decide(observed: &Observed, progress_deadline: Duration) -> Decision {
     if waited >= progress_deadline {
         let was_degraded = condition(previous, DEGRADED).is_some_and(|c| c.status == "True");
         let message = format!(
-            "data-service-{} no estuvo listo en {} s; se sigue sirviendo {serving}",
-            desired.as_str(),
+            "{blocker} no estuvo listo en {} s; se sigue sirviendo {serving}",
             progress_deadline.as_secs()
         );
         set(
@@ -250,6 +261,7 @@ mod tests {
             desired,
             status: status.clone(),
             target_ready: ready,
+            reports_ready: true,
             now,
         }
     }
@@ -362,6 +374,49 @@ mod tests {
             ),
             ("True", "False", "False")
         );
+    }
+
+    #[test]
+    fn a_switch_waits_for_the_reports_replicas_too() {
+        let serving_v1 = decide(
+            &observe(&ReportVersionStatus::default(), Version::V1, true, at(0)),
+            DEADLINE,
+        )
+        .status;
+        let no_reports = Observed {
+            reports_ready: false,
+            ..observe(&serving_v1, Version::V2, true, at(10))
+        };
+        let waiting = decide(&no_reports, DEADLINE);
+        assert_eq!(waiting.status.active_version, Some(Version::V1));
+        let progressing = condition(&waiting.status, PROGRESSING).unwrap();
+        assert_eq!(progressing.reason, "WaitingForReports");
+        assert!(
+            progressing.message.contains("reports"),
+            "{}",
+            progressing.message
+        );
+        let degraded = decide(
+            &Observed {
+                reports_ready: false,
+                ..observe(&waiting.status, Version::V2, true, at(80))
+            },
+            DEADLINE,
+        );
+        assert_eq!(cond(&degraded.status, DEGRADED), "True");
+        assert!(
+            degraded
+                .notice
+                .unwrap()
+                .note
+                .starts_with("reports no estuvo listo"),
+            "names what it waited for"
+        );
+        let switched = decide(
+            &observe(&waiting.status, Version::V2, true, at(20)),
+            DEADLINE,
+        );
+        assert_eq!(switched.status.active_version, Some(Version::V2));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `ReportVersion` custom resource (API.md §8): which reporting version the reports
-//! replicas serve. The operator switches `status.activeVersion` only once the target version's
-//! data service is ready to serve.
+//! replicas serve. The operator switches `status.activeVersion` only once the target version can
+//! be served: its data service and the reports Deployment have ready replicas.
 
 pub mod controller;
 pub mod crd;
@@ -25,6 +25,10 @@ pub struct Config {
     /// How long a switch waits for its target's data service before the resource is Degraded.
     #[arg(long, env = "PROGRESS_DEADLINE", default_value = "2m", value_parser = platform::config::parse_duration)]
     pub progress_deadline: Duration,
+    /// The Deployment whose replicas serve the reports; a version is promoted only once it has
+    /// ready replicas too.
+    #[arg(long, env = "REPORTS_DEPLOYMENT", default_value = "reports")]
+    pub reports_deployment: String,
 }
 
 struct ApiServerReadiness(kube::Client);
@@ -56,6 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 client,
                 namespace.as_deref(),
                 config.progress_deadline,
+                config.reports_deployment.clone(),
                 shutdown,
             )
             .await;

@@ -77,23 +77,46 @@ fn uuid_like() -> String {
 
 /// A data-service Deployment, ready or not (its status written as the controller-manager would).
 async fn data_service(client: &Client, ns: &str, version: &str, ready: bool) {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let name = format!("data-service-{version}");
+    deployment(
+        client,
+        ns,
+        &name,
+        serde_json::json!({"aeropartners.io/data-service": version}),
+        ready,
+    )
+    .await;
+}
+
+/// The reports Deployment, ready or not.
+async fn reports(client: &Client, ns: &str, ready: bool) {
+    deployment(
+        client,
+        ns,
+        "reports",
+        serde_json::json!({"aeropartners.io/reports": "true"}),
+        ready,
+    )
+    .await;
+}
+
+async fn deployment(client: &Client, ns: &str, name: &str, labels: serde_json::Value, ready: bool) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"aeropartners.io/data-service": version}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "data-service", "image": "localhost/aeropartners:test"}]}
+                "spec": {"containers": [{"name": "service", "image": "localhost/aeropartners:test"}]}
             }
         }
     }))
     .unwrap();
     deployments
         .patch(
-            &name,
+            name,
             &PatchParams::apply("operator-tests").force(),
             &Patch::Apply(&deployment),
         )
@@ -101,7 +124,7 @@ async fn data_service(client: &Client, ns: &str, version: &str, ready: bool) {
         .unwrap();
     let status = serde_json::json!({"status": {"replicas": 1, "readyReplicas": i32::from(ready), "availableReplicas": i32::from(ready)}});
     deployments
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
 }
@@ -137,9 +160,9 @@ async fn set_version(client: &Client, ns: &str, version: &str) {
 fn start_operator(client: &Client, ns: &str, deadline: Duration) -> CancellationToken {
     let shutdown = CancellationToken::new();
     let (client, ns, token) = (client.clone(), ns.to_owned(), shutdown.clone());
-    tokio::spawn(
-        async move { operator::controller::run(client, Some(&ns), deadline, token).await },
-    );
+    tokio::spawn(async move {
+        operator::controller::run(client, Some(&ns), deadline, "reports".to_owned(), token).await
+    });
     shutdown
 }
 
@@ -196,6 +219,7 @@ async fn switches_only_once_the_target_is_ready_and_records_events() {
     install_crd(&client).await;
     let ns = namespace(&client).await;
     data_service(&client, &ns, "v1", true).await;
+    reports(&client, &ns, true).await;
     data_service(&client, &ns, "v2", false).await;
     report_version(&client, &ns, "v1").await.unwrap();
     let _operator = start_operator(&client, &ns, Duration::from_secs(120)).drop_guard();
@@ -292,6 +316,7 @@ async fn a_target_that_never_becomes_ready_degrades_and_keeps_the_old_version() 
     install_crd(&client).await;
     let ns = namespace(&client).await;
     data_service(&client, &ns, "v1", true).await;
+    reports(&client, &ns, true).await;
     report_version(&client, &ns, "v1").await.unwrap();
     let _operator = start_operator(&client, &ns, Duration::from_secs(2)).drop_guard();
     until(&client, &ns, "Ready on v1", |rv| {
@@ -312,6 +337,7 @@ async fn an_operator_restarted_mid_switch_converges() {
     install_crd(&client).await;
     let ns = namespace(&client).await;
     data_service(&client, &ns, "v1", true).await;
+    reports(&client, &ns, true).await;
     data_service(&client, &ns, "v2", false).await;
     report_version(&client, &ns, "v1").await.unwrap();
     let first = start_operator(&client, &ns, Duration::from_secs(120));
@@ -335,4 +361,47 @@ async fn an_operator_restarted_mid_switch_converges() {
     .await;
     assert_eq!(condition(&rv, "Ready").as_deref(), Some("True"));
     assert_eq!(condition(&rv, "Progressing").as_deref(), Some("False"));
+}
+
+#[tokio::test]
+async fn a_version_is_promoted_only_once_the_reports_replicas_are_ready() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client).await;
+    data_service(&client, &ns, "v1", true).await;
+    data_service(&client, &ns, "v2", true).await;
+    reports(&client, &ns, false).await;
+    report_version(&client, &ns, "v2").await.unwrap();
+    let _operator = start_operator(&client, &ns, Duration::from_secs(120)).drop_guard();
+
+    let rv = until(
+        &client,
+        &ns,
+        "Progressing while reports is not ready",
+        |rv| condition(rv, "Progressing").as_deref() == Some("True"),
+    )
+    .await;
+    assert_eq!(
+        active(&rv),
+        None,
+        "nothing is promoted before it can be served"
+    );
+    let progressing = rv
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(progressing.reason, "WaitingForReports");
+
+    // The reports Deployment becoming ready is watched: no poll needed to promote.
+    reports(&client, &ns, true).await;
+    let rv = until(&client, &ns, "serving v2", |rv| {
+        active(rv) == Some(Version::V2)
+    })
+    .await;
+    assert_eq!(condition(&rv, "Ready").as_deref(), Some("True"));
 }
