@@ -126,6 +126,9 @@ fn every_rendered_manifest_is_accepted_by_the_api_server() {
         );
         for kind in [
             "deployment.apps/campaigns ",
+            "deployment.apps/reports ",
+            "poddisruptionbudget.policy/reports ",
+            "role.rbac.authorization.k8s.io/aeropartners-reports ",
             "poddisruptionbudget.policy/gateway ",
             "reportversion.aeropartners.io/reports ",
             "job.batch/",
@@ -135,12 +138,135 @@ fn every_rendered_manifest_is_accepted_by_the_api_server() {
     }
 }
 
+/// The reports replicas' account may read, watch and patch its one ReportVersion, and nothing
+/// else: not another ReportVersion, not the status the operator owns, not a Secret.
+#[test]
+fn the_reports_account_can_touch_only_its_report_version() {
+    let namespace = format!("chart-rbac-{}", std::process::id());
+    ok(
+        &run("kubectl", &["create", "namespace", &namespace], None),
+        "create namespace",
+    );
+    let rendered = ok(
+        &run(
+            "helm",
+            &[
+                "template",
+                "aeropartners",
+                CHART,
+                "--namespace",
+                &namespace,
+                "--kube-version",
+                KUBE_VERSION,
+                "--show-only",
+                "templates/services.yaml",
+            ],
+            None,
+        ),
+        "helm template services",
+    );
+    // Everything but the Services: their node ports would be taken from the other tests.
+    let without_services: Vec<&str> = rendered
+        .split("\n---")
+        .filter(|document| !document.contains("\nkind: Service\n"))
+        .collect();
+    ok(
+        &run(
+            "kubectl",
+            &["apply", "-n", &namespace, "-f", "-"],
+            Some(without_services.join("\n---").as_bytes()),
+        ),
+        "apply the services and their RBAC",
+    );
+    let account = format!("system:serviceaccount:{namespace}:aeropartners-reports");
+    for (verb, resource, allowed) in [
+        ("get", "reportversions.aeropartners.io/reports", true),
+        ("watch", "reportversions.aeropartners.io/reports", true),
+        ("list", "reportversions.aeropartners.io/reports", true),
+        ("patch", "reportversions.aeropartners.io/reports", true),
+        ("patch", "reportversions.aeropartners.io/other", false),
+        ("list", "reportversions.aeropartners.io", false),
+        ("delete", "reportversions.aeropartners.io/reports", false),
+        ("get", "secrets", false),
+        ("list", "deployments.apps", false),
+    ] {
+        let output = run(
+            "kubectl",
+            &[
+                "auth", "can-i", verb, resource, "-n", &namespace, "--as", &account,
+            ],
+            None,
+        );
+        let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert_eq!(
+            answer,
+            if allowed { "yes" } else { "no" },
+            "{verb} {resource}"
+        );
+    }
+    let status = run(
+        "kubectl",
+        &[
+            "auth",
+            "can-i",
+            "patch",
+            "reportversions.aeropartners.io/reports",
+            "--subresource",
+            "status",
+            "-n",
+            &namespace,
+            "--as",
+            &account,
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout).trim(),
+        "no",
+        "status is the operator's"
+    );
+    let reports = ok(
+        &run(
+            "kubectl",
+            &[
+                "get",
+                "deployment",
+                "reports",
+                "-n",
+                &namespace,
+                "-o",
+                "json",
+            ],
+            None,
+        ),
+        "the reports Deployment",
+    );
+    let reports: serde_json::Value = serde_json::from_str(&reports).unwrap();
+    assert!(reports["spec"]["replicas"].as_i64().unwrap() >= 2);
+    assert_eq!(
+        reports["metadata"]["labels"]["aeropartners.io/reports"],
+        "true"
+    );
+    let pod = &reports["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "aeropartners-reports");
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(args.contains("kubernetes"), "{args}");
+    assert!(pod["containers"][0]["readinessProbe"].is_object());
+    let _ = run(
+        "kubectl",
+        &["delete", "namespace", &namespace, "--wait=false"],
+        None,
+    );
+}
+
 #[test]
 fn the_values_schema_rejects_a_misspelt_key_and_bad_values() {
     for (set, complaint) in [
         ("paymnets.replicas=3", "paymnets"),
         ("campaigns.replicas=1", "minimum"),
         ("reportVersion.version=v3", "must be one of"),
+        ("reports.replicas=1", "minimum"),
+        ("reports.cacheTtl=soon", "pattern"),
     ] {
         let output = run(
             "helm",

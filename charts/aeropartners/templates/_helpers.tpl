@@ -62,7 +62,9 @@ capabilities:
 {{/*
 A service workload: Deployment + Service + PodDisruptionBudget.
 Parameters: root, name (component), values (its block), args (container args), nodePort and
-extraLabels (optional; extraLabels go on the Deployment only, never into selectors).
+extraLabels (optional; extraLabels go on the Deployment only, never into selectors),
+serviceAccount (optional: the pod talks to the Kubernetes API with that account's token;
+without it no token is mounted).
 */}}
 {{- define "aeropartners.workload" -}}
 {{- $root := .root -}}
@@ -94,7 +96,11 @@ spec:
         checksum/config: {{ include (print $root.Template.BasePath "/config.yaml") $root | sha256sum }}
     spec:
       terminationGracePeriodSeconds: {{ $root.Values.common.terminationGracePeriodSeconds }}
+      {{- if .serviceAccount }}
+      serviceAccountName: {{ .serviceAccount }}
+      {{- else }}
       automountServiceAccountToken: false
+      {{- end }}
       securityContext:
         {{- include "aeropartners.podSecurityContext" $root | nindent 8 }}
       topologySpreadConstraints:
