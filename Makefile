@@ -111,6 +111,13 @@ soak: build ## The whole platform under sustained load: RSS per service, log siz
 scenario-2: build ## Quality scenario #2 in full: SIGKILL a campaigns instance under 200 req/s for 60 s
 	@$(WITH_INFRA) $(BIN)/scenario-2 --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
 
+SCENARIO9_MODE ?= database
+
+.PHONY: scenario-9
+scenario-9: build ## Quality scenario #9 in full: 100 report version switches under load (SCENARIO9_MODE=database|kubernetes)
+	@$(if $(filter kubernetes,$(SCENARIO9_MODE)),$(MAKE) --no-print-directory k8s-up,true)
+	@$(WITH_INFRA) $(if $(filter kubernetes,$(SCENARIO9_MODE)),$(WITH_K8S)) $(BIN)/scenario-9 --mode $(SCENARIO9_MODE) --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
+
 # --- Kubernetes (kind) -----------------------------------------------------------------------
 IMAGE ?= localhost/aeropartners:0.1.0
 NAMESPACE ?= aeropartners

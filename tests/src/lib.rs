@@ -1,3 +1,4 @@
 //! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
 pub mod scenario2;
+pub mod scenario9;
