@@ -99,8 +99,9 @@ test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, c
 	exit $$status
 
 .PHONY: bench
-bench: build ## Benchmarks: POST /pagos throughput/latency, outbox lag, pgbench ceiling, a 2-minute soak (prints figures)
+bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, a 2-minute soak (prints figures)
 	@$(WITH_INFRA) $(BIN)/bench-payments $(BENCH_ARGS)
+	@$(WITH_INFRA) $(BIN)/bench-reports --binary $(BIN)/aeropartners $(BENCH_REPORTS_ARGS)
 	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners --warmup 30 --seconds 90 $(SOAK_ARGS)
 
 .PHONY: soak
