@@ -1,4 +1,5 @@
 //! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
+pub mod measure;
 pub mod scenario2;
 pub mod scenario9;

@@ -15,9 +15,10 @@ use std::{
 };
 
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use platform::messaging::{Broker, Envelope};
 use serde::Serialize;
+
+pub use crate::measure::PhaseLatency;
 use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
 
 #[derive(Debug, Clone)]
@@ -31,13 +32,6 @@ pub struct Config {
     pub kill_at: Duration,
     /// How long the primary stays dead before it is started again.
     pub down_for: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseLatency {
-    pub requests: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,15 +187,7 @@ async fn one_request(
 }
 
 fn latency(samples: &[&Sample]) -> anyhow::Result<PhaseLatency> {
-    let mut histogram = Histogram::<u64>::new(3)?;
-    for sample in samples {
-        histogram.record(sample.latency.as_micros().max(1) as u64)?;
-    }
-    Ok(PhaseLatency {
-        requests: histogram.len(),
-        p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    PhaseLatency::of(samples.iter().map(|s| s.latency))
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
@@ -454,12 +440,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
 impl Report {
     /// Prints the table and writes `target/scenarios/scenario-2.json`.
     pub fn publish(&self) -> anyhow::Result<()> {
-        let phase = |p: &PhaseLatency| {
-            format!(
-                "{} req, p50 {:.1} ms, p99 {:.1} ms",
-                p.requests, p.p50_ms, p.p99_ms
-            )
-        };
+        let phase = PhaseLatency::describe;
         let ms = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0} ms"));
         let rows = [
             (

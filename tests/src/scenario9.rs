@@ -13,13 +13,15 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+pub use crate::measure::PhaseLatency;
 use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
 use tokio_util::sync::CancellationToken;
 
@@ -49,13 +51,6 @@ pub struct Config {
     pub pause: Duration,
     /// Load after the last switch.
     pub cooldown: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseLatency {
-    pub requests: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,15 +175,7 @@ async fn one_request(client: &reqwest::Client, gateway: &str, n: u64, legacy_eve
 }
 
 fn latency(samples: &[&Sample]) -> anyhow::Result<PhaseLatency> {
-    let mut histogram = Histogram::<u64>::new(3)?;
-    for sample in samples {
-        histogram.record(sample.latency.as_micros().max(1) as u64)?;
-    }
-    Ok(PhaseLatency {
-        requests: histogram.len(),
-        p50_ms: histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    PhaseLatency::of(samples.iter().map(|s| s.latency))
 }
 
 /// What one replica served, as a prober polling it directly sees it.
@@ -219,32 +206,7 @@ async fn probe(
 }
 
 fn kubectl(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    testkit::kubectl(args, stdin).map_err(anyhow::Error::msg)
 }
 
 /// A Deployment with ready replicas, as the controller-manager would report it.
@@ -717,12 +679,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
 impl Report {
     /// Prints the table and writes `target/scenarios/scenario-9[-kubernetes].json`.
     pub fn publish(&self) -> anyhow::Result<()> {
-        let phase = |p: &PhaseLatency| {
-            format!(
-                "{} req, p50 {:.1} ms, p99 {:.1} ms",
-                p.requests, p.p50_ms, p.p99_ms
-            )
-        };
+        let phase = PhaseLatency::describe;
         let mode = match self.mode {
             Mode::Database => "database (PUT /api/reports/version, LISTEN/NOTIFY)",
             Mode::Kubernetes => "kubernetes (kubectl patch rv, operator, watch)",

@@ -13,34 +13,7 @@ use testkit::{TempDatabase, eventually, free_port, pulsar_config, wait_until_rea
 use tokio::net::{TcpListener, TcpStream};
 
 fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH (make test puts it there)");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    testkit::kubectl(args, stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A TCP relay to the API server that can be cut (every connection closed, the port refusing)

@@ -132,18 +132,24 @@ impl FuenteBaseDeDatos {
     }
 }
 
-pub async fn leer_fila(pool: &PgPool) -> Result<EstadoVersion, sqlx::Error> {
-    let (activa, deseada, cambiada_en): (String, String, DateTime<Utc>) =
-        sqlx::query_as("SELECT activa, deseada, cambiada_en FROM version_activa")
-            .fetch_one(pool)
-            .await?;
-    Ok(EstadoVersion {
+/// `(activa, deseada, cambiada_en)` as the row holds them.
+type Fila = (String, String, DateTime<Utc>);
+
+fn estado_de_fila((activa, deseada, cambiada_en): Fila) -> EstadoVersion {
+    EstadoVersion {
         // The table's CHECK allows only these two spellings.
         activa: Version::parse(&activa).unwrap_or(Version::V1),
         deseada: Version::parse(&deseada).unwrap_or(Version::V1),
         cambiada_en: Some(cambiada_en),
         desactualizada: false,
-    })
+    }
+}
+
+pub async fn leer_fila(pool: &PgPool) -> Result<EstadoVersion, sqlx::Error> {
+    let fila: Fila = sqlx::query_as("SELECT activa, deseada, cambiada_en FROM version_activa")
+        .fetch_one(pool)
+        .await?;
+    Ok(estado_de_fila(fila))
 }
 
 /// Records `activa`/`deseada`; `cambiada_en` moves only when `activa` changes.
@@ -153,7 +159,7 @@ pub async fn escribir_fila(
     deseada: Version,
     cambiada_en: Option<DateTime<Utc>>,
 ) -> Result<EstadoVersion, sqlx::Error> {
-    let (activa, deseada, cambiada_en): (String, String, DateTime<Utc>) = sqlx::query_as(
+    let fila: Fila = sqlx::query_as(
         "UPDATE version_activa SET \
             cambiada_en = CASE WHEN activa = $1 THEN cambiada_en \
                                ELSE coalesce($3, clock_timestamp()) END, \
@@ -165,12 +171,7 @@ pub async fn escribir_fila(
     .bind(cambiada_en)
     .fetch_one(pool)
     .await?;
-    Ok(EstadoVersion {
-        activa: Version::parse(&activa).unwrap_or(Version::V1),
-        deseada: Version::parse(&deseada).unwrap_or(Version::V1),
-        cambiada_en: Some(cambiada_en),
-        desactualizada: false,
-    })
+    Ok(estado_de_fila(fila))
 }
 
 #[async_trait::async_trait]

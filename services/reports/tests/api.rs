@@ -256,25 +256,30 @@ async fn a_switch_reaches_every_replica_through_notify(o: PgPoolOptions, c: PgCo
     // either way; this only makes the test exercise the notification path).
     tokio::time::sleep(Duration::from_millis(200)).await;
     for target in ["v2", "v1", "v2"] {
-        let body = format!(r#"{{"active":"{target}"}}"#);
-        assert_eq!(
-            call(&a.app, "PUT", "/api/reports/version", Some(&body), &[])
-                .await
-                .status,
-            200
-        );
-        eventually(
-            &format!("replica b serves {target}"),
-            Duration::from_secs(10),
-            || async {
-                call(&b.app, "GET", "/api/reports/payments", None, &[])
-                    .await
-                    .headers["x-report-version"]
-                    == target
-            },
-        )
-        .await;
+        switch_on_a_and_wait_for_b(&a, &b, target).await;
     }
+}
+
+/// `PUT` on replica `a`, then wait (a liveness bound) until replica `b` serves `target`.
+async fn switch_on_a_and_wait_for_b(a: &common::Replica, b: &common::Replica, target: &str) {
+    let body = format!(r#"{{"active":"{target}"}}"#);
+    assert_eq!(
+        call(&a.app, "PUT", "/api/reports/version", Some(&body), &[])
+            .await
+            .status,
+        200
+    );
+    eventually(
+        &format!("replica b serves {target}"),
+        Duration::from_secs(15),
+        || async {
+            call(&b.app, "GET", "/api/reports/payments", None, &[])
+                .await
+                .headers["x-report-version"]
+                == target
+        },
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -296,24 +301,7 @@ async fn a_replica_whose_listener_lost_its_connection_still_learns_the_switch(
         .execute(&pool)
         .await
         .unwrap();
-        let body = format!(r#"{{"active":"{target}"}}"#);
-        assert_eq!(
-            call(&a.app, "PUT", "/api/reports/version", Some(&body), &[])
-                .await
-                .status,
-            200
-        );
-        eventually(
-            &format!("replica b serves {target}"),
-            Duration::from_secs(15),
-            || async {
-                call(&b.app, "GET", "/api/reports/version", None, &[])
-                    .await
-                    .body["active"]
-                    == target
-            },
-        )
-        .await;
+        switch_on_a_and_wait_for_b(&a, &b, target).await;
     }
 }
 

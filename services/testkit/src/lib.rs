@@ -303,3 +303,37 @@ impl Drop for ServiceProcess {
         self.kill();
     }
 }
+
+/// Runs `kubectl ARGS…` (with `stdin` piped in when given) against the cluster of
+/// `KUBECONFIG`; its standard output, or what it said on failure.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::{io::Write, process::Stdio};
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("kubectl cannot start (make k8s-up puts it on PATH): {e}"))?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| format!("kubectl stdin: {e}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("kubectl: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
