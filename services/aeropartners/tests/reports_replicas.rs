@@ -167,6 +167,20 @@ async fn replicas_catch_up_before_ready_share_the_work_and_follow_one_switch() {
         r.headers()["x-report-version"] == "v2"
     })
     .await;
+    let metrics = client
+        .get(format!("{b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("reports_version_switches_total 1")
+            && metrics.contains("reports_active_version{version=\"v2\"} 1")
+            && metrics.contains("reports_version_switch_seconds_count 1"),
+        "the switch is in replica b's metrics:\n{metrics}"
+    );
     let version_b = get(&client, &format!("{b}/api/reports/version")).await.1;
     assert_eq!(version_b["active"], "v2");
     assert_eq!(version_b["replica"], format!("reports-{pb}"));

@@ -210,6 +210,10 @@ async fn the_version_endpoint_switches_and_refuses_bad_bodies(
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);
         assert_eq!(answer.headers["content-type"], "application/problem+json");
     }
+    let oversized = format!(r#"{{"active":"v2","x":"{}"}}"#, "a".repeat(100 * 1024));
+    let answer = call(&r.app, "PUT", "/api/reports/version", Some(&oversized), &[]).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.headers["content-type"], "application/problem+json");
     assert_eq!(
         call(&r.app, "GET", "/api/reports/version", None, &[])
             .await

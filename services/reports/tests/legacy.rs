@@ -209,15 +209,27 @@ async fn bad_requests_are_400_and_unknown_reports_404(o: PgPoolOptions, c: PgCon
     let (v1, v2) = data_services(&o, &c, &stop).await;
     let pool = pool(o, c).await;
     let r = replica(&pool, Duration::from_secs(3600), None, (&v1, &v2)).await;
+    let oversized = format!(
+        r#"{{"tipo_reporte":"pagos_por_periodo","filtros":{{"x":"{}"}}}}"#,
+        "a".repeat(100 * 1024)
+    );
     for body in [
         r#"{"tipo_reporte":"ventas"}"#,
         r#"{}"#,
         r#"{"tipo_reporte":"pagos_por_periodo","filtros":[1]}"#,
         r#"{"tipo_reporte":"pagos_por_periodo","extra":true}"#,
         r#"{"tipo_reporte":"#,
+        oversized.as_str(),
     ] {
         let answer = call(&r.app, "POST", "/reporting/report", Some(body), &[]).await;
-        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+        let expected = if body.len() > 64 * 1024 { 413 } else { 400 };
+        assert_eq!(
+            answer.status,
+            expected,
+            "{}: {}",
+            &body[..body.len().min(80)],
+            answer.body
+        );
         assert_eq!(answer.headers["content-type"], "application/problem+json");
     }
     assert_eq!(
