@@ -252,6 +252,7 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
     // Serve nothing before the version is known; with Kubernetes unreachable, the last version
     // this context persisted.
     let inicial = fuente.leer().await?;
+    version::marcar_activa(inicial.activa);
     let (version_tx, _) = watch::channel(inicial);
     let seguidor = tokio::spawn(fuente.clone().seguir(version_tx.clone(), shutdown.clone()));
 

@@ -81,11 +81,19 @@ static PROPAGACION: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Sets `reports_active_version`: 1 for `activa`, 0 for the other.
+pub fn marcar_activa(activa: Version) {
+    for v in Version::ALL {
+        ACTIVA
+            .with_label_values(&[v.as_str()])
+            .set(i64::from(v == activa));
+    }
+}
+
 /// Publishes `nuevo` to the replica's handlers, counting a switch when the version changed.
 /// A state older than the one served (a slow read that lost a race with a newer change) is
 /// ignored, so a replica never flips back.
 pub fn publicar(estado: &watch::Sender<EstadoVersion>, nuevo: EstadoVersion) {
-    let mut cambio = None;
     estado.send_if_modified(|actual| {
         if let (Some(servida), Some(leida)) = (actual.cambiada_en, nuevo.cambiada_en)
             && leida < servida
@@ -95,24 +103,18 @@ pub fn publicar(estado: &watch::Sender<EstadoVersion>, nuevo: EstadoVersion) {
         if *actual == nuevo {
             return false;
         }
+        // Recorded before the new version is visible, so whoever sees it also sees the metrics.
+        marcar_activa(nuevo.activa);
         if actual.activa != nuevo.activa {
-            cambio = Some((actual.activa, nuevo.cambiada_en));
+            CAMBIOS.inc();
+            if let Some(at) = nuevo.cambiada_en {
+                PROPAGACION.observe((Utc::now() - at).to_std().unwrap_or_default().as_secs_f64());
+            }
+            tracing::info!(from = %actual.activa, to = %nuevo.activa, "report version switched");
         }
-        *actual = nuevo.clone();
+        *actual = nuevo;
         true
     });
-    for v in Version::ALL {
-        ACTIVA
-            .with_label_values(&[v.as_str()])
-            .set(i64::from(v == estado.borrow().activa));
-    }
-    if let Some((anterior, cambiada_en)) = cambio {
-        CAMBIOS.inc();
-        if let Some(at) = cambiada_en {
-            PROPAGACION.observe((Utc::now() - at).to_std().unwrap_or_default().as_secs_f64());
-        }
-        tracing::info!(from = %anterior, to = %nuevo.activa, "report version switched");
-    }
 }
 
 /// `database`: the row `version_activa` of the reports schema. A switch is accepted when the
