@@ -1,7 +1,7 @@
 //! `/api/reports` (API.md §5.1, §5.2).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -277,7 +277,7 @@ pub struct Salud {
     pub eventos_duplicados: u64,
     /// Both versions are applied by the same statement, so they share the lag; a rebuild
     /// makes its version's tables wait until it commits.
-    pub versiones: HashMap<String, SaludVersion>,
+    pub versiones: BTreeMap<String, SaludVersion>,
     pub replica: String,
 }
 
