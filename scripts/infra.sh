@@ -22,6 +22,15 @@
 #                       together with PULSAR_ADMIN_URL
 #   PULSAR_GC           JVM GC flags for the broker (default: G1, see start_pulsar)
 #   PULSAR_READY_TIMEOUT  seconds to wait for broker health (default: 180)
+#   INFRA_ADDRESS       the address both servers listen on and advertise (default:
+#                       127.0.0.1). The Kubernetes node of `make e2e` runs this script
+#                       inside its network namespace with the node's address, so
+#                       that pods reach the servers and nothing listens on the VM's
+#                       own interfaces.
+#   INFRA_INTERFACE     the interface that carries INFRA_ADDRESS (default: lo); the
+#                       in-process bookie binds by interface name.
+#   INFRA_CLIENTS       a CIDR that may also connect to PostgreSQL (the pod network
+#                       of the e2e node); default: the listen address only.
 #
 # No systemd and no Docker on the target machines: daemons are started detached
 # (setsid) and stopped by the PID recorded in a pidfile. Running two instances of
@@ -34,6 +43,8 @@ REPO_ROOT=$(cd -- "${SCRIPT_DIR}/.." && pwd -P)
 source "${SCRIPT_DIR}/free-port.sh"
 
 INFRA_DIR=${INFRA_DIR:-${REPO_ROOT}/target/infra}
+INFRA_ADDRESS=${INFRA_ADDRESS:-127.0.0.1}
+INFRA_INTERFACE=${INFRA_INTERFACE:-lo}
 CACHE_DIR=${AEROPARTNERS_CACHE:-${HOME}/.cache/aeropartners}
 
 PULSAR_VERSION=4.0.8
@@ -219,7 +230,7 @@ pulsar_java() {
 
 pg_our_url() {
 	local port=$1
-	printf 'postgres://aeropartners:aeropartners@127.0.0.1:%s/aeropartners\n' "${port}"
+	printf 'postgres://aeropartners:aeropartners@%s:%s/aeropartners\n' "${INFRA_ADDRESS}" "${port}"
 }
 
 pg_recorded_port() { read_pidfile "${PG_PORTFILE}"; }
@@ -231,7 +242,7 @@ pg_running() {
 	port=$(pg_recorded_port)
 	[[ -n "${port}" ]] || return 1
 	pid_alive "${pid}" "${PG_DATA}" || return 1
-	"${PG_BIN}/pg_isready" -q -h 127.0.0.1 -p "${port}" -t 2
+	"${PG_BIN}/pg_isready" -q -h "${INFRA_ADDRESS}" -p "${port}" -t 2
 }
 
 ensure_postgres_user() {
@@ -288,7 +299,7 @@ start_postgres() {
 
 	cat >"${PG_DATA}/infra.conf" <<-EOF
 		# Written by scripts/infra.sh; edits are overwritten.
-		listen_addresses = '127.0.0.1'
+		listen_addresses = '${INFRA_ADDRESS}'
 		port = ${port}
 		unix_socket_directories = '${PG_SOCKET_DIR}'
 		# Integration tests and sqlx::test pools open many connections.
@@ -300,10 +311,21 @@ start_postgres() {
 		synchronous_commit = on
 		full_page_writes = on
 		logging_collector = off
+		hba_file = '${PG_DATA}/infra_hba.conf'
 	EOF
-	chown postgres:postgres "${PG_DATA}/infra.conf"
+	# Who may connect over TCP: the listen address itself and, for the e2e node,
+	# its pod network (INFRA_CLIENTS); always with the password of DATABASE_URL.
+	{
+		printf '# Written by scripts/infra.sh; edits are overwritten.\n'
+		printf 'local all all trust\n'
+		printf 'host all all %s/32 scram-sha-256\n' "${INFRA_ADDRESS}"
+		if [[ -n "${INFRA_CLIENTS:-}" ]]; then
+			printf 'host all all %s scram-sha-256\n' "${INFRA_CLIENTS}"
+		fi
+	} >"${PG_DATA}/infra_hba.conf"
+	chown postgres:postgres "${PG_DATA}/infra.conf" "${PG_DATA}/infra_hba.conf"
 
-	log "starting postgres on 127.0.0.1:${port}"
+	log "starting postgres on ${INFRA_ADDRESS}:${port}"
 	printf '\n=== infra.sh: starting postgres %s ===\n' "$(date -Is)" >>"${PG_LOG}"
 	# setsid: new session, so the postmaster does not get the caller's
 	# SIGINT/SIGHUP (e.g. Ctrl-C in `make test`). pg_ctl -w returns once the
@@ -396,8 +418,8 @@ load_pulsar_ports() {
 	[[ -n "${BROKER_PORT}" && -n "${WEB_PORT}" && -n "${BOOKIE_PORT}" ]]
 }
 
-pulsar_our_url() { printf 'pulsar://127.0.0.1:%s\n' "$1"; }
-pulsar_our_admin_url() { printf 'http://127.0.0.1:%s\n' "$1"; }
+pulsar_our_url() { printf 'pulsar://%s:%s\n' "${INFRA_ADDRESS}" "$1"; }
+pulsar_our_admin_url() { printf 'http://%s:%s\n' "${INFRA_ADDRESS}" "$1"; }
 
 # 0 when the broker from our pidfile is alive and its admin API answers.
 # /admin/v2/brokers/ready is cheap (no produce/consume round trip like
@@ -425,16 +447,16 @@ write_pulsar_conf() {
 	# The shipped standalone.conf has no trailing newline: appending a key
 	# without this would glue it onto the last line and break the broker.
 	printf '\n' >>"${PULSAR_CONF}"
-	# Loopback only; clients follow lookups to the advertised address.
-	set_conf "${PULSAR_CONF}" bindAddress 127.0.0.1
-	set_conf "${PULSAR_CONF}" advertisedAddress 127.0.0.1
+	# One address only; clients follow lookups to the advertised address.
+	set_conf "${PULSAR_CONF}" bindAddress "${INFRA_ADDRESS}"
+	set_conf "${PULSAR_CONF}" advertisedAddress "${INFRA_ADDRESS}"
 	set_conf "${PULSAR_CONF}" brokerServicePort "${BROKER_PORT}"
 	set_conf "${PULSAR_CONF}" webServicePort "${WEB_PORT}"
 	# The in-process bookie reads the same file as a BookKeeper
 	# ServerConfiguration. Without these it binds 0.0.0.0 on a random port:
 	# listeningInterface=lo needs allowLoopback=true, and
 	# allowEphemeralPorts=true makes it honour --bookkeeper-port.
-	set_conf "${PULSAR_CONF}" listeningInterface lo
+	set_conf "${PULSAR_CONF}" listeningInterface "${INFRA_INTERFACE}"
 	set_conf "${PULSAR_CONF}" allowLoopback true
 	set_conf "${PULSAR_CONF}" allowEphemeralPorts true
 	# Tests publish before a subscription may exist; the default deletes
@@ -490,7 +512,7 @@ start_pulsar() {
 
 	local java_bin
 	java_bin=$(pulsar_java)
-	log "starting pulsar ${PULSAR_VERSION} (broker 127.0.0.1:${BROKER_PORT}, admin 127.0.0.1:${WEB_PORT}, bookie 127.0.0.1:${BOOKIE_PORT})"
+	log "starting pulsar ${PULSAR_VERSION} (broker ${INFRA_ADDRESS}:${BROKER_PORT}, admin ${INFRA_ADDRESS}:${WEB_PORT}, bookie ${INFRA_ADDRESS}:${BOOKIE_PORT})"
 	printf '\n=== infra.sh: starting pulsar %s ===\n' "$(date -Is)" >>"${PULSAR_LOG}"
 	# Memory: the default asks for 2 GiB heap + 4 GiB direct.
 	# GC: the stock PULSAR_GC is ZGC + AlwaysPreTouch, which pre-faults the whole
@@ -512,7 +534,7 @@ start_pulsar() {
 		exec setsid nohup "${PULSAR_HOME_DIR}/bin/pulsar" standalone \
 			--config "${PULSAR_CONF}" \
 			--no-functions-worker --no-stream-storage \
-			--advertised-address 127.0.0.1 \
+			--advertised-address "${INFRA_ADDRESS}" \
 			--metadata-dir "${PULSAR_DATA}/metadata" \
 			--bookkeeper-dir "${PULSAR_DATA}/bookkeeper" \
 			--bookkeeper-port "${BOOKIE_PORT}"
@@ -703,7 +725,7 @@ cmd_status() {
 	port=$(pg_recorded_port)
 	if [[ -n "${PG_BIN}" ]] && pg_running; then
 		rss=$(ps -o rss= -p "${pid}" | tr -d ' ')
-		echo "postgres: running  pid ${pid}  127.0.0.1:${port}  data ${PG_DATA}  rss(postmaster) ${rss} kB"
+		echo "postgres: running  pid ${pid}  ${INFRA_ADDRESS}:${port}  data ${PG_DATA}  rss(postmaster) ${rss} kB"
 	elif [[ -n "${pid}" ]]; then
 		echo "postgres: NOT answering (pidfile says ${pid})"
 	else
@@ -712,7 +734,7 @@ cmd_status() {
 	pid=$(read_pidfile "${PULSAR_PIDFILE}")
 	if pulsar_running; then
 		rss=$(ps -o rss= -p "${pid}" | tr -d ' ')
-		echo "pulsar:   running  pid ${pid}  broker 127.0.0.1:${BROKER_PORT}  admin 127.0.0.1:${WEB_PORT}  bookie 127.0.0.1:${BOOKIE_PORT}  rss ${rss} kB"
+		echo "pulsar:   running  pid ${pid}  broker ${INFRA_ADDRESS}:${BROKER_PORT}  admin ${INFRA_ADDRESS}:${WEB_PORT}  bookie ${INFRA_ADDRESS}:${BOOKIE_PORT}  rss ${rss} kB"
 	elif [[ -n "${pid}" ]]; then
 		echo "pulsar:   NOT answering (pidfile says ${pid})"
 	else

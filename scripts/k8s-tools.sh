@@ -9,8 +9,11 @@
 #   scripts/k8s-tools.sh latest    ask the Go module proxy for the newest patches
 #                                  (to update the pins below; not used by `build`)
 #
-# Binaries: kube-apiserver + kubectl (Kubernetes 1.34), etcd (3.5), helm (3.19),
-# in ${AEROPARTNERS_CACHE:-~/.cache/aeropartners}/k8s/<k8s version>/bin.
+# Binaries, in ${AEROPARTNERS_CACHE:-~/.cache/aeropartners}/k8s/<k8s version>/bin:
+#   kube-apiserver, kubectl                 the operator and chart tests (API server only)
+#   kubelet, kube-proxy, kube-controller-manager, kube-scheduler
+#                                           the single-node cluster of `make e2e`
+#   etcd (3.5), helm (3.19), coredns (1.14)
 #
 # Why build from source: these machines have no Docker (so no kind) and reach
 # only package registries, not GitHub release downloads or dl.k8s.io. The Go
@@ -36,6 +39,7 @@ shopt -s inherit_errexit
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.5.35}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
 
 CACHE_ROOT=${AEROPARTNERS_CACHE:-${HOME}/.cache/aeropartners}
 K8S_CACHE=${CACHE_ROOT}/k8s/${K8S_VERSION}
@@ -61,7 +65,9 @@ STAGING_MODULES=(
 	sample-controller
 )
 
-TOOLS=(kube-apiserver kubectl etcd helm)
+# Every command built from the k8s.io/kubernetes wrapper module.
+K8S_COMMANDS=(kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler)
+TOOLS=("${K8S_COMMANDS[@]}" etcd helm coredns)
 
 log() { printf '[k8s-tools] %s\n' "$*" >&2; }
 die() {
@@ -94,8 +100,14 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
 # resolution and one build cache.
 
 k8s_wrapper() {
-	local dir=${SRC_DIR}/kubernetes m
-	if [[ -f "${dir}/.ready" ]]; then
+	local dir=${SRC_DIR}/kubernetes m c
+	local packages=()
+	for c in "${K8S_COMMANDS[@]}"; do
+		packages+=("k8s.io/kubernetes/cmd/${c}@${K8S_VERSION}")
+	done
+	# .ready records the commands resolved; a cache made for fewer commands
+	# (before the node components were added) is resolved again.
+	if [[ -f "${dir}/.ready" && "$(cat "${dir}/.ready")" == "${K8S_COMMANDS[*]}" ]]; then
 		printf '%s\n' "${dir}"
 		return 0
 	fi
@@ -112,10 +124,8 @@ k8s_wrapper() {
 	log "resolving k8s.io/kubernetes ${K8S_VERSION} (staging modules ${STAGING_VERSION})"
 	# `go get` of the command packages pulls in exactly their dependencies and
 	# writes go.sum; the module itself has no Go files of its own.
-	(cd "${dir}" && go_env go get \
-		"k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" \
-		"k8s.io/kubernetes/cmd/kubectl@${K8S_VERSION}") >&2
-	touch "${dir}/.ready"
+	(cd "${dir}" && go_env go get "${packages[@]}") >&2
+	printf '%s' "${K8S_COMMANDS[*]}" >"${dir}/.ready"
 	printf '%s\n' "${dir}"
 }
 
@@ -173,6 +183,20 @@ build_helm() {
 }
 
 # ---------------------------------------------------------------------------
+# CoreDNS: a plain `go install`, like helm. The node runs it without `forward`,
+# so no query ever leaves for the VM's resolver.
+
+build_coredns() {
+	local gobin=${SRC_DIR}/coredns-bin
+	rm -rf "${gobin}"
+	mkdir -p "${gobin}"
+	env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="${gobin}" go install -trimpath \
+		-ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}" >&2
+	mv "${gobin}/coredns" "${BIN_DIR}/.coredns.tmp"
+	rm -rf "${gobin}"
+}
+
+# ---------------------------------------------------------------------------
 
 build_all() {
 	if all_present; then
@@ -196,9 +220,10 @@ build_all() {
 		log "building ${t} (first time only; kube-apiserver takes longest)"
 		start=$(now)
 		case "$t" in
-		kube-apiserver | kubectl) build_k8s "$t" ;;
 		etcd) build_etcd ;;
 		helm) build_helm ;;
+		coredns) build_coredns ;;
+		*) build_k8s "$t" ;;
 		esac
 		# Built under a temporary name and renamed, so an interrupted build
 		# never leaves a half-written binary that the fast path would trust.
@@ -231,7 +256,7 @@ case "${1:-build}" in
 build) build_all ;;
 path) printf '%s\n' "${BIN_DIR}" ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nhelm %s\n' "${K8S_VERSION}" "${ETCD_VERSION}" "${HELM_VERSION}"
+	printf 'kubernetes %s\netcd %s\nhelm %s\ncoredns %s\n' "${K8S_VERSION}" "${ETCD_VERSION}" "${HELM_VERSION}" "${COREDNS_VERSION}"
 	;;
 latest) latest ;;
 -h | --help | help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;

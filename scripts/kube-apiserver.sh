@@ -30,10 +30,11 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO_ROOT=$(cd -- "${SCRIPT_DIR}/.." && pwd -P)
 # shellcheck source-path=SCRIPTDIR source=free-port.sh
 source "${SCRIPT_DIR}/free-port.sh"
+# shellcheck source-path=SCRIPTDIR source=k8s-lib.sh
+source "${SCRIPT_DIR}/k8s-lib.sh"
 
 K8S_DIR=${K8S_DIR:-${REPO_ROOT}/target/k8s}
 K8S_READY_TIMEOUT=${K8S_READY_TIMEOUT:-90}
-STOP_GRACE=15
 
 # Preferred ports (the next free one above is taken if busy). Away from etcd's
 # 2379/2380 and the apiserver's 6443 so a real cluster on a developer's
@@ -66,163 +67,23 @@ init_paths() {
 }
 
 # ---------------------------------------------------------------------------
-# processes
-
-# pid_alive PIDFILE NAME: the recorded PID runs and is still NAME (a PID can be
-# reused by an unrelated process after a reboot or a crash; never signal that).
-pid_alive() {
-	local pidfile=$1 name=$2 pid cmdline
-	[[ -f "$pidfile" ]] || return 1
-	pid=$(<"$pidfile")
-	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
-	[[ -r "/proc/${pid}/cmdline" ]] || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null) || return 1
-	[[ "$cmdline" == *"/${name} "* ]]
-}
-
-# started PIDFILE: the process just started from PIDFILE still runs (not a zombie). Used
-# while waiting for a daemon to come up: until the forked child has exec'd the daemon its
-# command line is still this script's, so pid_alive would call it gone (a race that failed
-# a cold CI run with "etcd exited" and an empty log).
-started() {
-	local pid stat
-	pid=$(<"$1") || return 1
-	read -r stat 2>/dev/null <"/proc/${pid}/stat" || return 1
-	stat=${stat##*) }
-	[[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
-}
-
-# stop PIDFILE NAME: SIGTERM, wait, SIGKILL if it does not go.
-stop() {
-	local pidfile=$1 name=$2 pid i
-	if ! pid_alive "$pidfile" "$name"; then
-		rm -f "$pidfile"
-		return 0
-	fi
-	pid=$(<"$pidfile")
-	log "stopping ${name} (pid ${pid})"
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < STOP_GRACE * 10; i++)); do
-		[[ -d "/proc/${pid}" ]] || break
-		sleep 0.1
-	done
-	if [[ -d "/proc/${pid}" ]]; then
-		log "${name} did not stop in ${STOP_GRACE} s; SIGKILL"
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	rm -f "$pidfile"
-}
-
-# start NAME PIDFILE LOG ARGS...: detached (setsid) so that Ctrl-C in the
-# terminal or make that ran `up` does not take the servers with it. setsid
-# execs in place (the background job is not a group leader), so $! is the
-# server's own PID. fd 9 (our lock) is closed for the child, or the lock
-# would stay held as long as the server runs and the next `down` would hang.
-start() {
-	local name=$1 pidfile=$2 logfile=$3
-	shift 3
-	printf '\n--- %s start %s\n' "$name" "$(date -Is)" >>"$logfile"
-	setsid "$@" </dev/null >>"$logfile" 2>&1 9>&- &
-	printf '%s\n' "$!" >"$pidfile"
-}
-
-# ---------------------------------------------------------------------------
-# certificates: one self-signed CA signs the serving cert, the admin client
-# cert (the API server trusts client certs signed by --client-ca-file; the
-# O= becomes the group, and system:masters bypasses RBAC), plus a separate key
-# pair that signs service-account tokens.
+# certificates: the serving cert carries the loopback address and name the
+# kubeconfig uses, plus the in-cluster names and the first service IP of the
+# range, which the API server itself expects to be valid for. The admin client
+# cert is in system:masters.
 
 gen_pki() {
 	[[ -f "${PKI}/sa.pub" ]] && return 0
-	command -v openssl >/dev/null || die "openssl is missing (apt-get install openssl)"
 	log "generating a CA and certificates in ${PKI}"
 	local tmp=${PKI}.tmp
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
-	(
-		cd "$tmp"
-		umask 077
-		openssl genrsa -out ca.key 2048 2>/dev/null
-		# v3 extensions are spelled out because rustls/webpki (kube-rs) rejects
-		# a CA without basicConstraints CA:TRUE and leaf certs without SANs.
-		cat >ca.cnf <<-'EOF'
-			[req]
-			distinguished_name = dn
-			prompt = no
-			[dn]
-			CN = aeropartners-test-ca
-			[v3_ca]
-			basicConstraints = critical, CA:TRUE
-			keyUsage = critical, keyCertSign, cRLSign, digitalSignature
-			subjectKeyIdentifier = hash
-		EOF
-		openssl req -x509 -new -key ca.key -config ca.cnf -extensions v3_ca \
-			-days 3650 -out ca.crt 2>/dev/null
-
-		# Serving cert: the loopback address and name the kubeconfig uses, plus
-		# the in-cluster names and the first service IP of the range, which the
-		# API server itself expects to be valid for.
-		cat >server.ext <<-'EOF'
-			basicConstraints = critical, CA:FALSE
-			keyUsage = critical, digitalSignature, keyEncipherment
-			extendedKeyUsage = serverAuth
-			subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:10.96.0.1
-			authorityKeyIdentifier = keyid
-		EOF
-		openssl genrsa -out server.key 2048 2>/dev/null
-		openssl req -new -key server.key -subj /CN=kube-apiserver -out server.csr 2>/dev/null
-		openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-			-days 3650 -extfile server.ext -out server.crt 2>/dev/null
-
-		cat >client.ext <<-'EOF'
-			basicConstraints = critical, CA:FALSE
-			keyUsage = critical, digitalSignature, keyEncipherment
-			extendedKeyUsage = clientAuth
-			authorityKeyIdentifier = keyid
-		EOF
-		openssl genrsa -out admin.key 2048 2>/dev/null
-		openssl req -new -key admin.key -subj "/O=system:masters/CN=aeropartners-admin" \
-			-out admin.csr 2>/dev/null
-		openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-			-days 3650 -extfile client.ext -out admin.crt 2>/dev/null
-
-		openssl genrsa -out sa.key 2048 2>/dev/null
-		openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-		rm -f ./*.csr ./*.srl
-	)
+	gen_ca "$tmp" aeropartners-test-ca
+	issue_cert "$tmp" server /CN=kube-apiserver serverAuth \
+		"IP:127.0.0.1, DNS:localhost, ${APISERVER_CLUSTER_SANS}, IP:10.96.0.1"
+	issue_cert "$tmp" admin "/O=system:masters/CN=aeropartners-admin" clientAuth
 	rm -rf "${PKI}"
 	mv "$tmp" "${PKI}"
-}
-
-# Certificates embedded (base64), so the kubeconfig works from any directory
-# and for clients that ignore file references.
-write_kubeconfig() {
-	local port=$1 tmp=${KUBECONFIG_FILE}.tmp
-	(
-		umask 077
-		cat >"$tmp" <<-EOF
-			apiVersion: v1
-			kind: Config
-			clusters:
-			- name: aeropartners-test
-			  cluster:
-			    server: https://127.0.0.1:${port}
-			    certificate-authority-data: $(base64 -w0 "${PKI}/ca.crt")
-			users:
-			- name: aeropartners-admin
-			  user:
-			    client-certificate-data: $(base64 -w0 "${PKI}/admin.crt")
-			    client-key-data: $(base64 -w0 "${PKI}/admin.key")
-			contexts:
-			- name: aeropartners-test
-			  context:
-			    cluster: aeropartners-test
-			    user: aeropartners-admin
-			    namespace: default
-			current-context: aeropartners-test
-		EOF
-	)
-	mv -f "$tmp" "${KUBECONFIG_FILE}"
 }
 
 # ---------------------------------------------------------------------------
@@ -249,14 +110,6 @@ readyz() {
 		get --raw /readyz 2>/dev/null | grep -qx ok
 }
 
-etcd_healthy() {
-	# etcd's /health on the client URL: plain HTTP on loopback. bash's
-	# /dev/tcp avoids depending on curl.
-	local resp
-	resp=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/${ETCD_CLIENT_PORT} &&
-		printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3" 2>/dev/null) || return 1
-	[[ "$resp" == *'"health":"true"'* ]]
-}
 
 # ---------------------------------------------------------------------------
 
@@ -289,7 +142,7 @@ start_etcd() {
 		--log-level warn
 	local i
 	for ((i = 0; i < 300; i++)); do
-		etcd_healthy && return 0
+		etcd_healthy 127.0.0.1 "${ETCD_CLIENT_PORT}" && return 0
 		started "${ETCD_PIDFILE}" || {
 			tail -n 30 "${ETCD_LOG}" >&2
 			die "etcd exited; log: ${ETCD_LOG}"
@@ -307,7 +160,7 @@ start_apiserver() {
 	fi
 	APISERVER_PORT=$(free_port "${APISERVER_PORT}" "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}")
 	save_ports
-	write_kubeconfig "${APISERVER_PORT}"
+	write_kubeconfig "${KUBECONFIG_FILE}" "https://127.0.0.1:${APISERVER_PORT}" "${PKI}" admin
 	log "starting kube-apiserver on https://127.0.0.1:${APISERVER_PORT}"
 	# --bind-address / --advertise-address: loopback only. The advertise
 	#   address would otherwise be looked up from the host's default route.

@@ -50,6 +50,13 @@ fn values_files() -> Vec<Vec<&'static str>> {
                 "/../charts/aeropartners/ci/ci-values.yaml"
             ),
         ],
+        vec![
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../charts/aeropartners/ci/e2e-values.yaml"
+            ),
+        ],
     ]
 }
 

@@ -248,12 +248,36 @@ impl TempDatabase {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768–60999), so no
+/// outgoing connection takes one between the test choosing it and the service binding it, and
+/// above the infrastructure's fixed ports (etcd 23790/23800).
+const TEST_PORTS: std::ops::Range<u16> = 24_000..32_000;
+
+/// A loopback port nothing listens on right now, never the same twice in one test process.
+///
+/// Asking the kernel for port 0 is not enough: tests run in parallel, and a port released by
+/// one `bind(0)` may be handed to the next, so two tests of one binary could give their
+/// services the same port (a CI run once sent a payment to another test's reports service).
+/// A process-wide cursor through [`TEST_PORTS`], starting at an offset drawn from the pid,
+/// gives every call a port no other call of this process got.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = CURSOR.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + u16::try_from(offset).expect("offset below the span");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// Polls `url` until it answers 2xx; panics after `limit`.
