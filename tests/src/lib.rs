@@ -1,5 +1,7 @@
 //! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
+pub mod cluster;
+pub mod e2e;
 pub mod measure;
 pub mod scenario2;
 pub mod scenario9;

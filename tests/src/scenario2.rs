@@ -20,6 +20,7 @@ use serde::Serialize;
 
 pub use crate::measure::PhaseLatency;
 use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,10 +58,11 @@ pub struct Report {
 }
 
 #[derive(Debug, Clone)]
-struct Sample {
-    sent_at: Duration,
-    latency: Duration,
-    ok: bool,
+pub(crate) struct Sample {
+    /// From the start of the load.
+    pub(crate) sent_at: Duration,
+    pub(crate) latency: Duration,
+    pub(crate) ok: bool,
     backend: Option<String>,
     /// For an acknowledged write: the campaign and the version the write produced.
     write: Option<(String, i64)>,
@@ -73,11 +75,9 @@ struct Known {
     all: Vec<String>,
 }
 
-const AFFILIATE: &str = "scenario-2";
-
-fn campaign_body(n: u64) -> String {
+fn campaign_body(n: u64, affiliate: &str) -> String {
     format!(
-        r#"{{"nombre":"s2-{n}","tipo":"ADQUISICION","presupuesto":{{"monto":1000,"moneda":"USD"}},"fecha_inicio":"2026-01-01T00:00:00Z","fecha_fin":"2099-01-01T00:00:00Z","id_afiliado":"{AFFILIATE}"}}"#
+        r#"{{"nombre":"s2-{n}","tipo":"ADQUISICION","presupuesto":{{"monto":1000,"moneda":"USD"}},"fecha_inicio":"2026-01-01T00:00:00Z","fecha_fin":"2099-01-01T00:00:00Z","id_afiliado":"{affiliate}"}}"#
     )
 }
 
@@ -87,19 +87,20 @@ async fn one_request(
     proxy: &str,
     n: u64,
     known: &Mutex<Known>,
+    affiliate: &str,
 ) -> (bool, Option<String>, Option<(String, i64)>, Option<String>) {
     let pick = |list: &Vec<String>| {
         (!list.is_empty()).then(|| list[(n as usize * 7919) % list.len()].clone())
     };
     let (request, is_write, create_key) = match n % 10 {
         0 | 4 => {
-            let key = format!("s2-create-{n}");
+            let key = format!("s2-create-{affiliate}-{n}");
             (
                 client
                     .post(format!("{proxy}/api/campaigns"))
                     .header("content-type", "application/json")
                     .header("idempotency-key", &key)
-                    .body(campaign_body(n)),
+                    .body(campaign_body(n, affiliate)),
                 true,
                 Some(key),
             )
@@ -108,13 +109,13 @@ async fn one_request(
             Some(id) => (
                 client
                     .patch(format!("{proxy}/api/campaigns/{id}/activate"))
-                    .header("idempotency-key", format!("s2-activate-{n}")),
+                    .header("idempotency-key", format!("s2-activate-{affiliate}-{n}")),
                 true,
                 None,
             ),
             None => (
                 client.get(format!(
-                    "{proxy}/api/campaigns?limit=10&id_afiliado={AFFILIATE}"
+                    "{proxy}/api/campaigns?limit=10&id_afiliado={affiliate}"
                 )),
                 false,
                 None,
@@ -125,14 +126,14 @@ async fn one_request(
                 client
                     .patch(format!("{proxy}/api/campaigns/{id}/budget"))
                     .header("content-type", "application/json")
-                    .header("idempotency-key", format!("s2-budget-{n}"))
+                    .header("idempotency-key", format!("s2-budget-{affiliate}-{n}"))
                     .body(format!(r#"{{"monto":{},"moneda":"USD"}}"#, 1000 + n % 1000)),
                 true,
                 None,
             ),
             None => (
                 client.get(format!(
-                    "{proxy}/api/campaigns?limit=10&id_afiliado={AFFILIATE}"
+                    "{proxy}/api/campaigns?limit=10&id_afiliado={affiliate}"
                 )),
                 false,
                 None,
@@ -152,7 +153,7 @@ async fn one_request(
         },
         _ => (
             client.get(format!(
-                "{proxy}/api/campaigns?limit=10&offset=0&id_afiliado={AFFILIATE}"
+                "{proxy}/api/campaigns?limit=10&offset=0&id_afiliado={affiliate}"
             )),
             false,
             None,
@@ -186,7 +187,7 @@ async fn one_request(
     (ok, backend, write, create_key)
 }
 
-fn latency(samples: &[&Sample]) -> anyhow::Result<PhaseLatency> {
+pub(crate) fn latency(samples: &[&Sample]) -> anyhow::Result<PhaseLatency> {
     PhaseLatency::of(samples.iter().map(|s| s.latency))
 }
 
@@ -195,6 +196,223 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let result = run_on(config, &database.url).await;
     database.drop_database().await;
     result
+}
+
+/// The load of scenario #2 and its independent checks, shared by this runner and the one on
+/// the Kubernetes node (`crate::e2e`): a steady open-loop mix through the proxy, a Pulsar
+/// consumer of every campaigns event from before the first request, and afterwards the
+/// accounting of acknowledged writes and events.
+pub(crate) struct Workload {
+    client: reqwest::Client,
+    proxy: String,
+    affiliate: String,
+    known: Arc<Mutex<Known>>,
+    consumed: Arc<Mutex<Vec<Envelope>>>,
+    checker: tokio::task::JoinHandle<()>,
+}
+
+/// Whether every acknowledged write is committed and every committed change reached a
+/// consumer exactly once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Integrity {
+    pub writes_acknowledged: u64,
+    pub writes_lost: u64,
+    pub changes_committed: u64,
+    pub events_consumed: u64,
+    pub events_lost: u64,
+    pub duplicated_effects: u64,
+}
+
+impl Workload {
+    /// `affiliate` owns every campaign the load creates, so that a database shared with other
+    /// runs (the cluster's) is accounted for this run only.
+    pub(crate) async fn start(
+        proxy: &str,
+        pulsar: &platform::config::PulsarConfig,
+        affiliate: &str,
+    ) -> anyhow::Result<Self> {
+        let broker = Broker::connect(pulsar).await?;
+        let topics: Vec<String> = [
+            "campaigns.evt.created",
+            "campaigns.evt.activated",
+            "campaigns.evt.updated",
+        ]
+        .iter()
+        .map(|t| broker.topic(t))
+        .collect();
+        let mut consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
+            .client()
+            .consumer()
+            .with_topics(&topics)
+            .with_subscription(format!("scenario-2-checker-{affiliate}"))
+            .with_subscription_type(pulsar::SubType::Exclusive)
+            .build()
+            .await?;
+        let consumed: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+        let checker = {
+            let consumed = consumed.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = consumer.next().await {
+                    let _ = consumer.ack(&message).await;
+                    if let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload.data)
+                    {
+                        consumed.lock().unwrap().push(envelope);
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()?,
+            proxy: proxy.to_owned(),
+            affiliate: affiliate.to_owned(),
+            known: Arc::default(),
+            consumed,
+            checker,
+        })
+    }
+
+    /// Sends `rate` requests per second from `started` until `stop`, whatever the answers'
+    /// speed, and returns every sample once all are answered.
+    pub(crate) async fn drive(
+        &self,
+        rate: f64,
+        started: Instant,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Vec<Sample>> {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut in_flight = Vec::new();
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let (client, proxy, known, affiliate) = (
+                self.client.clone(),
+                self.proxy.clone(),
+                self.known.clone(),
+                self.affiliate.clone(),
+            );
+            let sent_at = started.elapsed();
+            in_flight.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let (ok, backend, write, create_key) =
+                    one_request(&client, &proxy, n, &known, &affiliate).await;
+                Sample {
+                    sent_at,
+                    latency: sent.elapsed(),
+                    ok,
+                    backend,
+                    write,
+                    create_key,
+                }
+            }));
+            n += 1;
+        }
+        let mut samples = Vec::with_capacity(in_flight.len());
+        for request in in_flight {
+            samples.push(request.await?);
+        }
+        Ok(samples)
+    }
+
+    /// Acknowledged writes must be committed (each produced an outbox row for its version),
+    /// and every committed change must reach the checker, once as an effect.
+    pub(crate) async fn integrity(
+        self,
+        samples: &[Sample],
+        database_url: &str,
+    ) -> anyhow::Result<Integrity> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(platform::db::connect_options(
+                database_url,
+                campaigns::SCHEMA,
+            )?)
+            .await?;
+        let committed: HashSet<(String, i64)> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT o.aggregate_id, o.aggregate_version FROM outbox o \
+             JOIN campanas c ON c.id::text = o.aggregate_id WHERE c.id_afiliado = $1",
+        )
+        .bind(&self.affiliate)
+        .fetch_all(&pool)
+        .await?
+        .into_iter()
+        .collect();
+        let acknowledged: Vec<&(String, i64)> =
+            samples.iter().filter_map(|s| s.write.as_ref()).collect();
+        let writes_lost = acknowledged
+            .iter()
+            .filter(|w| !committed.contains(w))
+            .count() as u64;
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen: HashSet<(String, i64)> = self
+                .consumed
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
+                .collect();
+            if committed.is_subset(&seen) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.checker.abort();
+        let consumed: Vec<Envelope> = self
+            .consumed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| committed.contains(&(e.aggregate_id.clone(), e.aggregate_version)))
+            .cloned()
+            .collect();
+        let mut event_ids_per_change: HashMap<(String, i64), HashSet<uuid::Uuid>> =
+            HashMap::new();
+        for envelope in &consumed {
+            event_ids_per_change
+                .entry((envelope.aggregate_id.clone(), envelope.aggregate_version))
+                .or_default()
+                .insert(envelope.event_id);
+        }
+        let events_lost = committed
+            .iter()
+            .filter(|c| !event_ids_per_change.contains_key(*c))
+            .count() as u64;
+        let creates_sent = samples.iter().filter(|s| s.create_key.is_some()).count() as i64;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM campanas WHERE id_afiliado = $1")
+            .bind(&self.affiliate)
+            .fetch_one(&pool)
+            .await?;
+        let duplicated_effects = event_ids_per_change
+            .values()
+            .filter(|ids| ids.len() > 1)
+            .count() as u64
+            + u64::try_from(rows - creates_sent).unwrap_or(0);
+        Ok(Integrity {
+            writes_acknowledged: acknowledged.len() as u64,
+            writes_lost,
+            changes_committed: committed.len() as u64,
+            events_consumed: consumed.len() as u64,
+            events_lost,
+            duplicated_effects,
+        })
+    }
+}
+
+/// Availability in percent of `samples`.
+pub(crate) fn availability(samples: &[Sample]) -> f64 {
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    if samples.is_empty() {
+        0.0
+    } else {
+        (samples.len() - failed) as f64 / samples.len() as f64 * 100.0
+    }
 }
 
 async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
@@ -237,43 +455,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     for addr in [&primary_addr, &replica_addr, &proxy_addr] {
         wait_until_ready(&format!("http://{addr}/ready"), Duration::from_secs(60)).await;
     }
-
-    // The independent checker: every campaigns event, from before the first request.
-    let broker = Broker::connect(&pulsar).await?;
-    let topics: Vec<String> = [
-        "campaigns.evt.created",
-        "campaigns.evt.activated",
-        "campaigns.evt.updated",
-    ]
-    .iter()
-    .map(|t| broker.topic(t))
-    .collect();
-    let mut checker: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
-        .client()
-        .consumer()
-        .with_topics(&topics)
-        .with_subscription("scenario-2-checker")
-        .with_subscription_type(pulsar::SubType::Exclusive)
-        .build()
-        .await?;
-    let consumed: Arc<Mutex<Vec<Envelope>>> = Arc::default();
-    let checker_task = {
-        let consumed = consumed.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = checker.next().await {
-                let _ = checker.ack(&message).await;
-                if let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload.data) {
-                    consumed.lock().unwrap().push(envelope);
-                }
-            }
-        })
-    };
-
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()?;
-    let proxy = format!("http://{proxy_addr}");
-    let known: Arc<Mutex<Known>> = Arc::default();
+    let workload = Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2").await?;
     let started = Instant::now();
 
     // The killer: SIGKILL the primary, then bring it back on the same port.
@@ -302,34 +484,16 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             (killed, restarted, again)
         })
     };
-
-    let interval = Duration::from_secs_f64(1.0 / config.rate);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut in_flight = Vec::new();
-    let mut n = 0u64;
-    while started.elapsed() < config.duration {
-        ticker.tick().await;
-        let (client, proxy, known) = (client.clone(), proxy.clone(), known.clone());
-        let sent_at = started.elapsed();
-        in_flight.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let (ok, backend, write, create_key) = one_request(&client, &proxy, n, &known).await;
-            Sample {
-                sent_at,
-                latency: sent.elapsed(),
-                ok,
-                backend,
-                write,
-                create_key,
-            }
-        }));
-        n += 1;
-    }
-    let mut samples = Vec::with_capacity(in_flight.len());
-    for request in in_flight {
-        samples.push(request.await?);
-    }
+    let stop = CancellationToken::new();
+    let timer = {
+        let (stop, duration) = (stop.clone(), config.duration);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.cancel();
+        })
+    };
+    let samples = workload.drive(config.rate, started, stop).await?;
+    timer.await?;
     let (killed, restarted, primary_again) = killer.await?;
 
     // Phases and failover times.
@@ -351,89 +515,26 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         .collect();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.sent_at >= recovered).collect();
     let failed = samples.iter().filter(|s| !s.ok).count() as u64;
-
-    // Acknowledged writes must be committed: each produced an outbox row for its version.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(platform::db::connect_options(
-            database_url,
-            campaigns::SCHEMA,
-        )?)
-        .await?;
-    let committed: HashSet<(String, i64)> =
-        sqlx::query_as::<_, (String, i64)>("SELECT aggregate_id, aggregate_version FROM outbox")
-            .fetch_all(&pool)
-            .await?
-            .into_iter()
-            .collect();
-    let acknowledged: Vec<&(String, i64)> =
-        samples.iter().filter_map(|s| s.write.as_ref()).collect();
-    let writes_lost = acknowledged
-        .iter()
-        .filter(|w| !committed.contains(w))
-        .count() as u64;
-
-    // Every committed change must reach the checker, once as an effect.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen: HashSet<(String, i64)> = consumed
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
-            .collect();
-        if committed.is_subset(&seen) || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    checker_task.abort();
-    let consumed = consumed.lock().unwrap().clone();
-    let mut event_ids_per_change: HashMap<(String, i64), HashSet<uuid::Uuid>> = HashMap::new();
-    for envelope in &consumed {
-        event_ids_per_change
-            .entry((envelope.aggregate_id.clone(), envelope.aggregate_version))
-            .or_default()
-            .insert(envelope.event_id);
-    }
-    let events_lost = committed
-        .iter()
-        .filter(|c| !event_ids_per_change.contains_key(*c))
-        .count() as u64;
-    let creates_sent = samples.iter().filter(|s| s.create_key.is_some()).count() as i64;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM campanas WHERE id_afiliado = $1")
-        .bind(AFFILIATE)
-        .fetch_one(&pool)
-        .await?;
-    let duplicated_effects = event_ids_per_change
-        .values()
-        .filter(|ids| ids.len() > 1)
-        .count() as u64
-        + u64::try_from(rows - creates_sent).unwrap_or(0);
+    let integrity = workload.integrity(&samples, database_url).await?;
     drop(primary_again);
 
-    let requests = samples.len() as u64;
     Ok(Report {
         rate_rps: config.rate,
         duration_s: config.duration.as_secs_f64(),
-        requests,
+        requests: samples.len() as u64,
         failed,
-        availability_pct: if requests == 0 {
-            0.0
-        } else {
-            (requests - failed) as f64 / requests as f64 * 100.0
-        },
+        availability_pct: availability(&samples),
         before: latency(&before)?,
         during: latency(&during)?,
         after: latency(&after)?,
         failover_ms: failover_at.map(|t| (t.saturating_sub(killed)).as_secs_f64() * 1000.0),
         failback_ms: failback_at.map(|t| (t.saturating_sub(restarted)).as_secs_f64() * 1000.0),
-        writes_acknowledged: acknowledged.len() as u64,
-        writes_lost,
-        changes_committed: committed.len() as u64,
-        events_consumed: consumed.len() as u64,
-        events_lost,
-        duplicated_effects,
+        writes_acknowledged: integrity.writes_acknowledged,
+        writes_lost: integrity.writes_lost,
+        changes_committed: integrity.changes_committed,
+        events_consumed: integrity.events_consumed,
+        events_lost: integrity.events_lost,
+        duplicated_effects: integrity.duplicated_effects,
     })
 }
 

@@ -32,6 +32,10 @@ pub enum Mode {
     Database,
     /// The chart's source: a `ReportVersion` and the operator; switched with `kubectl patch`.
     Kubernetes,
+    /// The chart installed on the Kubernetes node of `make e2e` (its pods run on a kubelet);
+    /// measured by the e2e runner, not started by this one.
+    #[value(skip)]
+    Cluster,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +303,7 @@ async fn start(config: &Config, database_url: &str) -> anyhow::Result<Stack> {
     let namespace = match config.mode {
         Mode::Database => None,
         Mode::Kubernetes => Some(kubernetes_setup()?),
+        Mode::Cluster => anyhow::bail!("the cluster is measured by the e2e runner (make e2e)"),
     };
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let listen = |port: u16| format!("127.0.0.1:{port}");
@@ -434,26 +439,37 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     result
 }
 
-async fn switch(
-    config: &Config,
-    stack: &Stack,
-    client: &reqwest::Client,
-    target: &str,
-) -> anyhow::Result<()> {
-    match (&config.mode, &stack.namespace) {
-        (Mode::Kubernetes, Some(ns)) => {
-            let patch = format!(r#"{{"spec":{{"version":"{target}"}}}}"#);
+/// Where the load goes and how a switch is made: the runner's own stack, or the chart
+/// installed on the Kubernetes node (`crate::e2e`).
+pub struct Target {
+    pub gateway: String,
+    /// `(name, base URL)` of every reports replica, probed directly.
+    pub replicas: Vec<(String, String)>,
+    pub switch: Switch,
+}
+
+pub enum Switch {
+    /// `PUT /api/reports/version` through the gateway.
+    Put,
+    /// `kubectl patch rv reports` in this namespace.
+    Patch { namespace: String },
+}
+
+async fn switch(target: &Target, client: &reqwest::Client, version: &str) -> anyhow::Result<()> {
+    match &target.switch {
+        Switch::Patch { namespace } => {
+            let patch = format!(r#"{{"spec":{{"version":"{version}"}}}}"#);
             kubectl(
                 &[
-                    "patch", "rv", "reports", "-n", ns, "--type", "merge", "-p", &patch,
+                    "patch", "rv", "reports", "-n", namespace, "--type", "merge", "-p", &patch,
                 ],
                 None,
             )?;
         }
-        _ => {
+        Switch::Put => {
             let answer = client
-                .put(format!("{}/api/reports/version", stack.gateway))
-                .json(&serde_json::json!({"active": target}))
+                .put(format!("{}/api/reports/version", target.gateway))
+                .json(&serde_json::json!({"active": version}))
                 .send()
                 .await?;
             anyhow::ensure!(
@@ -468,12 +484,32 @@ async fn switch(
 
 async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     let stack = start(config, database_url).await?;
+    let target = Target {
+        gateway: stack.gateway.clone(),
+        replicas: stack.replicas.clone(),
+        switch: match &stack.namespace {
+            Some(namespace) => Switch::Patch {
+                namespace: namespace.clone(),
+            },
+            None => Switch::Put,
+        },
+    };
+    let report = measure(config, &target).await;
+    if let Some(ns) = &stack.namespace {
+        // Without a controller-manager the namespace stays Terminating; its objects are inert.
+        let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
+    }
+    report
+}
+
+/// Load, switches and figures on `target` (its replicas already answer or soon will).
+pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
         .build()?;
     // Both replicas answer before anything is measured.
-    for (_, replica) in &stack.replicas {
+    for (_, replica) in &target.replicas {
         testkit::eventually("replica answers", Duration::from_secs(60), || async {
             client
                 .get(format!("{replica}/api/reports/version"))
@@ -492,7 +528,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     let load = {
         let (client, gateway, samples, stop, rate, legacy_every) = (
             client.clone(),
-            stack.gateway.clone(),
+            target.gateway.clone(),
             samples.clone(),
             stop.clone(),
             config.rate,
@@ -524,7 +560,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     let payments = {
         let (client, gateway, stop, rate) = (
             client.clone(),
-            stack.gateway.clone(),
+            target.gateway.clone(),
             stop.clone(),
             config.payments_rate,
         );
@@ -554,12 +590,12 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             (sent, failed)
         })
     };
-    let observed: Vec<Arc<Mutex<Observed>>> = stack
+    let observed: Vec<Arc<Mutex<Observed>>> = target
         .replicas
         .iter()
         .map(|_| Arc::new(Mutex::new(Observed::default())))
         .collect();
-    let probers: Vec<_> = stack
+    let probers: Vec<_> = target
         .replicas
         .iter()
         .zip(&observed)
@@ -578,10 +614,10 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     let mut accepted: Vec<(Instant, &str)> = Vec::new();
     let mut not_propagated = 0u64;
     for i in 0..config.switches {
-        let target = if i % 2 == 0 { "v2" } else { "v1" };
-        switch(config, &stack, &client, target).await?;
+        let version = if i % 2 == 0 { "v2" } else { "v1" };
+        switch(target, &client, version).await?;
         let at = Instant::now();
-        accepted.push((at, target));
+        accepted.push((at, version));
         // Wait (a liveness bound, not a measurement) until every replica serves it.
         let deadline = at + Duration::from_secs(10);
         loop {
@@ -590,7 +626,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
                     .unwrap()
                     .samples
                     .last()
-                    .is_some_and(|(t, v)| *t >= at && v == target)
+                    .is_some_and(|(t, v)| *t >= at && v == version)
             });
             if all {
                 break;
@@ -615,7 +651,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     // Propagation: per replica and switch, from the accepted switch to the first probe
     // answered in the new version (before the next switch).
     let mut propagation = Vec::new();
-    for ((name, _), seen) in stack.replicas.iter().zip(&observed) {
+    for ((name, _), seen) in target.replicas.iter().zip(&observed) {
         let seen = seen.lock().unwrap();
         let mut histogram = Histogram::<u64>::new(3)?;
         for (i, (at, target)) in accepted.iter().enumerate() {
@@ -645,10 +681,6 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             .collect()
     };
     let end = epoch.elapsed();
-    if let Some(ns) = &stack.namespace {
-        // Without a controller-manager the namespace stays Terminating; its objects are inert.
-        let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
-    }
     Ok(Report {
         mode: config.mode,
         rate_rps: config.rate,
@@ -683,6 +715,7 @@ impl Report {
         let mode = match self.mode {
             Mode::Database => "database (PUT /api/reports/version, LISTEN/NOTIFY)",
             Mode::Kubernetes => "kubernetes (kubectl patch rv, operator, watch)",
+            Mode::Cluster => "the chart on a kubelet (kubectl patch rv, operator pod, watch)",
         };
         let mut rows = vec![
             ("version source", mode.to_owned()),
@@ -731,6 +764,7 @@ impl Report {
         let file = match self.mode {
             Mode::Database => "target/scenarios/scenario-9.json",
             Mode::Kubernetes => "target/scenarios/scenario-9-kubernetes.json",
+            Mode::Cluster => "target/scenarios/e2e-scenario-9.json",
         };
         std::fs::create_dir_all("target/scenarios")?;
         std::fs::write(file, serde_json::to_string_pretty(self)?)?;

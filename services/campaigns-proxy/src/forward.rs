@@ -57,18 +57,61 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
     };
 
     let mut last_failure: Option<Response> = None;
+    for round in 0..REFUSED_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(REFUSED_PAUSE * round).await;
+        }
+        match try_candidates(&pool, &method, &path, &headers, &body, idempotent).await {
+            Attempt::Answered(response) => return response,
+            Attempt::Failed(failure, Refusals::Only) => last_failure = Some(failure),
+            Attempt::Failed(failure, Refusals::NotOnly) => return failure,
+        }
+    }
+    last_failure.unwrap_or_else(unavailable)
+}
+
+/// Rounds over the backends while every one of them refuses the connection. Behind a
+/// Kubernetes Service a backend is many pods, and for a second or two after a pod dies some
+/// new connections still reach its address and are refused; the next connection reaches a
+/// live pod. A refusal proves nothing was sent, so this is safe for any request.
+const REFUSED_ROUNDS: u32 = 4;
+/// The pause before round n is n times this (0.1 + 0.2 + 0.3 s at most in all).
+const REFUSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+enum Refusals {
+    /// Every backend refused the connection: nothing was applied anywhere.
+    Only,
+    NotOnly,
+}
+
+enum Attempt {
+    Answered(Response),
+    Failed(Response, Refusals),
+}
+
+async fn try_candidates(
+    pool: &Pool,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &axum::body::Bytes,
+    idempotent: bool,
+) -> Attempt {
+    let mut last_failure: Option<Response> = None;
+    let mut refusals = Refusals::Only;
     for (index, name, base) in pool.candidates() {
         let attempt = upstream::send(
             pool.client(),
-            &method,
+            method,
             &format!("{base}{path}"),
-            &headers,
-            &body,
+            headers,
+            body,
         )
         .await;
         match attempt {
             Ok(upstream) if retryable_status(upstream.status()) && idempotent => {
                 tracing::warn!(backend = %base, status = %upstream.status(), "backend failed; retrying elsewhere");
+                refusals = Refusals::NotOnly;
                 last_failure = Some(upstream::into_response(upstream).await);
             }
             Ok(upstream) => {
@@ -77,7 +120,7 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
                 if let Ok(value) = axum::http::HeaderValue::from_str(&name) {
                     response.headers_mut().insert(BACKEND_HEADER, value);
                 }
-                return response;
+                return Attempt::Answered(response);
             }
             Err(error) if error.is_connect() => {
                 // Refused before a byte was sent: nothing was applied, so any request may go to
@@ -88,22 +131,23 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
             }
             Err(error) if idempotent => {
                 tracing::warn!(backend = %base, %error, "backend failed mid-request; retrying elsewhere");
+                refusals = Refusals::NotOnly;
                 last_failure = Some(unavailable());
             }
             Err(error) => {
                 // It may have been applied: a retry could apply it twice. Tell the client.
                 tracing::warn!(backend = %base, %error, "non-idempotent request failed mid-flight; not retried");
-                return Problem::new(
+                return Attempt::Answered(Problem::new(
                     StatusCode::BAD_GATEWAY,
                     "bad-gateway",
                     "Error del servicio de campañas",
                     "El servicio de campañas no respondió; la operación pudo o no aplicarse. Reintente con una Idempotency-Key para hacerlo de forma segura",
                 )
-                .into_response();
+                .into_response());
             }
         }
     }
-    last_failure.unwrap_or_else(unavailable)
+    Attempt::Failed(last_failure.unwrap_or_else(unavailable), refusals)
 }
 
 fn unavailable() -> Response {

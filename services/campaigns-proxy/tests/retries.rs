@@ -147,3 +147,37 @@ async fn with_every_backend_down_the_answer_is_a_503_problem_with_retry_after() 
         "no healthy backend: the proxy is not ready"
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_refuses_for_a_moment_is_tried_again_as_a_service_of_many_pods_would_be() {
+    // One backend, as in the chart (the campaigns Service): its address refuses connections
+    // for a moment (a pod just died behind it), then answers.
+    let port = testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let late = {
+        let hits = hits.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let app = Router::new().fallback(any(move || {
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::CREATED, "created")
+                }
+            }));
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            axum::serve(listener, app).await.unwrap();
+        })
+    };
+    let (app, _) = proxy(&[&url]);
+    let post = call(&app, "POST", "/api/campaigns", Some("{}"), &[]).await;
+    assert_eq!(
+        post.status, 201,
+        "refused connections are retried after a pause, even for a plain POST"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "applied exactly once");
+    late.abort();
+}

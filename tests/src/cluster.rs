@@ -1,0 +1,191 @@
+//! The chart as installed on the Kubernetes node of `make e2e`, seen the way an operator sees
+//! it: `kubectl` and `helm` (with `KUBECONFIG` of the node), Services by their ClusterIP, pods
+//! by their address. The runner lives in the node's network namespace, so every address here
+//! is reachable and nothing else is.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    testkit::kubectl(args, None).map_err(anyhow::Error::msg)
+}
+
+pub fn helm(args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new("helm")
+        .args(args)
+        .output()
+        .context("helm cannot start (scripts/e2e.sh puts it on PATH)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "helm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub uid: String,
+    pub ip: String,
+    pub ready: bool,
+    pub deleting: bool,
+    pub restarts: i64,
+}
+
+/// The release under test.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub namespace: String,
+    pub release: String,
+    pub chart: PathBuf,
+}
+
+impl Cluster {
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", &self.namespace];
+        all.extend_from_slice(args);
+        kubectl(&all)
+    }
+
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&all)?)?)
+    }
+
+    /// `http://<ClusterIP>:<port>` of a Service (kube-proxy's rules carry it to the pods).
+    pub fn service_url(&self, name: &str) -> anyhow::Result<String> {
+        let service = self.json(&["get", "service", name])?;
+        let ip = service["spec"]["clusterIP"]
+            .as_str()
+            .context("a ClusterIP")?;
+        let port = service["spec"]["ports"][0]["port"]
+            .as_i64()
+            .context("a port")?;
+        Ok(format!("http://{ip}:{port}"))
+    }
+
+    pub fn pods(&self, selector: &str) -> anyhow::Result<Vec<Pod>> {
+        let list = self.json(&["get", "pods", "-l", selector])?;
+        Ok(list["items"]
+            .as_array()
+            .context("a pod list")?
+            .iter()
+            .map(|pod| {
+                let condition = |kind: &str| {
+                    pod["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == kind && c["status"] == "True")
+                };
+                Pod {
+                    name: pod["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                    uid: pod["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+                    ip: pod["status"]["podIP"].as_str().unwrap_or("").to_owned(),
+                    ready: condition("Ready"),
+                    deleting: !pod["metadata"]["deletionTimestamp"].is_null(),
+                    restarts: pod["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0),
+                }
+            })
+            .collect())
+    }
+
+    /// Selector of a component's pods, as the chart labels them.
+    pub fn selector(component: &str) -> String {
+        format!("app.kubernetes.io/name={component}")
+    }
+
+    /// Waits until `check` holds, polling every 100 ms; returns how long it took.
+    pub async fn until(
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if check().unwrap_or(false) {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every pod of `component` that is not being deleted is Ready and there are
+    /// `replicas` of them.
+    pub async fn until_ready(
+        &self,
+        component: &str,
+        replicas: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let selector = Self::selector(component);
+        Self::until(
+            &format!("{replicas} ready pods of {component}"),
+            limit,
+            || {
+                let pods = self.pods(&selector)?;
+                let live: Vec<&Pod> = pods.iter().filter(|p| !p.deleting).collect();
+                Ok(live.len() == replicas && live.iter().all(|p| p.ready))
+            },
+        )
+        .await
+    }
+
+    /// `status.activeVersion` and the Ready condition of the `reports` ReportVersion.
+    pub fn report_version(&self) -> anyhow::Result<(String, serde_json::Value)> {
+        let rv = self.json(&["get", "rv", "reports"])?;
+        Ok((
+            rv["status"]["activeVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            rv["status"]["conditions"].clone(),
+        ))
+    }
+
+    pub fn patch_version(&self, version: &str) -> anyhow::Result<()> {
+        self.kubectl(&[
+            "patch",
+            "rv",
+            "reports",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"version":"{version}"}}}}"#),
+        ])?;
+        Ok(())
+    }
+}
+
+/// Whether the condition `kind` of a status' conditions is "True".
+pub fn condition(conditions: &serde_json::Value, kind: &str) -> bool {
+    conditions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == kind && c["status"] == "True")
+}
+
+/// The PID, on this node, of the container process of pod `uid` whose command line contains
+/// `needle` (the kubelet's cgroupfs driver puts a pod's processes under `…/pod<uid>/…`).
+/// The pause process of the sandbox shares the cgroup but not the command line.
+pub fn container_process(uid: &str, needle: &str) -> Option<u32> {
+    let marker = format!("/pod{uid}/");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (cgroup.contains(&marker) && String::from_utf8_lossy(&cmdline).contains(needle))
+            .then_some(pid)
+    })
+}

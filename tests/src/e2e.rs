@@ -1,0 +1,840 @@
+//! `make e2e`: the chart installed on a real single-node cluster (scripts/e2e.sh), used and
+//! broken the way its operators would: a smoke test of every user-facing Service, quality
+//! scenario #2 with pods deleted, killed and rolled by Kubernetes, scenario #9 with
+//! `kubectl patch rv`, a switch to a version whose data service is gone, the operator pod
+//! deleted mid-switch, and a `helm upgrade` under load.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::{Cluster, condition, container_process, kubectl},
+    measure::PhaseLatency,
+    scenario2::{self, Integrity, Workload},
+    scenario9,
+};
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?)
+}
+
+fn write_json(file: &str, value: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all("target/scenarios")?;
+    let path = format!("target/scenarios/{file}");
+    std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
+    println!("  written to {path}");
+    Ok(())
+}
+
+fn print_rows(title: &str, rows: &[(String, String)]) {
+    println!("\n{title}");
+    for (label, value) in rows {
+        println!("  {label:<46} {value}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// smoke
+
+#[derive(Debug, Serialize)]
+pub struct Smoke {
+    pub checks: Vec<(String, String)>,
+}
+
+/// Each user-facing Service answers as a user would use it.
+pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
+    let http = client()?;
+    let gateway = cluster.service_url("gateway")?;
+    let proxy = cluster.service_url("campaigns-proxy")?;
+    let mut checks = Vec::new();
+
+    let health = http.get(format!("{gateway}/health")).send().await?;
+    anyhow::ensure!(health.status() == 200, "gateway /health: {}", health.status());
+    checks.push(("gateway /health".into(), "200".into()));
+    let docs: serde_json::Value = http
+        .get(format!("{gateway}/openapi.json"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let paths = docs["paths"].as_object().map_or(0, serde_json::Map::len);
+    for path in ["/pagos", "/campaigns", "/api/reports/payments", "/reporting"] {
+        anyhow::ensure!(
+            docs["paths"]
+                .as_object()
+                .is_some_and(|p| p.keys().any(|k| k.starts_with(path))),
+            "the merged OpenAPI document lacks {path}"
+        );
+    }
+    let ui = http.get(format!("{gateway}/docs")).send().await?;
+    anyhow::ensure!(ui.status() == 200, "gateway /docs: {}", ui.status());
+    checks.push((
+        "gateway /docs and /openapi.json".into(),
+        format!("200, {paths} paths of every service"),
+    ));
+
+    let reference = format!("e2e-smoke-{}", uuid::Uuid::new_v4().simple());
+    let created: serde_json::Value = http
+        .post(format!("{gateway}/pagos/"))
+        .json(&serde_json::json!({"id_afiliado": "af-e2e", "monto": 42.5, "moneda": "USD",
+                                  "referencia_pago": reference}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id_pago"].as_str().context("id_pago")?.to_owned();
+    let started = Instant::now();
+    let final_state = loop {
+        let payment: serde_json::Value = http
+            .get(format!("{gateway}/pagos/{id}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let estado = payment["estado"].as_str().unwrap_or("").to_owned();
+        if ["EXITOSO", "FALLIDO"].contains(&estado.as_str()) {
+            break estado;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "payment {id} still {estado} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    checks.push((
+        "payment through the gateway".into(),
+        format!("{final_state} after {} ms", started.elapsed().as_millis()),
+    ));
+
+    let campaign = http
+        .post(format!("{proxy}/api/campaigns"))
+        .header("idempotency-key", format!("e2e-smoke-{id}"))
+        .json(&serde_json::json!({"nombre": "e2e smoke", "tipo": "ADQUISICION",
+            "presupuesto": {"monto": 1000, "moneda": "USD"},
+            "fecha_inicio": "2026-01-01T00:00:00Z", "fecha_fin": "2099-01-01T00:00:00Z",
+            "id_afiliado": "af-e2e"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        campaign.status() == 201,
+        "campaign through the proxy: {}",
+        campaign.status()
+    );
+    let campaign: serde_json::Value = campaign.json().await?;
+    let campaign_id = campaign["id"].as_str().context("campaign id")?;
+    let read = http
+        .get(format!("{proxy}/api/campaigns/{campaign_id}"))
+        .send()
+        .await?;
+    anyhow::ensure!(read.status() == 200, "campaign read back: {}", read.status());
+    checks.push((
+        "campaign through campaigns-proxy".into(),
+        "201, read back 200".into(),
+    ));
+
+    let (active, _) = cluster.report_version()?;
+    let started = Instant::now();
+    loop {
+        let answer = http
+            .get(format!("{gateway}/api/reports/payments?id_afiliado=af-e2e"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let served = answer
+            .headers()
+            .get("x-report-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        anyhow::ensure!(
+            served == active,
+            "report served in {served}, the ReportVersion says {active}"
+        );
+        let body: serde_json::Value = answer.json().await?;
+        if body["total_pagos"].as_i64().unwrap_or(0) >= 1 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the report never counted the smoke payment"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checks.push((
+        "report through the gateway".into(),
+        format!("in {active} (the active version), counts the payment"),
+    ));
+    let smoke = Smoke { checks };
+    print_rows("Smoke test of the installed chart", &smoke.checks);
+    write_json("e2e-smoke.json", &smoke)?;
+    Ok(smoke)
+}
+
+// ---------------------------------------------------------------------------------------------
+// scenario #2
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub action: String,
+    pub pod: String,
+    /// From the start of the load.
+    pub at_s: f64,
+    /// From the action to the replacement (or the restarted container) Ready, or the
+    /// rollout complete.
+    pub recovered_ms: f64,
+    /// Requests sent between the action and 2 s after the recovery.
+    pub requests_during: u64,
+    pub failed_during: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario2 {
+    pub rate_rps: f64,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub failed: u64,
+    pub availability_pct: f64,
+    pub latency: PhaseLatency,
+    pub faults: Vec<Fault>,
+    pub integrity: Integrity,
+}
+
+/// Steady mixed load through the campaigns-proxy Service while Kubernetes replaces campaigns
+/// pods: one deleted, one whose process is SIGKILLed (the kubelet restarts the container),
+/// then a rollout restart of the Deployment.
+pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario2> {
+    let pulsar = platform::config::PulsarConfig {
+        pulsar_url: std::env::var("PULSAR_URL").context("PULSAR_URL of the node's broker")?,
+        pulsar_namespace: "public/default".into(),
+        pulsar_topic_prefix: String::new(),
+    };
+    let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL of the node")?;
+    let replicas = cluster.pods(&Cluster::selector("campaigns"))?.len();
+    let affiliate = format!("s2-k8s-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let workload = Workload::start(&cluster.service_url("campaigns-proxy")?, &pulsar, &affiliate)
+        .await?;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let faults = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        tokio::spawn(async move {
+            let result = inject_faults(&cluster, replicas, started).await;
+            // Steady load after the last recovery, then stop.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.cancel();
+            result
+        })
+    };
+    let samples = workload.drive(rate, started, stop).await?;
+    let mut faults = faults.await??;
+    let duration = started.elapsed();
+    for fault in &mut faults {
+        let from = Duration::from_secs_f64(fault.at_s);
+        let to = from + Duration::from_secs_f64(fault.recovered_ms / 1000.0 + 2.0);
+        let window: Vec<&scenario2::Sample> = samples
+            .iter()
+            .filter(|s| s.sent_at >= from && s.sent_at < to)
+            .collect();
+        fault.requests_during = window.len() as u64;
+        fault.failed_during = window.iter().filter(|s| !s.ok).count() as u64;
+    }
+    let integrity = workload.integrity(&samples, &database_url).await?;
+    let all: Vec<&scenario2::Sample> = samples.iter().collect();
+    let report = Scenario2 {
+        rate_rps: rate,
+        duration_s: duration.as_secs_f64(),
+        requests: samples.len() as u64,
+        failed: samples.iter().filter(|s| !s.ok).count() as u64,
+        availability_pct: scenario2::availability(&samples),
+        latency: scenario2::latency(&all)?,
+        faults,
+        integrity,
+    };
+    let mut rows = vec![
+        (
+            "load (campaigns-proxy Service)".to_owned(),
+            format!("{:.0} req/s for {:.0} s", report.rate_rps, report.duration_s),
+        ),
+        (
+            "requests / failed".into(),
+            format!("{} / {}", report.requests, report.failed),
+        ),
+        (
+            "availability".into(),
+            format!("{:.3} %", report.availability_pct),
+        ),
+        ("latency".into(), report.latency.describe()),
+    ];
+    for fault in &report.faults {
+        rows.push((
+            format!("{} ({})", fault.action, fault.pod),
+            format!(
+                "at {:.1} s, Ready again after {:.0} ms, {} of {} requests failed meanwhile",
+                fault.at_s, fault.recovered_ms, fault.failed_during, fault.requests_during
+            ),
+        ));
+    }
+    let i = &report.integrity;
+    rows.extend([
+        (
+            "writes acknowledged / lost".into(),
+            format!("{} / {}", i.writes_acknowledged, i.writes_lost),
+        ),
+        (
+            "changes committed / events consumed".into(),
+            format!("{} / {}", i.changes_committed, i.events_consumed),
+        ),
+        ("events lost".into(), i.events_lost.to_string()),
+        ("duplicated effects".into(), i.duplicated_effects.to_string()),
+    ]);
+    print_rows(
+        "Scenario #2 on Kubernetes: campaigns pods deleted, killed and rolled under load",
+        &rows,
+    );
+    write_json("e2e-scenario-2.json", &report)?;
+    Ok(report)
+}
+
+async fn inject_faults(
+    cluster: &Cluster,
+    replicas: usize,
+    started: Instant,
+) -> anyhow::Result<Vec<Fault>> {
+    let selector = Cluster::selector("campaigns");
+    let at = || started.elapsed().as_secs_f64();
+    let mut faults = Vec::new();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // 1. kubectl delete pod: the ReplicaSet creates a replacement.
+    let before = cluster.pods(&selector)?;
+    let victim = before.first().context("a campaigns pod")?.clone();
+    let t = at();
+    let asked = Instant::now();
+    cluster.kubectl(&["delete", "pod", &victim.name, "--wait=false"])?;
+    Cluster::until("a replacement campaigns pod Ready", Duration::from_secs(120), || {
+        let pods = cluster.pods(&selector)?;
+        Ok(pods
+            .iter()
+            .any(|p| p.ready && !p.deleting && before.iter().all(|b| b.name != p.name)))
+    })
+    .await?;
+    faults.push(Fault {
+        action: "kubectl delete pod".into(),
+        pod: victim.name.clone(),
+        at_s: t,
+        recovered_ms: asked.elapsed().as_secs_f64() * 1000.0,
+        requests_during: 0,
+        failed_during: 0,
+    });
+    cluster
+        .until_ready("campaigns", replicas, Duration::from_secs(120))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // 2. SIGKILL of the process inside a container: the kubelet restarts the container.
+    let pods = cluster.pods(&selector)?;
+    let victim = pods
+        .iter()
+        .find(|p| p.ready && !p.deleting)
+        .context("a ready campaigns pod")?
+        .clone();
+    let pid = container_process(&victim.uid, "aeropartners")
+        .with_context(|| format!("the process of {} on this node", victim.name))?;
+    let t = at();
+    let killed = Instant::now();
+    nix_kill(pid)?;
+    Cluster::until("the killed container restarted and Ready", Duration::from_secs(120), || {
+        Ok(cluster
+            .pods(&selector)?
+            .iter()
+            .any(|p| p.name == victim.name && p.restarts > victim.restarts && p.ready))
+    })
+    .await?;
+    faults.push(Fault {
+        action: "SIGKILL of the container's process".into(),
+        pod: victim.name.clone(),
+        at_s: t,
+        recovered_ms: killed.elapsed().as_secs_f64() * 1000.0,
+        requests_during: 0,
+        failed_during: 0,
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // 3. kubectl rollout restart: every pod replaced, one surge at a time.
+    let t = at();
+    let asked = Instant::now();
+    cluster.kubectl(&["rollout", "restart", "deployment/campaigns"])?;
+    cluster.kubectl(&["rollout", "status", "deployment/campaigns", "--timeout=300s"])?;
+    cluster
+        .until_ready("campaigns", replicas, Duration::from_secs(120))
+        .await?;
+    faults.push(Fault {
+        action: "kubectl rollout restart".into(),
+        pod: "deployment/campaigns".into(),
+        at_s: t,
+        recovered_ms: asked.elapsed().as_secs_f64() * 1000.0,
+        requests_during: 0,
+        failed_during: 0,
+    });
+    Ok(faults)
+}
+
+fn nix_kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// scenario #9, and a switch that cannot happen
+
+/// Steady load on the reports through the gateway Service, ≥ 20 `kubectl patch rv` switches,
+/// propagation measured per reports pod.
+pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<scenario9::Report> {
+    // The switches alternate v2, v1, …: start from v1, so that each is a real change.
+    if cluster.report_version()?.0 != "v1" {
+        cluster.patch_version("v1")?;
+        Cluster::until("v1 served", Duration::from_secs(60), || {
+            let (active, conditions) = cluster.report_version()?;
+            Ok(active == "v1" && condition(&conditions, "Ready"))
+        })
+        .await?;
+    }
+    let replicas = cluster
+        .pods(&Cluster::selector("reports"))?
+        .into_iter()
+        .filter(|p| p.ready && !p.deleting)
+        .map(|p| (p.name.clone(), format!("http://{}:8020", p.ip)))
+        .collect();
+    let target = scenario9::Target {
+        gateway: cluster.service_url("gateway")?,
+        replicas,
+        switch: scenario9::Switch::Patch {
+            namespace: cluster.namespace.clone(),
+        },
+    };
+    let config = scenario9::Config {
+        binary: std::path::PathBuf::new(),
+        mode: scenario9::Mode::Cluster,
+        rate: 100.0,
+        legacy_every: 10,
+        payments_rate: 10.0,
+        warmup: Duration::from_secs(3),
+        switches,
+        pause: Duration::from_millis(300),
+        cooldown: Duration::from_secs(3),
+    };
+    let report = scenario9::measure(&config, &target).await?;
+    report.publish()?;
+    Ok(report)
+}
+
+/// What a load of report reads saw while something happened to the cluster.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReadLoad {
+    pub requests: u64,
+    pub failed: u64,
+    /// Answers in a version other than the one expected throughout.
+    pub other_version: u64,
+}
+
+/// Reads `/api/reports/payments` through the gateway every 20 ms until `stop`.
+fn read_reports(
+    gateway: String,
+    expected: Option<String>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<ReadLoad> {
+    tokio::spawn(async move {
+        let http = client().expect("an HTTP client");
+        let mut seen = ReadLoad::default();
+        while !stop.is_cancelled() {
+            seen.requests += 1;
+            match http
+                .get(format!("{gateway}/api/reports/payments"))
+                .send()
+                .await
+            {
+                Ok(answer) if answer.status().is_success() => {
+                    let version = answer
+                        .headers()
+                        .get("x-report-version")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if expected.is_some() && version != expected {
+                        seen.other_version += 1;
+                    }
+                }
+                _ => seen.failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Degraded {
+    pub progressing_after_ms: f64,
+    pub degraded_after_ms: f64,
+    /// Reads while the target had no data service: all must still be served in v1.
+    pub reads: ReadLoad,
+    /// From scaling the data service back to the switch being served.
+    pub switched_after_scale_up_ms: f64,
+}
+
+/// Scales `data-service-v2` to 0 and asks for v2: the resource goes Progressing, then
+/// Degraded after the operator's deadline, and v1 is served throughout; scaled back, the
+/// switch happens.
+pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<Degraded> {
+    let (active, _) = cluster.report_version()?;
+    anyhow::ensure!(active == "v1", "the check starts from v1, not {active}");
+    let v2_replicas = cluster.pods(&Cluster::selector("data-service-v2"))?.len();
+    cluster.kubectl(&["scale", "deployment/data-service-v2", "--replicas=0"])?;
+    Cluster::until("data-service-v2 at 0 pods", Duration::from_secs(60), || {
+        Ok(cluster.pods(&Cluster::selector("data-service-v2"))?.is_empty())
+    })
+    .await?;
+    let stop = CancellationToken::new();
+    let reads = read_reports(
+        cluster.service_url("gateway")?,
+        Some("v1".into()),
+        stop.clone(),
+    );
+    cluster.patch_version("v2")?;
+    let progressing = Cluster::until("Progressing", Duration::from_secs(30), || {
+        let (_, conditions) = cluster.report_version()?;
+        Ok(condition(&conditions, "Progressing"))
+    })
+    .await?;
+    let degraded = Cluster::until("Degraded", Duration::from_secs(120), || {
+        let (active, conditions) = cluster.report_version()?;
+        anyhow::ensure!(active == "v1", "switched to {active} without a data service");
+        Ok(condition(&conditions, "Degraded"))
+    })
+    .await?;
+    // A little longer degraded, still served in v1.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let reads = reads.await?;
+    let scaled = Instant::now();
+    cluster.kubectl(&[
+        "scale",
+        "deployment/data-service-v2",
+        &format!("--replicas={v2_replicas}"),
+    ])?;
+    Cluster::until("v2 served after scaling back", Duration::from_secs(120), || {
+        let (active, conditions) = cluster.report_version()?;
+        Ok(active == "v2" && condition(&conditions, "Ready"))
+    })
+    .await?;
+    let report = Degraded {
+        progressing_after_ms: progressing.as_secs_f64() * 1000.0,
+        // Each wait starts where the previous one ended.
+        degraded_after_ms: (progressing + degraded).as_secs_f64() * 1000.0,
+        reads,
+        switched_after_scale_up_ms: scaled.elapsed().as_secs_f64() * 1000.0,
+    };
+    print_rows(
+        "A switch to v2 with data-service-v2 scaled to 0",
+        &[
+            (
+                "patch → Progressing".into(),
+                format!("{:.0} ms", report.progressing_after_ms),
+            ),
+            (
+                "patch → Degraded (operator.progressDeadline)".into(),
+                format!("{:.0} ms", report.degraded_after_ms),
+            ),
+            (
+                "reads meanwhile: failed / not v1".into(),
+                format!(
+                    "{} reads: {} / {}",
+                    report.reads.requests, report.reads.failed, report.reads.other_version
+                ),
+            ),
+            (
+                "scaled back → v2 Ready".into(),
+                format!("{:.0} ms", report.switched_after_scale_up_ms),
+            ),
+        ],
+    );
+    write_json("e2e-degraded.json", &report)?;
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// the operator, and helm upgrade
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Operations {
+    pub operator_pod_deleted_converged_ms: f64,
+    pub reads_during_operator_restart: ReadLoad,
+    pub upgrade_ms: f64,
+    pub pods_replaced_by_upgrade: usize,
+    pub reads_during_upgrade: ReadLoad,
+    pub payments_during_upgrade: u64,
+    pub payments_failed_during_upgrade: u64,
+    pub version_after_upgrade: String,
+}
+
+/// The operator pod deleted mid-switch, then `helm upgrade` with a changed value under load.
+pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
+    let gateway = cluster.service_url("gateway")?;
+    let (from, _) = cluster.report_version()?;
+    let to = if from == "v1" { "v2" } else { "v1" };
+
+    // The operator pod deleted right after the patch: its replacement finishes the switch.
+    let stop = CancellationToken::new();
+    let reads = read_reports(gateway.clone(), None, stop.clone());
+    let asked = Instant::now();
+    cluster.patch_version(to)?;
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "-l",
+        &Cluster::selector("operator"),
+        "--wait=false",
+    ])?;
+    let reports = cluster.pods(&Cluster::selector("reports"))?;
+    let http = client()?;
+    Cluster::until(
+        "switch converged after the operator pod was deleted",
+        Duration::from_secs(120),
+        || {
+            let (active, conditions) = cluster.report_version()?;
+            Ok(active == to && condition(&conditions, "Ready"))
+        },
+    )
+    .await?;
+    for pod in reports.iter().filter(|p| !p.deleting) {
+        let url = format!("http://{}:8020/api/reports/version", pod.ip);
+        let limit = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served: serde_json::Value = http.get(&url).send().await?.json().await?;
+            if served["active"] == to {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < limit, "{} still serves {served}", pod.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let converged = asked.elapsed();
+    stop.cancel();
+    let reads_operator = reads.await?;
+
+    // helm upgrade with a changed value (the config checksum rolls every Deployment), under
+    // a load of report reads and payments; the active version must survive it.
+    let before: Vec<String> = all_pods(cluster)?;
+    let stop = CancellationToken::new();
+    let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
+    let payments = {
+        let (gateway, stop) = (gateway.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = client().expect("an HTTP client");
+            let (mut sent, mut failed) = (0u64, 0u64);
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            while !stop.is_cancelled() {
+                sent += 1;
+                let ok = http
+                    .post(format!("{gateway}/pagos/"))
+                    .json(&serde_json::json!({"id_afiliado": "af-upgrade", "monto": 5,
+                        "moneda": "USD", "referencia_pago": format!("up-{run}-{sent}")}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                failed += u64::from(!ok);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (sent, failed)
+        })
+    };
+    let started = Instant::now();
+    let chart = cluster.chart.to_string_lossy().into_owned();
+    let args = vec![
+        "upgrade",
+        cluster.release.as_str(),
+        chart.as_str(),
+        "-n",
+        cluster.namespace.as_str(),
+        "--reuse-values",
+        "--set",
+        // Commas escaped: `--set` splits on them.
+        r"common.rustLog=info\,sqlx=warn\,pulsar=warn\,hyper=warn",
+        "--wait",
+        "--timeout",
+        "10m",
+    ];
+    crate::cluster::helm(&args)?;
+    for deployment in kubectl(&[
+        "-n",
+        &cluster.namespace,
+        "get",
+        "deployments",
+        "-o",
+        "name",
+    ])?
+    .lines()
+    {
+        cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
+    }
+    let upgrade = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let reads_upgrade = reads.await?;
+    let (payments_sent, payments_failed) = payments.await?;
+    let after = all_pods(cluster)?;
+    let (version_after, _) = cluster.report_version()?;
+    let report = Operations {
+        operator_pod_deleted_converged_ms: converged.as_secs_f64() * 1000.0,
+        reads_during_operator_restart: reads_operator,
+        upgrade_ms: upgrade.as_secs_f64() * 1000.0,
+        pods_replaced_by_upgrade: before.iter().filter(|p| !after.contains(p)).count(),
+        reads_during_upgrade: reads_upgrade,
+        payments_during_upgrade: payments_sent,
+        payments_failed_during_upgrade: payments_failed,
+        version_after_upgrade: version_after,
+    };
+    print_rows(
+        "The operator pod deleted mid-switch; helm upgrade under load",
+        &[
+            (
+                format!("patch to {to} + operator pod deleted → converged"),
+                format!(
+                    "{:.0} ms (every reports pod serves {to})",
+                    report.operator_pod_deleted_converged_ms
+                ),
+            ),
+            (
+                "reads meanwhile: requests / failed".into(),
+                format!(
+                    "{} / {}",
+                    report.reads_during_operator_restart.requests,
+                    report.reads_during_operator_restart.failed
+                ),
+            ),
+            (
+                "helm upgrade (changed common.rustLog) → rolled".into(),
+                format!(
+                    "{:.0} ms, {} pods replaced",
+                    report.upgrade_ms, report.pods_replaced_by_upgrade
+                ),
+            ),
+            (
+                "reads during the upgrade: requests / failed / not in the active version".into(),
+                format!(
+                    "{} / {} / {}",
+                    report.reads_during_upgrade.requests,
+                    report.reads_during_upgrade.failed,
+                    report.reads_during_upgrade.other_version
+                ),
+            ),
+            (
+                "payments during the upgrade: sent / failed".into(),
+                format!(
+                    "{} / {}",
+                    report.payments_during_upgrade, report.payments_failed_during_upgrade
+                ),
+            ),
+            (
+                "active version after the upgrade".into(),
+                report.version_after_upgrade.clone(),
+            ),
+        ],
+    );
+    write_json("e2e-operations.json", &report)?;
+    Ok(report)
+}
+
+fn all_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    Ok(cluster
+        .kubectl(&["get", "pods", "-o", "name"])?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Everything the runner found wrong, for the exit status.
+pub fn verdict(
+    scenario2: &Scenario2,
+    scenario9: &scenario9::Report,
+    degraded: &Degraded,
+    operations: &Operations,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    check(
+        scenario2.availability_pct >= 99.99,
+        format!(
+            "scenario #2 availability {:.3} % < 99.99 %",
+            scenario2.availability_pct
+        ),
+    );
+    let i = &scenario2.integrity;
+    check(
+        i.writes_lost == 0 && i.events_lost == 0 && i.duplicated_effects == 0,
+        format!(
+            "scenario #2: {} writes lost, {} events lost, {} duplicated effects",
+            i.writes_lost, i.events_lost, i.duplicated_effects
+        ),
+    );
+    for fault in &scenario2.faults {
+        check(
+            fault.recovered_ms < 120_000.0,
+            format!("{}: {:.0} ms to Ready", fault.action, fault.recovered_ms),
+        );
+    }
+    check(
+        scenario9.failed == 0 && scenario9.mismatched == 0,
+        format!(
+            "scenario #9: {} failed, {} bodies not in their version",
+            scenario9.failed, scenario9.mismatched
+        ),
+    );
+    check(
+        scenario9.switches_not_propagated == 0,
+        format!(
+            "scenario #9: {} switches not served by every pod",
+            scenario9.switches_not_propagated
+        ),
+    );
+    check(
+        degraded.reads.failed == 0 && degraded.reads.other_version == 0,
+        format!(
+            "while Degraded: {} reads failed, {} not in v1",
+            degraded.reads.failed, degraded.reads.other_version
+        ),
+    );
+    check(
+        operations.reads_during_operator_restart.failed == 0,
+        format!(
+            "{} reads failed while the operator restarted",
+            operations.reads_during_operator_restart.failed
+        ),
+    );
+    check(
+        operations.reads_during_upgrade.failed == 0
+            && operations.reads_during_upgrade.other_version == 0
+            && operations.payments_failed_during_upgrade == 0,
+        format!(
+            "helm upgrade: {} reads failed, {} in another version, {} payments failed",
+            operations.reads_during_upgrade.failed,
+            operations.reads_during_upgrade.other_version,
+            operations.payments_failed_during_upgrade
+        ),
+    );
+    problems
+}
