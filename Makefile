@@ -89,14 +89,19 @@ crds-check: ## Fail when a committed CRD differs from what the Rust types genera
 		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
 
 .PHONY: test
-test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar
+test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar, then make e2e
 	@mkdir -p target
 	@$(WITH_INFRA) $(WITH_K8S) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
 	$(MAKE) --no-print-directory build-shared-check || status=1; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
+	$(MAKE) --no-print-directory e2e || { status=1; echo "e2e: FAILED"; }; \
 	exit $$status
+
+.PHONY: e2e
+e2e: build ## The chart on a real single-node Kubernetes (kubelet, kube-proxy, CoreDNS): smoke test, scenarios #2 and #9, Degraded, operator restart, helm upgrade
+	@scripts/e2e.sh run
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, a 2-minute soak (prints figures)

@@ -3,7 +3,7 @@
 # real Apache Pulsar standalone broker, both on loopback only.
 #
 #   scripts/infra.sh deps          install missing system packages (apt)
-#   scripts/infra.sh test-deps     install what only `make test` needs (shellcheck)
+#   scripts/infra.sh test-deps     install what only `make test` needs (shellcheck, the e2e node's packages)
 #   scripts/infra.sh up            start what is not running, write $INFRA_DIR/env
 #   scripts/infra.sh down          stop what this script started
 #   scripts/infra.sh pulsar-stop   stop only the broker (data and ports are kept)
@@ -702,9 +702,15 @@ cmd_down() {
 }
 
 # Tools only `make test` needs (not `make run`).
+# What `make test` needs besides the servers: shellcheck, and the node of `make e2e`
+# (containerd, runc, the CNI plugins, buildah, iptables, conntrack; see k8s-node.sh).
+TEST_PACKAGES=(shellcheck containerd runc containernetworking-plugins buildah iptables conntrack)
+
 cmd_test_deps() {
-	local missing=()
-	command -v shellcheck >/dev/null || missing+=(shellcheck)
+	local missing=() p
+	for p in "${TEST_PACKAGES[@]}"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
 	apt_install "${missing[@]}"
 }
 

@@ -47,7 +47,8 @@ SERVICE_CIDR=10.96.0.0/16
 DNS_IP=10.96.0.10
 APISERVER_PORT=6443
 PAUSE_IMAGE=localhost/aeropartners/pause:3.10
-# Debian's packages the node needs (none of them is on a new machine).
+# Debian's packages the node needs (none of them is on a new machine); infra.sh test-deps
+# installs them.
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah)
 # The host paths containerd and the kubelet use, replaced by our own directories inside
 # the node's mount namespace.
@@ -495,15 +496,15 @@ write_env() {
 		"${KUBECONFIG_FILE}" "${NODE_IP}" "${NODE_NAME}" "$(holder_pid)" >"${ENV_FILE}"
 }
 
+# The packages are installed by infra.sh (one place that keeps apt from starting daemons).
 ensure_packages() {
-	local missing=() p
+	local p
 	for p in "${NODE_PACKAGES[@]}"; do
-		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+		dpkg -s "$p" >/dev/null 2>&1 || {
+			"${SCRIPT_DIR}/infra.sh" test-deps
+			return 0
+		}
 	done
-	((${#missing[@]} == 0)) && return 0
-	log "installing ${missing[*]} (apt)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 ||
-		die "apt-get install ${missing[*]} failed"
 }
 
 cmd_up() {

@@ -577,46 +577,76 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Operations {
-    pub operator_pod_deleted_converged_ms: f64,
+    /// From deleting the operator pod, mid-switch, to its replacement Ready.
+    pub operator_replaced_ms: f64,
+    /// From the target's data service back to every reports pod serving the new version.
+    pub converged_after_data_service_ms: f64,
     pub reads_during_operator_restart: ReadLoad,
     pub upgrade_ms: f64,
     pub pods_replaced_by_upgrade: usize,
+    pub pods_before_upgrade: usize,
     pub reads_during_upgrade: ReadLoad,
     pub payments_during_upgrade: u64,
     pub payments_failed_during_upgrade: u64,
     pub version_after_upgrade: String,
 }
 
-/// The operator pod deleted mid-switch, then `helm upgrade` with a changed value under load.
+/// The operator pod deleted mid-switch (while the switch waits for its data service), then
+/// `helm upgrade` with a changed value under load.
 pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let gateway = cluster.service_url("gateway")?;
     let (from, _) = cluster.report_version()?;
     let to = if from == "v1" { "v2" } else { "v1" };
+    let data_service = format!("data-service-{to}");
+    let data_service_replicas = cluster.pods(&Cluster::selector(&data_service))?.len();
 
-    // The operator pod deleted right after the patch: its replacement finishes the switch.
-    let stop = CancellationToken::new();
-    let reads = read_reports(gateway.clone(), None, stop.clone());
-    let asked = Instant::now();
-    cluster.patch_version(to)?;
-    cluster.kubectl(&[
-        "delete",
-        "pod",
-        "-l",
-        &Cluster::selector("operator"),
-        "--wait=false",
-    ])?;
-    let reports = cluster.pods(&Cluster::selector("reports"))?;
-    let http = client()?;
-    Cluster::until(
-        "switch converged after the operator pod was deleted",
-        Duration::from_secs(120),
-        || {
-            let (active, conditions) = cluster.report_version()?;
-            Ok(active == to && condition(&conditions, "Ready"))
-        },
-    )
+    // A switch that stays in progress: its data service is scaled away first.
+    cluster.kubectl(&["scale", &format!("deployment/{data_service}"), "--replicas=0"])?;
+    Cluster::until(&format!("{data_service} at 0 pods"), Duration::from_secs(60), || {
+        Ok(cluster.pods(&Cluster::selector(&data_service))?.is_empty())
+    })
     .await?;
-    for pod in reports.iter().filter(|p| !p.deleting) {
+    let stop = CancellationToken::new();
+    let reads = read_reports(gateway.clone(), Some(from.clone()), stop.clone());
+    cluster.patch_version(to)?;
+    Cluster::until("Progressing", Duration::from_secs(30), || {
+        Ok(condition(&cluster.report_version()?.1, "Progressing"))
+    })
+    .await?;
+    // Mid-switch: the operator pod goes, its replacement must pick the switch up.
+    let operator = Cluster::selector("operator");
+    let old: Vec<String> = cluster.pods(&operator)?.into_iter().map(|p| p.name).collect();
+    let deleted = Instant::now();
+    cluster.kubectl(&["delete", "pod", "-l", &operator, "--wait=false"])?;
+    Cluster::until("a new operator pod Ready", Duration::from_secs(120), || {
+        Ok(cluster
+            .pods(&operator)?
+            .iter()
+            .any(|p| p.ready && !p.deleting && !old.contains(&p.name)))
+    })
+    .await?;
+    let operator_replaced = deleted.elapsed();
+    let (active, _) = cluster.report_version()?;
+    anyhow::ensure!(active == from, "switched to {active} without {data_service}");
+    stop.cancel();
+    let reads_operator = reads.await?;
+    let scaled = Instant::now();
+    cluster.kubectl(&[
+        "scale",
+        &format!("deployment/{data_service}"),
+        &format!("--replicas={data_service_replicas}"),
+    ])?;
+    Cluster::until("the switch completed by the new operator", Duration::from_secs(120), || {
+        let (active, conditions) = cluster.report_version()?;
+        Ok(active == to && condition(&conditions, "Ready"))
+    })
+    .await?;
+    let http = client()?;
+    for pod in cluster
+        .pods(&Cluster::selector("reports"))?
+        .iter()
+        .filter(|p| !p.deleting)
+    {
         let url = format!("http://{}:8020/api/reports/version", pod.ip);
         let limit = Instant::now() + Duration::from_secs(30);
         loop {
@@ -628,13 +658,11 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let converged = asked.elapsed();
-    stop.cancel();
-    let reads_operator = reads.await?;
+    let converged = scaled.elapsed();
 
     // helm upgrade with a changed value (the config checksum rolls every Deployment), under
     // a load of report reads and payments; the active version must survive it.
-    let before: Vec<String> = all_pods(cluster)?;
+    let before = live_pods(cluster)?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
     let payments = {
@@ -660,6 +688,13 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     };
     let started = Instant::now();
     let chart = cluster.chart.to_string_lossy().into_owned();
+    // A log directive for a target that does not exist, named after this run: a value that
+    // differs from the installed one on every run (the config checksum rolls every pod), and
+    // changes nothing else. Commas escaped: `--set` splits on them.
+    let changed = format!(
+        r"common.rustLog=info\,sqlx=warn\,pulsar=warn\,e2e_upgrade_{}=info",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let args = vec![
         "upgrade",
         cluster.release.as_str(),
@@ -668,8 +703,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         cluster.namespace.as_str(),
         "--reuse-values",
         "--set",
-        // Commas escaped: `--set` splits on them.
-        r"common.rustLog=info\,sqlx=warn\,pulsar=warn\,hyper=warn",
+        &changed,
         "--wait",
         "--timeout",
         "10m",
@@ -692,13 +726,15 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     stop.cancel();
     let reads_upgrade = reads.await?;
     let (payments_sent, payments_failed) = payments.await?;
-    let after = all_pods(cluster)?;
+    let after = live_pods(cluster)?;
     let (version_after, _) = cluster.report_version()?;
     let report = Operations {
-        operator_pod_deleted_converged_ms: converged.as_secs_f64() * 1000.0,
+        operator_replaced_ms: operator_replaced.as_secs_f64() * 1000.0,
+        converged_after_data_service_ms: converged.as_secs_f64() * 1000.0,
         reads_during_operator_restart: reads_operator,
         upgrade_ms: upgrade.as_secs_f64() * 1000.0,
         pods_replaced_by_upgrade: before.iter().filter(|p| !after.contains(p)).count(),
+        pods_before_upgrade: before.len(),
         reads_during_upgrade: reads_upgrade,
         payments_during_upgrade: payments_sent,
         payments_failed_during_upgrade: payments_failed,
@@ -708,25 +744,27 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         "The operator pod deleted mid-switch; helm upgrade under load",
         &[
             (
-                format!("patch to {to} + operator pod deleted → converged"),
+                format!("switch to {to} waiting; operator pod deleted → new one Ready"),
+                format!("{:.0} ms", report.operator_replaced_ms),
+            ),
+            (
+                format!("reads meanwhile: requests / failed / not {from}"),
                 format!(
-                    "{:.0} ms (every reports pod serves {to})",
-                    report.operator_pod_deleted_converged_ms
+                    "{} / {} / {}",
+                    report.reads_during_operator_restart.requests,
+                    report.reads_during_operator_restart.failed,
+                    report.reads_during_operator_restart.other_version
                 ),
             ),
             (
-                "reads meanwhile: requests / failed".into(),
-                format!(
-                    "{} / {}",
-                    report.reads_during_operator_restart.requests,
-                    report.reads_during_operator_restart.failed
-                ),
+                format!("{data_service} back → every reports pod serves {to}"),
+                format!("{:.0} ms", report.converged_after_data_service_ms),
             ),
             (
                 "helm upgrade (changed common.rustLog) → rolled".into(),
                 format!(
-                    "{:.0} ms, {} pods replaced",
-                    report.upgrade_ms, report.pods_replaced_by_upgrade
+                    "{:.0} ms, {} of {} pods replaced",
+                    report.upgrade_ms, report.pods_replaced_by_upgrade, report.pods_before_upgrade
                 ),
             ),
             (
@@ -755,11 +793,13 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     Ok(report)
 }
 
-fn all_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+/// The release's pods that are not being deleted.
+fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     Ok(cluster
-        .kubectl(&["get", "pods", "-o", "name"])?
-        .lines()
-        .map(str::to_owned)
+        .pods(&format!("app.kubernetes.io/instance={}", cluster.release))?
+        .into_iter()
+        .filter(|p| !p.deleting)
+        .map(|p| p.name)
         .collect())
 }
 
@@ -819,10 +859,19 @@ pub fn verdict(
         ),
     );
     check(
-        operations.reads_during_operator_restart.failed == 0,
+        operations.reads_during_operator_restart.failed == 0
+            && operations.reads_during_operator_restart.other_version == 0,
         format!(
-            "{} reads failed while the operator restarted",
-            operations.reads_during_operator_restart.failed
+            "while the operator restarted: {} reads failed, {} in the new version too early",
+            operations.reads_during_operator_restart.failed,
+            operations.reads_during_operator_restart.other_version
+        ),
+    );
+    check(
+        operations.pods_replaced_by_upgrade == operations.pods_before_upgrade,
+        format!(
+            "helm upgrade replaced {} of {} pods",
+            operations.pods_replaced_by_upgrade, operations.pods_before_upgrade
         ),
     );
     check(
