@@ -193,6 +193,7 @@ pub struct Fault {
     /// Requests sent between the action and 2 s after the recovery.
     pub requests_during: u64,
     pub failed_during: u64,
+    pub latency_during: Option<PhaseLatency>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +246,7 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
             .collect();
         fault.requests_during = window.len() as u64;
         fault.failed_during = window.iter().filter(|s| !s.ok).count() as u64;
+        fault.latency_during = Some(scenario2::latency(&window)?);
     }
     let integrity = workload.integrity(&samples, &database_url).await?;
     let all: Vec<&scenario2::Sample> = samples.iter().collect();
@@ -277,8 +279,14 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
         rows.push((
             format!("{} ({})", fault.action, fault.pod),
             format!(
-                "at {:.1} s, Ready again after {:.0} ms, {} of {} requests failed meanwhile",
-                fault.at_s, fault.recovered_ms, fault.failed_during, fault.requests_during
+                "at {:.1} s, Ready again after {:.0} ms; meanwhile {} failed of {}",
+                fault.at_s,
+                fault.recovered_ms,
+                fault.failed_during,
+                fault
+                    .latency_during
+                    .as_ref()
+                    .map_or_else(|| fault.requests_during.to_string(), PhaseLatency::describe)
             ),
         ));
     }
@@ -333,6 +341,7 @@ async fn inject_faults(
         recovered_ms: asked.elapsed().as_secs_f64() * 1000.0,
         requests_during: 0,
         failed_during: 0,
+        latency_during: None,
     });
     cluster
         .until_ready("campaigns", replicas, Duration::from_secs(120))
@@ -365,6 +374,7 @@ async fn inject_faults(
         recovered_ms: killed.elapsed().as_secs_f64() * 1000.0,
         requests_during: 0,
         failed_during: 0,
+        latency_during: None,
     });
     tokio::time::sleep(Duration::from_secs(8)).await;
 
@@ -383,6 +393,7 @@ async fn inject_faults(
         recovered_ms: asked.elapsed().as_secs_f64() * 1000.0,
         requests_during: 0,
         failed_during: 0,
+        latency_during: None,
     });
     Ok(faults)
 }
