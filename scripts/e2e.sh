@@ -111,8 +111,9 @@ external_services() {
 install() {
 	local binary=${TARGET_DIR}/debug/aeropartners tag t0=${SECONDS}
 	[[ -x "${binary}" ]] || die "${binary} is missing (make build)"
-	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" build)
+	# `up` builds the Kubernetes binaries the first time.
 	"${NODE}" up >/dev/null
+	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	# shellcheck disable=SC1091
 	source "${E2E_DIR}/node/env"
 	start_infra

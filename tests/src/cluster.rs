@@ -181,11 +181,14 @@ pub fn condition(conditions: &serde_json::Value, kind: &str) -> bool {
 /// The pause process of the sandbox shares the cgroup but not the command line.
 pub fn container_process(uid: &str, needle: &str) -> Option<u32> {
     let marker = format!("/pod{uid}/");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        (cgroup.contains(&marker) && String::from_utf8_lossy(&cmdline).contains(needle))
-            .then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cgroup.contains(&marker) && String::from_utf8_lossy(&cmdline).contains(needle))
+                .then_some(pid)
+        })
 }

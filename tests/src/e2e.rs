@@ -54,7 +54,11 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let mut checks = Vec::new();
 
     let health = http.get(format!("{gateway}/health")).send().await?;
-    anyhow::ensure!(health.status() == 200, "gateway /health: {}", health.status());
+    anyhow::ensure!(
+        health.status() == 200,
+        "gateway /health: {}",
+        health.status()
+    );
     checks.push(("gateway /health".into(), "200".into()));
     let docs: serde_json::Value = http
         .get(format!("{gateway}/openapi.json"))
@@ -64,7 +68,12 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
         .json()
         .await?;
     let paths = docs["paths"].as_object().map_or(0, serde_json::Map::len);
-    for path in ["/pagos", "/campaigns", "/api/reports/payments", "/reporting"] {
+    for path in [
+        "/pagos",
+        "/campaigns",
+        "/api/reports/payments",
+        "/reporting",
+    ] {
         anyhow::ensure!(
             docs["paths"]
                 .as_object()
@@ -82,8 +91,10 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let reference = format!("e2e-smoke-{}", uuid::Uuid::new_v4().simple());
     let created: serde_json::Value = http
         .post(format!("{gateway}/pagos/"))
-        .json(&serde_json::json!({"id_afiliado": "af-e2e", "monto": 42.5, "moneda": "USD",
-                                  "referencia_pago": reference}))
+        .json(
+            &serde_json::json!({"id_afiliado": "af-e2e", "monto": 42.5, "moneda": "USD",
+                                  "referencia_pago": reference}),
+        )
         .send()
         .await?
         .error_for_status()?
@@ -117,10 +128,12 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let campaign = http
         .post(format!("{proxy}/api/campaigns"))
         .header("idempotency-key", format!("e2e-smoke-{id}"))
-        .json(&serde_json::json!({"nombre": "e2e smoke", "tipo": "ADQUISICION",
+        .json(
+            &serde_json::json!({"nombre": "e2e smoke", "tipo": "ADQUISICION",
             "presupuesto": {"monto": 1000, "moneda": "USD"},
             "fecha_inicio": "2026-01-01T00:00:00Z", "fecha_fin": "2099-01-01T00:00:00Z",
-            "id_afiliado": "af-e2e"}))
+            "id_afiliado": "af-e2e"}),
+        )
         .send()
         .await?;
     anyhow::ensure!(
@@ -134,7 +147,11 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
         .get(format!("{proxy}/api/campaigns/{campaign_id}"))
         .send()
         .await?;
-    anyhow::ensure!(read.status() == 200, "campaign read back: {}", read.status());
+    anyhow::ensure!(
+        read.status() == 200,
+        "campaign read back: {}",
+        read.status()
+    );
     checks.push((
         "campaign through campaigns-proxy".into(),
         "201, read back 200".into(),
@@ -220,8 +237,12 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL of the node")?;
     let replicas = cluster.pods(&Cluster::selector("campaigns"))?.len();
     let affiliate = format!("s2-k8s-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let workload = Workload::start(&cluster.service_url("campaigns-proxy")?, &pulsar, &affiliate)
-        .await?;
+    let workload = Workload::start(
+        &cluster.service_url("campaigns-proxy")?,
+        &pulsar,
+        &affiliate,
+    )
+    .await?;
     let started = Instant::now();
     let stop = CancellationToken::new();
     let faults = {
@@ -263,7 +284,10 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
     let mut rows = vec![
         (
             "load (campaigns-proxy Service)".to_owned(),
-            format!("{:.0} req/s for {:.0} s", report.rate_rps, report.duration_s),
+            format!(
+                "{:.0} req/s for {:.0} s",
+                report.rate_rps, report.duration_s
+            ),
         ),
         (
             "requests / failed".into(),
@@ -301,7 +325,10 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
             format!("{} / {}", i.changes_committed, i.events_consumed),
         ),
         ("events lost".into(), i.events_lost.to_string()),
-        ("duplicated effects".into(), i.duplicated_effects.to_string()),
+        (
+            "duplicated effects".into(),
+            i.duplicated_effects.to_string(),
+        ),
     ]);
     print_rows(
         "Scenario #2 on Kubernetes: campaigns pods deleted, killed and rolled under load",
@@ -327,12 +354,16 @@ async fn inject_faults(
     let t = at();
     let asked = Instant::now();
     cluster.kubectl(&["delete", "pod", &victim.name, "--wait=false"])?;
-    Cluster::until("a replacement campaigns pod Ready", Duration::from_secs(120), || {
-        let pods = cluster.pods(&selector)?;
-        Ok(pods
-            .iter()
-            .any(|p| p.ready && !p.deleting && before.iter().all(|b| b.name != p.name)))
-    })
+    Cluster::until(
+        "a replacement campaigns pod Ready",
+        Duration::from_secs(120),
+        || {
+            let pods = cluster.pods(&selector)?;
+            Ok(pods
+                .iter()
+                .any(|p| p.ready && !p.deleting && before.iter().all(|b| b.name != p.name)))
+        },
+    )
     .await?;
     faults.push(Fault {
         action: "kubectl delete pod".into(),
@@ -360,12 +391,16 @@ async fn inject_faults(
     let t = at();
     let killed = Instant::now();
     nix_kill(pid)?;
-    Cluster::until("the killed container restarted and Ready", Duration::from_secs(120), || {
-        Ok(cluster
-            .pods(&selector)?
-            .iter()
-            .any(|p| p.name == victim.name && p.restarts > victim.restarts && p.ready))
-    })
+    Cluster::until(
+        "the killed container restarted and Ready",
+        Duration::from_secs(120),
+        || {
+            Ok(cluster
+                .pods(&selector)?
+                .iter()
+                .any(|p| p.name == victim.name && p.restarts > victim.restarts && p.ready))
+        },
+    )
     .await?;
     faults.push(Fault {
         action: "SIGKILL of the container's process".into(),
@@ -382,7 +417,12 @@ async fn inject_faults(
     let t = at();
     let asked = Instant::now();
     cluster.kubectl(&["rollout", "restart", "deployment/campaigns"])?;
-    cluster.kubectl(&["rollout", "status", "deployment/campaigns", "--timeout=300s"])?;
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/campaigns",
+        "--timeout=300s",
+    ])?;
     cluster
         .until_ready("campaigns", replicas, Duration::from_secs(120))
         .await?;
@@ -512,7 +552,9 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
     let v2_replicas = cluster.pods(&Cluster::selector("data-service-v2"))?.len();
     cluster.kubectl(&["scale", "deployment/data-service-v2", "--replicas=0"])?;
     Cluster::until("data-service-v2 at 0 pods", Duration::from_secs(60), || {
-        Ok(cluster.pods(&Cluster::selector("data-service-v2"))?.is_empty())
+        Ok(cluster
+            .pods(&Cluster::selector("data-service-v2"))?
+            .is_empty())
     })
     .await?;
     let stop = CancellationToken::new();
@@ -529,7 +571,10 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
     .await?;
     let degraded = Cluster::until("Degraded", Duration::from_secs(120), || {
         let (active, conditions) = cluster.report_version()?;
-        anyhow::ensure!(active == "v1", "switched to {active} without a data service");
+        anyhow::ensure!(
+            active == "v1",
+            "switched to {active} without a data service"
+        );
         Ok(condition(&conditions, "Degraded"))
     })
     .await?;
@@ -543,10 +588,14 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
         "deployment/data-service-v2",
         &format!("--replicas={v2_replicas}"),
     ])?;
-    Cluster::until("v2 served after scaling back", Duration::from_secs(120), || {
-        let (active, conditions) = cluster.report_version()?;
-        Ok(active == "v2" && condition(&conditions, "Ready"))
-    })
+    Cluster::until(
+        "v2 served after scaling back",
+        Duration::from_secs(120),
+        || {
+            let (active, conditions) = cluster.report_version()?;
+            Ok(active == "v2" && condition(&conditions, "Ready"))
+        },
+    )
     .await?;
     let report = Degraded {
         progressing_after_ms: progressing.as_secs_f64() * 1000.0,
@@ -612,10 +661,16 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let data_service_replicas = cluster.pods(&Cluster::selector(&data_service))?.len();
 
     // A switch that stays in progress: its data service is scaled away first.
-    cluster.kubectl(&["scale", &format!("deployment/{data_service}"), "--replicas=0"])?;
-    Cluster::until(&format!("{data_service} at 0 pods"), Duration::from_secs(60), || {
-        Ok(cluster.pods(&Cluster::selector(&data_service))?.is_empty())
-    })
+    cluster.kubectl(&[
+        "scale",
+        &format!("deployment/{data_service}"),
+        "--replicas=0",
+    ])?;
+    Cluster::until(
+        &format!("{data_service} at 0 pods"),
+        Duration::from_secs(60),
+        || Ok(cluster.pods(&Cluster::selector(&data_service))?.is_empty()),
+    )
     .await?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(from.clone()), stop.clone());
@@ -626,7 +681,11 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     .await?;
     // Mid-switch: the operator pod goes, its replacement must pick the switch up.
     let operator = Cluster::selector("operator");
-    let old: Vec<String> = cluster.pods(&operator)?.into_iter().map(|p| p.name).collect();
+    let old: Vec<String> = cluster
+        .pods(&operator)?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     let deleted = Instant::now();
     cluster.kubectl(&["delete", "pod", "-l", &operator, "--wait=false"])?;
     Cluster::until("a new operator pod Ready", Duration::from_secs(120), || {
@@ -638,7 +697,10 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     .await?;
     let operator_replaced = deleted.elapsed();
     let (active, _) = cluster.report_version()?;
-    anyhow::ensure!(active == from, "switched to {active} without {data_service}");
+    anyhow::ensure!(
+        active == from,
+        "switched to {active} without {data_service}"
+    );
     stop.cancel();
     let reads_operator = reads.await?;
     let scaled = Instant::now();
@@ -647,10 +709,14 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         &format!("deployment/{data_service}"),
         &format!("--replicas={data_service_replicas}"),
     ])?;
-    Cluster::until("the switch completed by the new operator", Duration::from_secs(120), || {
-        let (active, conditions) = cluster.report_version()?;
-        Ok(active == to && condition(&conditions, "Ready"))
-    })
+    Cluster::until(
+        "the switch completed by the new operator",
+        Duration::from_secs(120),
+        || {
+            let (active, conditions) = cluster.report_version()?;
+            Ok(active == to && condition(&conditions, "Ready"))
+        },
+    )
     .await?;
     let http = client()?;
     for pod in cluster
@@ -720,15 +786,8 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         "10m",
     ];
     crate::cluster::helm(&args)?;
-    for deployment in kubectl(&[
-        "-n",
-        &cluster.namespace,
-        "get",
-        "deployments",
-        "-o",
-        "name",
-    ])?
-    .lines()
+    for deployment in
+        kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
     {
         cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
     }

@@ -372,8 +372,7 @@ impl Workload {
             .filter(|e| committed.contains(&(e.aggregate_id.clone(), e.aggregate_version)))
             .cloned()
             .collect();
-        let mut event_ids_per_change: HashMap<(String, i64), HashSet<uuid::Uuid>> =
-            HashMap::new();
+        let mut event_ids_per_change: HashMap<(String, i64), HashSet<uuid::Uuid>> = HashMap::new();
         for envelope in &consumed {
             event_ids_per_change
                 .entry((envelope.aggregate_id.clone(), envelope.aggregate_version))
