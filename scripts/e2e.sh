@@ -56,56 +56,50 @@ start_infra() {
 	PULSAR_PORT=${PULSAR_URL##*:}
 }
 
-# Selector-less Services whose EndpointSlices point at the servers on the node, and the
-# Secret the chart's externalDatabase names.
-external_services() {
-	node kubectl apply -f - >/dev/null <<-EOF
-		apiVersion: v1
-		kind: Namespace
-		metadata: {name: infra}
-		---
-		apiVersion: v1
-		kind: Namespace
-		metadata: {name: ${NAMESPACE}}
+# external_service NAME PORT NODE_PORT: a selector-less Service NAME.infra:PORT whose
+# EndpointSlice points at NODE_PORT on the node's address.
+external_service() {
+	cat <<-EOF
 		---
 		apiVersion: v1
 		kind: Service
-		metadata: {name: postgres, namespace: infra}
+		metadata: {name: $1, namespace: infra}
 		spec:
-		  ports: [{name: postgres, port: 5432, targetPort: ${PG_PORT}, protocol: TCP}]
+		  ports: [{name: $1, port: $2, targetPort: $3, protocol: TCP}]
 		---
 		apiVersion: discovery.k8s.io/v1
 		kind: EndpointSlice
 		metadata:
-		  name: postgres-node
+		  name: $1-node
 		  namespace: infra
-		  labels: {kubernetes.io/service-name: postgres, endpointslice.kubernetes.io/managed-by: aeropartners-e2e}
+		  labels: {kubernetes.io/service-name: $1, endpointslice.kubernetes.io/managed-by: aeropartners-e2e}
 		addressType: IPv4
 		endpoints: [{addresses: ["${NODE_IP}"]}]
-		ports: [{name: postgres, port: ${PG_PORT}, protocol: TCP}]
-		---
-		apiVersion: v1
-		kind: Service
-		metadata: {name: pulsar, namespace: infra}
-		spec:
-		  ports: [{name: pulsar, port: 6650, targetPort: ${PULSAR_PORT}, protocol: TCP}]
-		---
-		apiVersion: discovery.k8s.io/v1
-		kind: EndpointSlice
-		metadata:
-		  name: pulsar-node
-		  namespace: infra
-		  labels: {kubernetes.io/service-name: pulsar, endpointslice.kubernetes.io/managed-by: aeropartners-e2e}
-		addressType: IPv4
-		endpoints: [{addresses: ["${NODE_IP}"]}]
-		ports: [{name: pulsar, port: ${PULSAR_PORT}, protocol: TCP}]
-		---
-		apiVersion: v1
-		kind: Secret
-		metadata: {name: aeropartners-database, namespace: ${NAMESPACE}}
-		stringData:
-		  DATABASE_URL: postgres://aeropartners:aeropartners@postgres.infra.svc:5432/aeropartners
+		ports: [{name: $1, port: $3, protocol: TCP}]
 	EOF
+}
+
+# The servers on the node as Services, and the Secret the chart's externalDatabase names.
+external_services() {
+	{
+		cat <<-EOF
+			apiVersion: v1
+			kind: Namespace
+			metadata: {name: infra}
+			---
+			apiVersion: v1
+			kind: Namespace
+			metadata: {name: ${NAMESPACE}}
+			---
+			apiVersion: v1
+			kind: Secret
+			metadata: {name: aeropartners-database, namespace: ${NAMESPACE}}
+			stringData:
+			  DATABASE_URL: postgres://aeropartners:aeropartners@postgres.infra.svc:5432/aeropartners
+		EOF
+		external_service postgres 5432 "${PG_PORT}"
+		external_service pulsar 6650 "${PULSAR_PORT}"
+	} | node kubectl apply -f - >/dev/null
 }
 
 install() {

@@ -509,11 +509,14 @@ ensure_packages() {
 
 cmd_up() {
 	init_paths
+	# A node an interrupted run left behind is stopped first (in its own process: `down`
+	# takes the same lock).
+	if holder_pid >/dev/null 2>&1; then
+		log "a node from an earlier run is still up (holder $(holder_pid)); stopping it first"
+		"$0" down
+	fi
 	exec 9>"${NODE_DIR}.lock"
 	flock 9
-	if holder_pid >/dev/null 2>&1; then
-		die "the node is already running (holder $(holder_pid)); scripts/k8s-node.sh down first"
-	fi
 	ensure_packages
 	BIN_DIR=$("${SCRIPT_DIR}/k8s-tools.sh" build)
 	local t0=${SECONDS}

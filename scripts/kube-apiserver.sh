@@ -140,17 +140,7 @@ start_etcd() {
 		--initial-cluster-state new \
 		--unsafe-no-fsync \
 		--log-level warn
-	local i
-	for ((i = 0; i < 300; i++)); do
-		etcd_healthy 127.0.0.1 "${ETCD_CLIENT_PORT}" && return 0
-		started "${ETCD_PIDFILE}" || {
-			tail -n 30 "${ETCD_LOG}" >&2
-			die "etcd exited; log: ${ETCD_LOG}"
-		}
-		sleep 0.1
-	done
-	tail -n 30 "${ETCD_LOG}" >&2
-	die "etcd not healthy after 30 s; log: ${ETCD_LOG}"
+	wait_started etcd "${ETCD_PIDFILE}" "${ETCD_LOG}" 30 etcd_healthy 127.0.0.1 "${ETCD_CLIENT_PORT}"
 }
 
 start_apiserver() {

@@ -49,12 +49,8 @@ pub struct Report {
     pub failover_ms: Option<f64>,
     /// From the primary's restart to the first answer it gave again.
     pub failback_ms: Option<f64>,
-    pub writes_acknowledged: u64,
-    pub writes_lost: u64,
-    pub changes_committed: u64,
-    pub events_consumed: u64,
-    pub events_lost: u64,
-    pub duplicated_effects: u64,
+    #[serde(flatten)]
+    pub integrity: Integrity,
 }
 
 #[derive(Debug, Clone)]
@@ -528,12 +524,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         after: latency(&after)?,
         failover_ms: failover_at.map(|t| (t.saturating_sub(killed)).as_secs_f64() * 1000.0),
         failback_ms: failback_at.map(|t| (t.saturating_sub(restarted)).as_secs_f64() * 1000.0),
-        writes_acknowledged: integrity.writes_acknowledged,
-        writes_lost: integrity.writes_lost,
-        changes_committed: integrity.changes_committed,
-        events_consumed: integrity.events_consumed,
-        events_lost: integrity.events_lost,
-        duplicated_effects: integrity.duplicated_effects,
+        integrity,
     })
 }
 
@@ -560,14 +551,23 @@ impl Report {
             ),
             (
                 "writes acknowledged / lost",
-                format!("{} / {}", self.writes_acknowledged, self.writes_lost),
+                format!(
+                    "{} / {}",
+                    self.integrity.writes_acknowledged, self.integrity.writes_lost
+                ),
             ),
             (
                 "changes committed / events consumed",
-                format!("{} / {}", self.changes_committed, self.events_consumed),
+                format!(
+                    "{} / {}",
+                    self.integrity.changes_committed, self.integrity.events_consumed
+                ),
             ),
-            ("events lost", self.events_lost.to_string()),
-            ("duplicated effects", self.duplicated_effects.to_string()),
+            ("events lost", self.integrity.events_lost.to_string()),
+            (
+                "duplicated effects",
+                self.integrity.duplicated_effects.to_string(),
+            ),
         ];
         println!("\nScenario #2: a campaigns instance dies under load");
         for (label, value) in rows {

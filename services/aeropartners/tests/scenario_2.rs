@@ -20,12 +20,12 @@ async fn a_campaigns_instance_dies_under_load_and_nothing_is_lost() {
     report.publish().unwrap();
     assert!(report.requests >= 300, "the load ran: {report:?}");
     assert_eq!(
-        report.writes_lost, 0,
+        report.integrity.writes_lost, 0,
         "acknowledged writes lost: {report:?}"
     );
-    assert_eq!(report.events_lost, 0, "events lost: {report:?}");
+    assert_eq!(report.integrity.events_lost, 0, "events lost: {report:?}");
     assert_eq!(
-        report.duplicated_effects, 0,
+        report.integrity.duplicated_effects, 0,
         "effects applied twice: {report:?}"
     );
     assert!(
