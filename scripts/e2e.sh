@@ -41,8 +41,11 @@ node() {
 	"${NODE}" exec env PATH="${TOOLS}:${PATH}" KUBECONFIG="${E2E_DIR}/node/kubeconfig" "$@"
 }
 
+# infra.sh inside the node's namespace, for servers of its own: the URLs of the loopback
+# servers (`make test` exports them) would make it pass those through instead.
 infra() {
-	INFRA_DIR=${E2E_DIR}/infra INFRA_ADDRESS=${NODE_IP:?} INFRA_INTERFACE=node0 \
+	env -u DATABASE_URL -u PULSAR_URL -u PULSAR_ADMIN_URL \
+		INFRA_DIR="${E2E_DIR}/infra" INFRA_ADDRESS="${NODE_IP:?}" INFRA_INTERFACE=node0 \
 		INFRA_CLIENTS=10.244.0.0/16 "${NODE}" exec "${SCRIPT_DIR}/infra.sh" "$@"
 }
 
@@ -133,7 +136,8 @@ down() {
 	# shellcheck disable=SC1091
 	node_ip=$(source "${E2E_DIR}/node/env" 2>/dev/null && printf '%s' "${NODE_IP:-}") || true
 	if [[ -n "${node_ip}" && -f "${E2E_DIR}/infra/env" ]]; then
-		INFRA_DIR=${E2E_DIR}/infra INFRA_ADDRESS=${node_ip} "${SCRIPT_DIR}/infra.sh" down || true
+		env -u DATABASE_URL -u PULSAR_URL -u PULSAR_ADMIN_URL INFRA_DIR="${E2E_DIR}/infra" \
+			INFRA_ADDRESS="${node_ip}" "${SCRIPT_DIR}/infra.sh" down || true
 	fi
 	"${NODE}" down
 }

@@ -509,6 +509,7 @@ ensure_packages() {
 
 cmd_up() {
 	init_paths
+	[[ ${EUID} -eq 0 ]] || die "the node needs root (network and mount namespaces, containerd, iptables)"
 	# A node an interrupted run left behind is stopped first (in its own process: `down`
 	# takes the same lock).
 	if holder_pid >/dev/null 2>&1; then
@@ -584,12 +585,35 @@ remove_cgroups() {
 		while read -r left; do log "warning: cgroup ${left} could not be removed"; done
 }
 
+# What `down` must leave: no process in the node's network namespace, no mount of ours.
+verify_clean() {
+	local netns=$1 entry left=() mounts
+	if [[ -n "${netns}" ]]; then
+		for entry in /proc/[0-9]*; do
+			[[ "$(readlink "${entry}/ns/net" 2>/dev/null)" == "${netns}" ]] || continue
+			running "${entry#/proc/}" && left+=("${entry#/proc/}")
+		done
+	fi
+	mounts=$(awk -v dir="${NODE_DIR}" 'index($2, dir) == 1 || $2 == "/sys/fs/cgroup/hugetlb"' /proc/self/mounts)
+	# Containers live in namespaces of their own; the kubepods cgroups are gone only once
+	# the last of their processes is.
+	if [[ -d /sys/fs/cgroup/pids/kubepods ]]; then
+		left+=("the kubepods cgroup")
+	fi
+	if ((${#left[@]} > 0)) || [[ -n "${mounts}" ]]; then
+		log "error: left behind: processes ${left[*]:-none}; mounts ${mounts:-none}"
+		return 1
+	fi
+	log "nothing left behind: no process in the node's namespaces or pod cgroups, no mount of ours"
+}
+
 cmd_down() {
 	init_paths
 	exec 9>"${NODE_DIR}.lock"
 	flock 9
-	local holder=''
+	local holder='' netns=''
 	holder=$(holder_pid 2>/dev/null) || holder=''
+	[[ -z "${holder}" ]] || netns=$(readlink "/proc/${holder}/ns/net")
 	BIN_DIR=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	stop "${RUN}/kubelet.pid" kubelet 10
 	stop "${RUN}/kube-proxy.pid" kube-proxy 5
@@ -615,6 +639,13 @@ cmd_down() {
 		rm -f "${CREATED_FILE}"
 	fi
 	rm -f "${ENV_FILE}"
+	# The processes just killed may take a moment to leave the namespace.
+	local i
+	for ((i = 0; i < 50; i++)); do
+		verify_clean "${netns}" 2>/dev/null && break
+		sleep 0.1
+	done
+	verify_clean "${netns}"
 	log "node stopped"
 }
 

@@ -453,14 +453,7 @@ fn nix_kill(pid: u32) -> anyhow::Result<()> {
 /// propagation measured per reports pod.
 pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<scenario9::Report> {
     // The switches alternate v2, v1, …: start from v1, so that each is a real change.
-    if cluster.report_version()?.0 != "v1" {
-        cluster.patch_version("v1")?;
-        Cluster::until("v1 served", Duration::from_secs(60), || {
-            let (active, conditions) = cluster.report_version()?;
-            Ok(active == "v1" && condition(&conditions, "Ready"))
-        })
-        .await?;
-    }
+    serve(cluster, "v1").await?;
     let replicas = cluster
         .pods(&Cluster::selector("reports"))?
         .into_iter()
@@ -488,6 +481,19 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
     let report = scenario9::measure(&config, &target).await?;
     report.publish()?;
     Ok(report)
+}
+
+/// Switches to `version` unless it is served already, and waits until it is.
+async fn serve(cluster: &Cluster, version: &str) -> anyhow::Result<()> {
+    if cluster.report_version()?.0 != version {
+        cluster.patch_version(version)?;
+        Cluster::until(&format!("{version} served"), Duration::from_secs(60), || {
+            let (active, conditions) = cluster.report_version()?;
+            Ok(active == version && condition(&conditions, "Ready"))
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// What a load of report reads saw while something happened to the cluster.
@@ -547,8 +553,7 @@ pub struct Degraded {
 /// Degraded after the operator's deadline, and v1 is served throughout; scaled back, the
 /// switch happens.
 pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<Degraded> {
-    let (active, _) = cluster.report_version()?;
-    anyhow::ensure!(active == "v1", "the check starts from v1, not {active}");
+    serve(cluster, "v1").await?;
     let v2_replicas = cluster.pods(&Cluster::selector("data-service-v2"))?.len();
     cluster.kubectl(&["scale", "deployment/data-service-v2", "--replicas=0"])?;
     Cluster::until("data-service-v2 at 0 pods", Duration::from_secs(60), || {
@@ -873,87 +878,126 @@ fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Everything the runner found wrong, for the exit status.
-pub fn verdict(
-    scenario2: &Scenario2,
-    scenario9: &scenario9::Report,
-    degraded: &Degraded,
-    operations: &Operations,
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        if !ok {
-            problems.push(what);
-        }
-    };
-    check(
-        scenario2.availability_pct >= 99.99,
-        format!(
-            "scenario #2 availability {:.3} % < 99.99 %",
-            scenario2.availability_pct
-        ),
-    );
-    let i = &scenario2.integrity;
-    check(
-        i.writes_lost == 0 && i.events_lost == 0 && i.duplicated_effects == 0,
-        format!(
-            "scenario #2: {} writes lost, {} events lost, {} duplicated effects",
-            i.writes_lost, i.events_lost, i.duplicated_effects
-        ),
-    );
-    for fault in &scenario2.faults {
-        check(
-            fault.recovered_ms < 120_000.0,
-            format!("{}: {:.0} ms to Ready", fault.action, fault.recovered_ms),
-        );
+/// The targets a part missed, for the runner's exit status.
+pub trait Targets {
+    fn missed(&self) -> Vec<String>;
+}
+
+/// `what` when `ok` is false.
+fn unless(ok: bool, what: String) -> Option<String> {
+    (!ok).then_some(what)
+}
+
+impl Targets for Smoke {
+    /// Every check of the smoke test is an error when it fails, so a report is a pass.
+    fn missed(&self) -> Vec<String> {
+        Vec::new()
     }
-    check(
-        scenario9.failed == 0 && scenario9.mismatched == 0,
-        format!(
-            "scenario #9: {} failed, {} bodies not in their version",
-            scenario9.failed, scenario9.mismatched
-        ),
-    );
-    check(
-        scenario9.switches_not_propagated == 0,
-        format!(
-            "scenario #9: {} switches not served by every pod",
-            scenario9.switches_not_propagated
-        ),
-    );
-    check(
-        degraded.reads.failed == 0 && degraded.reads.other_version == 0,
-        format!(
-            "while Degraded: {} reads failed, {} not in v1",
-            degraded.reads.failed, degraded.reads.other_version
-        ),
-    );
-    check(
-        operations.reads_during_operator_restart.failed == 0
-            && operations.reads_during_operator_restart.other_version == 0,
-        format!(
-            "while the operator restarted: {} reads failed, {} in the new version too early",
-            operations.reads_during_operator_restart.failed,
-            operations.reads_during_operator_restart.other_version
-        ),
-    );
-    check(
-        operations.pods_replaced_by_upgrade == operations.pods_before_upgrade,
-        format!(
-            "helm upgrade replaced {} of {} pods",
-            operations.pods_replaced_by_upgrade, operations.pods_before_upgrade
-        ),
-    );
-    check(
-        operations.reads_during_upgrade.failed == 0
-            && operations.reads_during_upgrade.other_version == 0
-            && operations.payments_failed_during_upgrade == 0,
-        format!(
-            "helm upgrade: {} reads failed, {} in another version, {} payments failed",
-            operations.reads_during_upgrade.failed,
-            operations.reads_during_upgrade.other_version,
-            operations.payments_failed_during_upgrade
-        ),
-    );
-    problems
+}
+
+impl Targets for Scenario2 {
+    fn missed(&self) -> Vec<String> {
+        let i = &self.integrity;
+        let mut missed: Vec<String> = [
+            unless(
+                self.availability_pct >= 99.99,
+                format!(
+                    "scenario #2 availability {:.3} % < 99.99 %",
+                    self.availability_pct
+                ),
+            ),
+            unless(
+                i.writes_lost == 0 && i.events_lost == 0 && i.duplicated_effects == 0,
+                format!(
+                    "scenario #2: {} writes lost, {} events lost, {} duplicated effects",
+                    i.writes_lost, i.events_lost, i.duplicated_effects
+                ),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        missed.extend(self.faults.iter().filter_map(|fault| {
+            unless(
+                fault.recovered_ms < 120_000.0,
+                format!("{}: {:.0} ms to Ready", fault.action, fault.recovered_ms),
+            )
+        }));
+        missed
+    }
+}
+
+impl Targets for scenario9::Report {
+    fn missed(&self) -> Vec<String> {
+        [
+            unless(
+                self.failed == 0 && self.mismatched == 0,
+                format!(
+                    "scenario #9: {} failed, {} bodies not in their version",
+                    self.failed, self.mismatched
+                ),
+            ),
+            unless(
+                self.switches_not_propagated == 0,
+                format!(
+                    "scenario #9: {} switches not served by every pod",
+                    self.switches_not_propagated
+                ),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+impl Targets for Degraded {
+    fn missed(&self) -> Vec<String> {
+        unless(
+            self.reads.failed == 0 && self.reads.other_version == 0,
+            format!(
+                "while Degraded: {} reads failed, {} not in v1",
+                self.reads.failed, self.reads.other_version
+            ),
+        )
+        .into_iter()
+        .collect()
+    }
+}
+
+impl Targets for Operations {
+    fn missed(&self) -> Vec<String> {
+        let (operator, upgrade) = (
+            &self.reads_during_operator_restart,
+            &self.reads_during_upgrade,
+        );
+        [
+            unless(
+                operator.failed == 0 && operator.other_version == 0,
+                format!(
+                    "while the operator restarted: {} reads failed, {} in the new version too early",
+                    operator.failed, operator.other_version
+                ),
+            ),
+            unless(
+                self.pods_replaced_by_upgrade == self.pods_before_upgrade,
+                format!(
+                    "helm upgrade replaced {} of {} pods",
+                    self.pods_replaced_by_upgrade, self.pods_before_upgrade
+                ),
+            ),
+            unless(
+                upgrade.failed == 0
+                    && upgrade.other_version == 0
+                    && self.payments_failed_during_upgrade == 0,
+                format!(
+                    "helm upgrade: {} reads failed, {} in another version, {} payments failed",
+                    upgrade.failed, upgrade.other_version, self.payments_failed_during_upgrade
+                ),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
