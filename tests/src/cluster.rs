@@ -10,15 +10,20 @@ use std::{
 
 use anyhow::Context;
 
+/// Runs `kubectl` and waits for it. The wait blocks this thread (up to a rollout's length for
+/// `rollout status`), so the runtime is told to move its other tasks elsewhere first: the load
+/// generators share the runtime, and a blocked worker would delay their requests and show up
+/// as the platform's latency (it did: p50 ~1 s during `rollout restart`, all of it the runner's).
+/// The e2e runner's runtime is multi-threaded, as `block_in_place` requires.
 pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
-    testkit::kubectl(args, None).map_err(anyhow::Error::msg)
+    tokio::task::block_in_place(|| testkit::kubectl(args, None).map_err(anyhow::Error::msg))
 }
 
+/// `helm`, off the runtime like [`kubectl`].
 pub fn helm(args: &[&str]) -> anyhow::Result<String> {
-    let output = std::process::Command::new("helm")
-        .args(args)
-        .output()
-        .context("helm cannot start (scripts/e2e.sh puts it on PATH)")?;
+    let output =
+        tokio::task::block_in_place(|| std::process::Command::new("helm").args(args).output())
+            .context("helm cannot start (scripts/e2e.sh puts it on PATH)")?;
     anyhow::ensure!(
         output.status.success(),
         "helm {}: {}",
@@ -97,6 +102,16 @@ impl Cluster {
                 }
             })
             .collect())
+    }
+
+    /// `spec.replicas` of a Deployment.
+    pub fn replicas(&self, deployment: &str) -> anyhow::Result<usize> {
+        let deployment = self.json(&["get", "deployment", deployment])?;
+        Ok(usize::try_from(
+            deployment["spec"]["replicas"]
+                .as_u64()
+                .context("spec.replicas")?,
+        )?)
     }
 
     /// Selector of a component's pods, as the chart labels them.

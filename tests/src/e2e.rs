@@ -235,7 +235,7 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
         pulsar_topic_prefix: String::new(),
     };
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL of the node")?;
-    let replicas = cluster.pods(&Cluster::selector("campaigns"))?.len();
+    let replicas = cluster.replicas("campaigns")?;
     let affiliate = format!("s2-k8s-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let workload = Workload::start(
         &cluster.service_url("campaigns-proxy")?,
@@ -439,9 +439,11 @@ async fn inject_faults(
 }
 
 fn nix_kill(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()?;
+    let status = tokio::task::block_in_place(|| {
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+    })?;
     anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
     Ok(())
 }
@@ -487,10 +489,14 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
 async fn serve(cluster: &Cluster, version: &str) -> anyhow::Result<()> {
     if cluster.report_version()?.0 != version {
         cluster.patch_version(version)?;
-        Cluster::until(&format!("{version} served"), Duration::from_secs(60), || {
-            let (active, conditions) = cluster.report_version()?;
-            Ok(active == version && condition(&conditions, "Ready"))
-        })
+        Cluster::until(
+            &format!("{version} served"),
+            Duration::from_secs(60),
+            || {
+                let (active, conditions) = cluster.report_version()?;
+                Ok(active == version && condition(&conditions, "Ready"))
+            },
+        )
         .await?;
     }
     Ok(())
@@ -554,7 +560,7 @@ pub struct Degraded {
 /// switch happens.
 pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<Degraded> {
     serve(cluster, "v1").await?;
-    let v2_replicas = cluster.pods(&Cluster::selector("data-service-v2"))?.len();
+    let v2_replicas = cluster.replicas("data-service-v2")?;
     cluster.kubectl(&["scale", "deployment/data-service-v2", "--replicas=0"])?;
     Cluster::until("data-service-v2 at 0 pods", Duration::from_secs(60), || {
         Ok(cluster
@@ -663,7 +669,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let (from, _) = cluster.report_version()?;
     let to = if from == "v1" { "v2" } else { "v1" };
     let data_service = format!("data-service-{to}");
-    let data_service_replicas = cluster.pods(&Cluster::selector(&data_service))?.len();
+    let data_service_replicas = cluster.replicas(&data_service)?;
 
     // A switch that stays in progress: its data service is scaled away first.
     cluster.kubectl(&[

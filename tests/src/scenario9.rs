@@ -459,12 +459,18 @@ async fn switch(target: &Target, client: &reqwest::Client, version: &str) -> any
     match &target.switch {
         Switch::Patch { namespace } => {
             let patch = format!(r#"{{"spec":{{"version":"{version}"}}}}"#);
-            kubectl(
-                &[
-                    "patch", "rv", "reports", "-n", namespace, "--type", "merge", "-p", &patch,
-                ],
-                None,
-            )?;
+            let namespace = namespace.clone();
+            // Off the runtime: the load generator and the probers share it, and a worker
+            // blocked on kubectl would delay their requests.
+            tokio::task::spawn_blocking(move || {
+                kubectl(
+                    &[
+                        "patch", "rv", "reports", "-n", &namespace, "--type", "merge", "-p", &patch,
+                    ],
+                    None,
+                )
+            })
+            .await??;
         }
         Switch::Put => {
             let answer = client
