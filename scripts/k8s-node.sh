@@ -549,13 +549,15 @@ kill_pod_processes() {
 	local round pids
 	if [[ -S "${HOST}/run/containerd/containerd.sock" ]] && pid_alive "${RUN}/containerd.pid" containerd; then
 		local task
-		for task in $(ctr_node tasks ls -q 2>/dev/null); do
+		for task in $(ctr_node tasks ls -q 2>/dev/null || true); do
 			ctr_node tasks kill --all --signal SIGKILL "${task}" >/dev/null 2>&1 || true
 		done
 	fi
 	# Whatever a task list missed: every process in a kubepods cgroup.
 	for ((round = 0; round < 50; round++)); do
-		pids=$(find /sys/fs/cgroup/pids/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+		# `|| true`: a cgroup that goes away during the walk makes find fail, and with
+		# pipefail that would end `down` half-way (it did once, leaving the node running).
+		pids=$(find /sys/fs/cgroup/pids/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)
 		[[ -z "${pids}" ]] && break
 		# shellcheck disable=SC2086 # one PID per word
 		kill -KILL ${pids} 2>/dev/null || true
@@ -613,7 +615,7 @@ cmd_down() {
 	flock 9
 	local holder='' netns=''
 	holder=$(holder_pid 2>/dev/null) || holder=''
-	[[ -z "${holder}" ]] || netns=$(readlink "/proc/${holder}/ns/net")
+	[[ -z "${holder}" ]] || netns=$(readlink "/proc/${holder}/ns/net") || netns=''
 	BIN_DIR=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	stop "${RUN}/kubelet.pid" kubelet 10
 	stop "${RUN}/kube-proxy.pid" kube-proxy 5
@@ -697,6 +699,7 @@ exec)
 	;;
 env)
 	init_paths
+	[[ -f "${ENV_FILE}" ]] || die "the node is not running (scripts/k8s-node.sh up)"
 	cat "${ENV_FILE}"
 	;;
 status) cmd_status ;;
