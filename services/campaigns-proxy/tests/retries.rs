@@ -181,3 +181,56 @@ async fn a_backend_that_refuses_for_a_moment_is_tried_again_as_a_service_of_many
     assert_eq!(hits.load(Ordering::SeqCst), 1, "applied exactly once");
     late.abort();
 }
+
+#[tokio::test]
+async fn an_idempotent_request_cut_mid_flight_is_sent_again_to_the_same_service() {
+    // One backend (a Service): its first connection is cut after the request was read, as
+    // when the pod behind it is SIGKILLed; the next connection reaches a live pod.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let n = connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = socket.read(&mut buffer).await;
+                    if n > 0 {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        })
+    };
+    let (app, _) = proxy(&[&url]);
+    let keyed = call(
+        &app,
+        "PATCH",
+        "/api/campaigns/x/budget",
+        Some("{}"),
+        &[("idempotency-key", "k-cut")],
+    )
+    .await;
+    assert_eq!(keyed.status, 200, "an idempotent request is sent again");
+    assert!(connections.load(Ordering::SeqCst) >= 2);
+
+    let before = connections.load(Ordering::SeqCst);
+    connections.store(0, Ordering::SeqCst);
+    let plain = call(&app, "POST", "/api/campaigns", Some("{}"), &[]).await;
+    assert_eq!(
+        plain.status, 502,
+        "a plain POST cut mid-flight may have been applied: not sent again"
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "sent once (after {before})"
+    );
+    server.abort();
+}
