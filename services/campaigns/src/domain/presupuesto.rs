@@ -1,44 +1,6 @@
-use std::{fmt, str::FromStr};
-
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-
-/// Currencies a budget can be in. Exactly as on the wire: upper case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-pub enum Moneda {
-    USD,
-    EUR,
-    COP,
-}
-
-impl Moneda {
-    pub const ALL: [Moneda; 3] = [Moneda::USD, Moneda::EUR, Moneda::COP];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Moneda::USD => "USD",
-            Moneda::EUR => "EUR",
-            Moneda::COP => "COP",
-        }
-    }
-}
-
-impl fmt::Display for Moneda {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl FromStr for Moneda {
-    type Err = PresupuestoError;
-
-    fn from_str(code: &str) -> Result<Self, Self::Err> {
-        Moneda::ALL
-            .into_iter()
-            .find(|m| m.code() == code)
-            .ok_or_else(|| PresupuestoError::MonedaNoSoportada(code.to_owned()))
-    }
-}
+pub use shared_kernel::Moneda;
+use shared_kernel::a_lo_sumo_dos_decimales;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PresupuestoError {
@@ -48,8 +10,6 @@ pub enum PresupuestoError {
     DemasiadoGrande { max: Decimal },
     #[error("admite como máximo 2 decimales")]
     DemasiadosDecimales,
-    #[error("moneda no soportada '{0}'; use USD, EUR o COP")]
-    MonedaNoSoportada(String),
 }
 
 /// A campaign's budget: `0 ≤ monto ≤ 1 000 000`, exact cents.
@@ -73,7 +33,7 @@ impl Presupuesto {
                 max: Self::maximo(),
             });
         }
-        if monto.normalize().scale() > 2 {
+        if !a_lo_sumo_dos_decimales(monto) {
             return Err(PresupuestoError::DemasiadosDecimales);
         }
         Ok(Self {

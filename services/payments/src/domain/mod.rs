@@ -1,10 +1,9 @@
 //! The payments domain: value objects, the `Pago` aggregate and its events. Pure: no I/O, no
 //! clock (time is passed in), so every rule is tested without a database.
 
-mod dinero;
 mod evento;
 mod pago;
 
-pub use dinero::{Dinero, DineroError, Moneda};
+pub use shared_kernel::{Dinero, DineroError, Moneda};
 pub use evento::{DatosEventoPago, EventoPago, TipoEventoPago};
 pub use pago::{EstadoPago, NuevoPago, Pago, ReglaViolada, ResultadoCobro, SolicitudInvalida};

@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{DatosEventoPago, Dinero, EventoPago, Moneda, TipoEventoPago, dinero::DineroError};
+use super::{DatosEventoPago, Dinero, DineroError, EventoPago, Moneda, TipoEventoPago};
 
 /// The persisted lifecycle: `PENDIENTE → PROCESANDO → EXITOSO | FALLIDO`, `EXITOSO → REVERSADO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

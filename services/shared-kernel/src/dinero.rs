@@ -3,7 +3,7 @@ use std::{fmt, str::FromStr};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// Currencies the platform pays in. Spelled exactly as on the wire: upper case.
+/// Currencies the platform pays, budgets and tracks in. Spelled exactly as on the wire: upper case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Moneda {
     USD,
@@ -30,15 +30,25 @@ impl fmt::Display for Moneda {
 }
 
 impl FromStr for Moneda {
-    type Err = DineroError;
+    type Err = MonedaNoSoportada;
 
     /// Exact match only: `usd` is refused, so a typo never silently becomes another currency.
     fn from_str(code: &str) -> Result<Self, Self::Err> {
         Moneda::ALL
             .into_iter()
             .find(|m| m.code() == code)
-            .ok_or_else(|| DineroError::MonedaNoSoportada(code.to_owned()))
+            .ok_or_else(|| MonedaNoSoportada(code.to_owned()))
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("moneda no soportada '{0}'; use USD, EUR o COP")]
+pub struct MonedaNoSoportada(pub String);
+
+/// True when `monto` has at most two decimals: `10.50` and `10.500` qualify (trailing zeros
+/// carry no value), `10.555` does not. Every amount the platform stores is exact cents.
+pub fn a_lo_sumo_dos_decimales(monto: Decimal) -> bool {
+    monto.normalize().scale() <= 2
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +59,6 @@ pub enum DineroError {
     DemasiadosDecimales,
     #[error("excede el máximo permitido de {max}")]
     DemasiadoGrande { max: Decimal },
-    #[error("moneda no soportada '{0}'; use USD, EUR o COP")]
-    MonedaNoSoportada(String),
 }
 
 /// An exact, positive amount in a currency. Never a float: `Decimal` keeps cents exact.
@@ -70,8 +78,7 @@ impl Dinero {
         if monto <= Decimal::ZERO {
             return Err(DineroError::NoPositivo);
         }
-        // `10.50` is two decimals, `10.500` is too (trailing zeros carry no value).
-        if monto.normalize().scale() > 2 {
+        if !a_lo_sumo_dos_decimales(monto) {
             return Err(DineroError::DemasiadosDecimales);
         }
         if monto > Self::maximo() {
