@@ -28,11 +28,13 @@ enum Command {
     Campaigns(campaigns::Config),
     /// Failover proxy in front of the campaigns replicas (`/api/campaigns`).
     CampaignsProxy(campaigns_proxy::Config),
-    /// The API principal: routes /pagos, /campaigns and /api/campaigns, merges /openapi.json.
+    /// The API principal: routes every service's prefix, merges /openapi.json.
     Gateway(gateway::Config),
     /// Reports (`/api/reports`, `/reporting`) on port 8020; `reports rebuild` rebuilds the
     /// read model from its stored events.
     Reports(reports::Args),
+    /// Event collector BFF (`/event-collector`) on port 8090: partners' tracking events.
+    EventCollector(event_collector::Config),
     /// Data service v1 or v2 (`--version`): the upstream of legacy reporting.
     DataService(data_service::Config),
     /// The ReportVersion operator (needs a kubeconfig or an in-cluster service account).
@@ -55,12 +57,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Operator(config) => operator::run(config, shutdown).await,
         Command::DataService(config) => data_service::run(config, shutdown).await,
         Command::Reports(args) => reports::run(args, shutdown).await,
+        Command::EventCollector(config) => event_collector::run(config, shutdown).await,
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {
                 payments::database(&config).await?;
                 campaigns::database(&config).await?;
                 reports::database(&config).await?;
+                event_collector::database(&config).await?;
                 for version in [data_service::Version::V1, data_service::Version::V2] {
                     data_service::database(&config, version).await?;
                 }

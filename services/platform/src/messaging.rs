@@ -55,6 +55,13 @@ pub struct Envelope {
     pub data: serde_json::Value,
 }
 
+/// A message to publish: the envelope and the key Key_Shared consumers are partitioned by.
+#[derive(Debug, Clone, Copy)]
+pub struct Keyed<'a> {
+    pub key: &'a str,
+    pub envelope: &'a Envelope,
+}
+
 /// A connected Pulsar client plus the naming rules for topics.
 #[derive(Clone)]
 pub struct Broker {
@@ -123,9 +130,25 @@ impl Broker {
         topic_name: &str,
         envelopes: &[Envelope],
     ) -> Result<(), MessagingError> {
+        let keyed: Vec<Keyed<'_>> = envelopes
+            .iter()
+            .map(|envelope| Keyed {
+                key: &envelope.aggregate_id,
+                envelope,
+            })
+            .collect();
+        self.publish_keyed(topic_name, &keyed).await
+    }
+
+    /// Like [`Broker::publish`], each message with its own key instead of its aggregate id.
+    pub async fn publish_keyed(
+        &self,
+        topic_name: &str,
+        messages: &[Keyed<'_>],
+    ) -> Result<(), MessagingError> {
         let topic = self.topic(topic_name);
         let result =
-            tokio::time::timeout(OPERATION_TIMEOUT * 2, self.publish_inner(&topic, envelopes))
+            tokio::time::timeout(OPERATION_TIMEOUT * 2, self.publish_inner(&topic, messages))
                 .await
                 .unwrap_or(Err(MessagingError::Timeout(OPERATION_TIMEOUT * 2)));
         if result.is_err() {
@@ -138,9 +161,9 @@ impl Broker {
     async fn publish_inner(
         &self,
         topic: &str,
-        envelopes: &[Envelope],
+        messages: &[Keyed<'_>],
     ) -> Result<(), MessagingError> {
-        let mut receipts = Vec::with_capacity(envelopes.len());
+        let mut receipts = Vec::with_capacity(messages.len());
         {
             let mut producers = self.producers.lock().await;
             if !producers.contains_key(topic) {
@@ -159,11 +182,11 @@ impl Broker {
                 producers.insert(topic.to_owned(), producer);
             }
             let producer = producers.get_mut(topic).expect("inserted above");
-            for envelope in envelopes {
+            for Keyed { key, envelope } in messages {
                 let receipt = producer
                     .create_message()
                     .with_content(serde_json::to_vec(envelope)?)
-                    .with_key(envelope.aggregate_id.clone())
+                    .with_key((*key).to_owned())
                     .with_property("event_id", envelope.event_id.to_string())
                     .with_property("event_type", envelope.event_type.clone())
                     .event_time(

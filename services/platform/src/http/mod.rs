@@ -205,7 +205,8 @@ async fn health(service: &'static str) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "healthy", "service": service }))
 }
 
-async fn ready(State(readiness): State<Arc<dyn Readiness>>) -> Response {
+/// The `/ready` handler, for a service that also serves it under its own prefix.
+pub async fn ready(State(readiness): State<Arc<dyn Readiness>>) -> Response {
     let checks = readiness.check().await;
     let ok = checks.iter().all(|c| c.ok || !c.required);
     let degraded = checks.iter().any(|c| !c.ok);
@@ -299,9 +300,13 @@ pub async fn serve(
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     let drained = shutdown.clone();
+    // The peer address reaches handlers as `ConnectInfo<SocketAddr>` (the collector records
+    // the client's IP; the gateway passes it on in `X-Forwarded-For`).
     let server = axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(
+            app,
+        ),
     )
     .with_graceful_shutdown(async move { drained.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());

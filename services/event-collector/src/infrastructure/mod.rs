@@ -1,0 +1,4 @@
+//! PostgreSQL: the group-commit store and the read side.
+
+pub mod almacen;
+pub mod consultas;
