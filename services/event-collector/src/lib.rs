@@ -85,7 +85,9 @@ impl CollectorConfig {
     pub fn directorio(&self) -> anyhow::Result<Directorio> {
         match &self.affiliates_file {
             None => {
-                tracing::warn!("no AFFILIATES_FILE: every affiliate is unknown (public sources only)");
+                tracing::warn!(
+                    "no AFFILIATES_FILE: every affiliate is unknown (public sources only)"
+                );
                 Ok(Directorio::vacio())
             }
             Some(path) => {
@@ -145,7 +147,9 @@ impl Readiness for CollectorReadiness {
         let mut checks = self.base.check().await;
         let backlog = consultas::pendientes_de_publicar(&self.base.pool)
             .await
-            .map(|(n, oldest)| format!("{n} accepted events waiting for publication, oldest {oldest:.1} s"))
+            .map(|(n, oldest)| {
+                format!("{n} accepted events waiting for publication, oldest {oldest:.1} s")
+            })
             .map_err(|e| e.to_string());
         checks.push(DependencyStatus::from_result("publication", false, backlog));
         let (en_cola, capacidad) = self.cola.ocupacion();

@@ -72,7 +72,9 @@ pub async fn enqueue_many(tx: &mut PgConnection, rows: &[Pending<'_>]) -> Result
         aggregate_versions.push(row.envelope.aggregate_version);
         topics.push(row.topic);
         keys.push(row.message_key);
-        envelopes.push(serde_json::to_value(row.envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        envelopes.push(
+            serde_json::to_value(row.envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        );
     }
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, \

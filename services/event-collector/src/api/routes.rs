@@ -13,8 +13,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::dto::{
-    EstadisticasQuery, EventoBody, EventoRespuesta, FallidosQuery, FallidosRespuesta,
-    LimiteQuery, LimiteRespuesta, LoteBody, LoteRespuesta, ResultadoEventoLote, ErrorCampoDto,
+    ErrorCampoDto, EstadisticasQuery, EventoBody, EventoRespuesta, FallidosQuery,
+    FallidosRespuesta, LimiteQuery, LimiteRespuesta, LoteBody, LoteRespuesta, ResultadoEventoLote,
 };
 use crate::{
     application::{
@@ -22,7 +22,9 @@ use crate::{
         Resultado, ResultadoLote, ahora,
     },
     domain::{ContextoServidor, Cuota, Rechazo, TipoEvento},
-    infrastructure::consultas::{self, EstadoDeEvento, Estadisticas, FiltroEstadisticas, Reintento},
+    infrastructure::consultas::{
+        self, Estadisticas, EstadoDeEvento, FiltroEstadisticas, Reintento,
+    },
 };
 
 /// Limits of the ingest endpoints.
@@ -82,7 +84,11 @@ fn ip_cliente(headers: &HeaderMap, peer: Option<&ConnectInfo<SocketAddr>>) -> Op
         .or_else(|| peer.map(|ConnectInfo(addr)| addr.ip().to_string()))
 }
 
-fn contexto(headers: &HeaderMap, peer: Option<&ConnectInfo<SocketAddr>>, request_id: String) -> ContextoServidor {
+fn contexto(
+    headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    request_id: String,
+) -> ContextoServidor {
     let corto = |v: Option<&str>, max: usize| v.map(|s| s.chars().take(max).collect::<String>());
     ContextoServidor {
         recibido_en: ahora(),
@@ -149,9 +155,18 @@ fn capitalizar(texto: &str) -> String {
 fn cabeceras_limite(cuota: &Cuota) -> [(HeaderName, HeaderValue); 5] {
     let ventana = cuota.ventana.as_secs();
     [
-        (HeaderName::from_static("x-ratelimit-limit"), header_value(&cuota.limite.to_string())),
-        (HeaderName::from_static("x-ratelimit-remaining"), header_value(&cuota.restantes.to_string())),
-        (HeaderName::from_static("x-ratelimit-reset"), header_value(&cuota.reinicio.as_secs().to_string())),
+        (
+            HeaderName::from_static("x-ratelimit-limit"),
+            header_value(&cuota.limite.to_string()),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-remaining"),
+            header_value(&cuota.restantes.to_string()),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-reset"),
+            header_value(&cuota.reinicio.as_secs().to_string()),
+        ),
         (
             HeaderName::from_static("ratelimit-policy"),
             header_value(&format!("\"afiliado\";q={};w={ventana}", cuota.limite)),
@@ -263,7 +278,10 @@ async fn recibir(
     body: ApiJson<EventoBody>,
 ) -> Result<Response, Problem> {
     if body.raw.len() > state.limites.max_bytes_evento {
-        return Err(demasiado_grande(body.raw.len(), state.limites.max_bytes_evento));
+        return Err(demasiado_grande(
+            body.raw.len(),
+            state.limites.max_bytes_evento,
+        ));
     }
     let peticion = Peticion {
         cuerpo: &body.raw,
@@ -405,7 +423,11 @@ async fn recibir_lote(
                     }
                     Desenlace::Duplicado(registro) => {
                         respuesta.duplicados += 1;
-                        procesado(indice, StatusCode::OK, EventoRespuesta::duplicado(&registro))
+                        procesado(
+                            indice,
+                            StatusCode::OK,
+                            EventoRespuesta::duplicado(&registro),
+                        )
                     }
                     Desenlace::Conflicto { id_evento } => {
                         respuesta.rechazados += 1;
@@ -493,7 +515,10 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn estado(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<EstadoDeEvento>, Problem> {
+async fn estado(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<EstadoDeEvento>, Problem> {
     let id = id_desde_ruta(&id)?;
     consultas::estado_de(&state.pool, id)
         .await
@@ -517,13 +542,21 @@ async fn estado(State(state): State<ApiState>, Path(id): Path<String>) -> Result
         (status = 503, description = "El broker sigue sin aceptarlo; el reintento automático continúa", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn reintentar(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<EstadoDeEvento>, Problem> {
+async fn reintentar(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<EstadoDeEvento>, Problem> {
     let id = id_desde_ruta(&id)?;
     let interno = |e: sqlx::Error| Problem::internal(&e);
-    match consultas::reintentar(&state.pool, id).await.map_err(interno)? {
+    match consultas::reintentar(&state.pool, id)
+        .await
+        .map_err(interno)?
+    {
         Reintento::NoEncontrado => return Err(Problem::not_found("Evento no encontrado")),
         Reintento::YaPublicado => {
-            return Err(Problem::conflict("El evento ya está PUBLICADO; no se vuelve a publicar"));
+            return Err(Problem::conflict(
+                "El evento ya está PUBLICADO; no se vuelve a publicar",
+            ));
         }
         Reintento::Descartado => {
             return Err(Problem::conflict(
@@ -553,7 +586,10 @@ async fn reintentar(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     }
 }
 
-fn instante(campo: &str, raw: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, FieldError> {
+fn instante(
+    campo: &str,
+    raw: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, FieldError> {
     raw.map(|r| {
         chrono::DateTime::parse_from_rfc3339(r)
             .map(|d| d.with_timezone(&chrono::Utc))
@@ -586,13 +622,22 @@ async fn estadisticas(
             }
         },
     };
-    let desde = instante("desde", q.desde.as_deref()).map_err(|e| errores.push(e)).ok().flatten();
-    let hasta = instante("hasta", q.hasta.as_deref()).map_err(|e| errores.push(e)).ok().flatten();
+    let desde = instante("desde", q.desde.as_deref())
+        .map_err(|e| errores.push(e))
+        .ok()
+        .flatten();
+    let hasta = instante("hasta", q.hasta.as_deref())
+        .map_err(|e| errores.push(e))
+        .ok()
+        .flatten();
     if !errores.is_empty() {
         return Err(Problem::validation(errores));
     }
     let filtro = FiltroEstadisticas {
-        id_afiliado: q.id_afiliado.map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()),
+        id_afiliado: q
+            .id_afiliado
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty()),
         tipo_evento,
         desde,
         hasta,
@@ -603,7 +648,12 @@ async fn estadisticas(
         .map_err(|e| Problem::internal(&e))
 }
 
-fn entero(campo: &str, raw: Option<&str>, rango: std::ops::RangeInclusive<u32>, defecto: u32) -> Result<u32, Problem> {
+fn entero(
+    campo: &str,
+    raw: Option<&str>,
+    rango: std::ops::RangeInclusive<u32>,
+    defecto: u32,
+) -> Result<u32, Problem> {
     let Some(raw) = raw else { return Ok(defecto) };
     raw.trim()
         .parse::<u32>()
@@ -612,7 +662,11 @@ fn entero(campo: &str, raw: Option<&str>, rango: std::ops::RangeInclusive<u32>, 
         .ok_or_else(|| {
             Problem::validation(vec![FieldError::new(
                 campo,
-                format!("debe ser un entero entre {} y {}", rango.start(), rango.end()),
+                format!(
+                    "debe ser un entero entre {} y {}",
+                    rango.start(),
+                    rango.end()
+                ),
             )])
         })
 }
@@ -631,11 +685,18 @@ async fn fallidos(
     Query(q): Query<FallidosQuery>,
 ) -> Result<Json<FallidosRespuesta>, Problem> {
     let limite = entero("limite", q.limite.as_deref(), 1..=1000, 100)?;
-    let afiliado = q.id_afiliado.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    let afiliado = q
+        .id_afiliado
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
     let (eventos_fallidos, total) = consultas::fallidos(&state.pool, afiliado, i64::from(limite))
         .await
         .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(FallidosRespuesta { eventos_fallidos, total }))
+    Ok(Json(FallidosRespuesta {
+        eventos_fallidos,
+        total,
+    }))
 }
 
 /// An affiliate's rate-limit allowance, as the limiter sees it (shared by every replica).

@@ -71,7 +71,9 @@ static TAMANO_LOTE: LazyLock<Histogram> = LazyLock::new(|| {
                 "collector_batch_events",
                 "Events stored per group-commit transaction",
             )
-            .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]),
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0,
+            ]),
         )
         .expect("valid metric"),
     )
@@ -216,5 +218,89 @@ impl Escritor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A store that holds every batch until released, and records batch sizes.
+    struct Retenido {
+        soltar: Notify,
+        lotes: std::sync::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Almacen for Retenido {
+        async fn guardar(&self, envios: &[Envio]) -> Result<Vec<RespuestaEnvio>, ErrorAlmacen> {
+            self.soltar.notified().await;
+            self.lotes.lock().unwrap().push(envios.len());
+            Ok(envios
+                .iter()
+                .map(|_| RespuestaEnvio::Resultados(Vec::new()))
+                .collect())
+        }
+    }
+
+    fn envio() -> Envio {
+        Envio {
+            eventos: Vec::new(),
+            uso_firma: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_at_once_and_waiting_requests_share_one_batch() {
+        let almacen = Arc::new(Retenido {
+            soltar: Notify::new(),
+            lotes: std::sync::Mutex::default(),
+        });
+        let parar = CancellationToken::new();
+        let (cola, _writers) = Cola::iniciar(
+            almacen.clone(),
+            ConfigCola {
+                capacidad: 3,
+                escritores: 1,
+                max_eventos_por_lote: 100,
+            },
+            parar.clone(),
+        );
+        // The writer takes the first request and blocks on it; three more fill the queue.
+        let mut esperando = Vec::new();
+        for _ in 0..4 {
+            let cola = cola.clone();
+            esperando.push(tokio::spawn(async move { cola.enviar(envio()).await }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cola.ocupacion(), (3, 3));
+        let lleno = tokio::time::timeout(Duration::from_secs(1), cola.enviar(envio()))
+            .await
+            .expect("a full queue never waits");
+        assert!(matches!(lleno, Err(ErrorCola::Llena)), "{lleno:?}");
+
+        almacen.soltar.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        almacen.soltar.notify_one();
+        for espera in esperando {
+            assert!(espera.await.unwrap().is_ok());
+        }
+        assert_eq!(
+            *almacen.lotes.lock().unwrap(),
+            vec![1, 3],
+            "the queued three shared one batch"
+        );
+        assert_eq!(cola.ocupacion().0, 0);
+
+        parar.cancel();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(
+            cola.enviar(envio()).await,
+            Err(ErrorCola::Cerrada)
+        ));
     }
 }

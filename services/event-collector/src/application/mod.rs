@@ -136,7 +136,10 @@ pub type ErrorDeCampo = (String, String);
 pub enum Excluido {
     Validacion(Vec<ErrorDeCampo>),
     /// Larger than the per-event limit.
-    DemasiadoGrande { bytes: usize, max: usize },
+    DemasiadoGrande {
+        bytes: usize,
+        max: usize,
+    },
     Rechazo(Rechazo),
 }
 
@@ -203,13 +206,12 @@ impl Recolector {
             uso_firma,
         };
         match self.cola.enviar(envio).await? {
-            RespuestaEnvio::FirmaRepetida => Err(Rechazo::Firma(
-                crate::domain::FirmaRechazada::Repetida,
-            )
-            .into()),
-            RespuestaEnvio::Resultados(mut resultados) => Ok(resultados
-                .pop()
-                .expect("one result per event")),
+            RespuestaEnvio::FirmaRepetida => {
+                Err(Rechazo::Firma(crate::domain::FirmaRechazada::Repetida).into())
+            }
+            RespuestaEnvio::Resultados(mut resultados) => {
+                Ok(resultados.pop().expect("one result per event"))
+            }
         }
     }
 

@@ -46,7 +46,7 @@ pub enum Rechazo {
         fuente: FuenteEvento,
     },
     /// 401.
-    #[error("api_key ausente o incorrecta para el afiliado '{0}'")]
+    #[error("la api_key falta o no es una de las del afiliado '{0}'")]
     ApiKey(String),
     /// 401.
     #[error(transparent)]
@@ -182,7 +182,16 @@ afiliados:
             api_key: Some(k),
             ..sin_credenciales(b"{}")
         };
-        assert!(autenticar(&api, FuenteEvento::ApiDirect, con("clave-2"), &reglas, ahora()).is_ok());
+        assert!(
+            autenticar(
+                &api,
+                FuenteEvento::ApiDirect,
+                con("clave-2"),
+                &reglas,
+                ahora()
+            )
+            .is_ok()
+        );
         for mala in ["clave-3", "", "clave-1 "] {
             assert_eq!(
                 autenticar(&api, FuenteEvento::ApiDirect, con(mala), &reglas, ahora()),
@@ -190,12 +199,24 @@ afiliados:
             );
         }
         assert!(
-            autenticar(&api, FuenteEvento::ApiDirect, sin_credenciales(b"{}"), &reglas, ahora())
-                .is_err()
+            autenticar(
+                &api,
+                FuenteEvento::ApiDirect,
+                sin_credenciales(b"{}"),
+                &reglas,
+                ahora()
+            )
+            .is_err()
         );
         let desconocido = Directorio::from_yaml(YAML).unwrap().perfil("OTRO").unwrap();
         assert!(matches!(
-            autenticar(&desconocido, FuenteEvento::ApiDirect, con("clave-1"), &reglas, ahora()),
+            autenticar(
+                &desconocido,
+                FuenteEvento::ApiDirect,
+                con("clave-1"),
+                &reglas,
+                ahora()
+            ),
             Err(Rechazo::FuenteNoPermitida { .. })
         ));
     }
@@ -217,7 +238,13 @@ afiliados:
         let t = ahora().timestamp();
         let con_tiempo = Firma::parse(&firmar_con_tiempo(b"s-nuevo", t, cuerpo)).unwrap();
         assert!(matches!(
-            autenticar(&hook, FuenteEvento::Webhook, con(&con_tiempo), &reglas, ahora()),
+            autenticar(
+                &hook,
+                FuenteEvento::Webhook,
+                con(&con_tiempo),
+                &reglas,
+                ahora()
+            ),
             Ok(Some(_))
         ));
         let ajena = Firma::parse(&firmar_simple(b"otro", cuerpo)).unwrap();
@@ -226,11 +253,23 @@ afiliados:
             Err(Rechazo::Firma(FirmaRechazada::NoCoincide))
         );
         assert_eq!(
-            autenticar(&hook, FuenteEvento::Webhook, sin_credenciales(cuerpo), &reglas, ahora()),
+            autenticar(
+                &hook,
+                FuenteEvento::Webhook,
+                sin_credenciales(cuerpo),
+                &reglas,
+                ahora()
+            ),
             Err(Rechazo::Firma(FirmaRechazada::Ausente))
         );
         assert!(matches!(
-            autenticar(&hook, FuenteEvento::WebTag, sin_credenciales(cuerpo), &reglas, ahora()),
+            autenticar(
+                &hook,
+                FuenteEvento::WebTag,
+                sin_credenciales(cuerpo),
+                &reglas,
+                ahora()
+            ),
             Err(Rechazo::FuenteNoPermitida { .. })
         ));
     }
@@ -248,7 +287,10 @@ afiliados:
             .unwrap()
         };
         let api = perfil("API");
-        assert_eq!(motivo_descarte(&api, &evento("CLICK", None), &reglas, ahora()), None);
+        assert_eq!(
+            motivo_descarte(&api, &evento("CLICK", None), &reglas, ahora()),
+            None
+        );
         assert!(
             motivo_descarte(&api, &evento("CONVERSION", None), &reglas, ahora())
                 .unwrap()

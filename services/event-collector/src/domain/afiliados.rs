@@ -261,7 +261,8 @@ afiliados:
         assert!(!otro.configurado);
         assert_eq!(otro.politica.limite, 100);
         assert_eq!(otro.fuentes, PUBLICAS.to_vec());
-        let cerrado = Directorio::from_yaml(&format!("{YAML}aceptar_desconocidos: false\n")).unwrap();
+        let cerrado =
+            Directorio::from_yaml(&format!("{YAML}aceptar_desconocidos: false\n")).unwrap();
         assert_eq!(cerrado.perfil("AFILIADO_NUEVO"), None);
     }
 
@@ -269,7 +270,10 @@ afiliados:
     fn broken_files_are_refused_with_a_reason() {
         for (yaml, esperado) in [
             ("niveles: {}\n", "nivel_por_defecto"),
-            ("niveles: { basic: { eventos_por_minuto: 0 } }\n", "0 events"),
+            (
+                "niveles: { basic: { eventos_por_minuto: 0 } }\n",
+                "0 events",
+            ),
             (
                 "niveles: { basic: { eventos_por_minuto: 1 } }\nafiliados: { A: { nivel: gold } }\n",
                 "gold",
@@ -282,7 +286,10 @@ afiliados:
                 "niveles: { basic: { eventos_por_minuto: 1 } }\nafiliados: { A: { api_keys: [''] } }\n",
                 "empty",
             ),
-            ("niveles: { basic: { eventos_por_minuto: 1 } }\nsecretos: x\n", "YAML"),
+            (
+                "niveles: { basic: { eventos_por_minuto: 1 } }\nsecretos: x\n",
+                "YAML",
+            ),
             ("afiliados: [", "YAML"),
         ] {
             let error = Directorio::from_yaml(yaml).unwrap_err().to_string();
@@ -307,8 +314,16 @@ afiliados:
         let api = directorio.perfil("AFILIADO_API").unwrap();
         assert_eq!(api.api_keys, vec!["sk_test_123456789".to_owned()]);
         let basic = directorio.perfil("AFILIADO_BASIC").unwrap().politica.limite;
-        let premium = directorio.perfil("AFILIADO_PREMIUM").unwrap().politica.limite;
-        let enterprise = directorio.perfil("AFILIADO_ENTERPRISE").unwrap().politica.limite;
+        let premium = directorio
+            .perfil("AFILIADO_PREMIUM")
+            .unwrap()
+            .politica
+            .limite;
+        let enterprise = directorio
+            .perfil("AFILIADO_ENTERPRISE")
+            .unwrap()
+            .politica
+            .limite;
         assert!(basic < premium && premium < enterprise);
     }
 }

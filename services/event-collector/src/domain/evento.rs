@@ -238,8 +238,7 @@ impl ContenidoEvento {
                 .map_err(|e| errores.push(("tipo_evento", e)))
                 .ok(),
         };
-        let id_afiliado = match texto(campos.id_afiliado, "id_afiliado", MAX_TEXTO, &mut errores)
-        {
+        let id_afiliado = match texto(campos.id_afiliado, "id_afiliado", MAX_TEXTO, &mut errores) {
             Some(id) => Some(id),
             None => {
                 if !errores.iter().any(|(campo, _)| *campo == "id_afiliado") {
@@ -314,8 +313,13 @@ impl ContenidoEvento {
             ));
         }
         let dispositivo = Dispositivo {
-            tipo_dispositivo: texto(campos.tipo_dispositivo, "tipo_dispositivo", 32, &mut errores)
-                .map(|t| t.to_ascii_uppercase()),
+            tipo_dispositivo: texto(
+                campos.tipo_dispositivo,
+                "tipo_dispositivo",
+                32,
+                &mut errores,
+            )
+            .map(|t| t.to_ascii_uppercase()),
             identificador_dispositivo: texto(
                 campos.identificador_dispositivo,
                 "identificador_dispositivo",
@@ -407,7 +411,9 @@ fn canonical(value: serde_json::Value) -> serde_json::Value {
 
 fn campos_valor_presentes(errores: &[ErrorCampo]) -> bool {
     // A `valor_conversion` that failed to parse was reported already: do not also call it missing.
-    !errores.iter().any(|(campo, _)| *campo == "valor_conversion")
+    !errores
+        .iter()
+        .any(|(campo, _)| *campo == "valor_conversion")
 }
 
 /// Trims a string field; blank means absent. Too long, or containing a NUL, is an error.
@@ -467,7 +473,10 @@ mod tests {
         assert_eq!(evento.fuente_evento, FuenteEvento::MobileSdk);
         assert_eq!(evento.id_afiliado, "AFILIADO_001");
         assert_eq!(evento.dispositivo.navegador, None);
-        assert_eq!(evento.dispositivo.tipo_dispositivo.as_deref(), Some("MOBILE"));
+        assert_eq!(
+            evento.dispositivo.tipo_dispositivo.as_deref(),
+            Some("MOBILE")
+        );
         assert_eq!(
             ContenidoEvento::normalizar(campos("Page_View"))
                 .unwrap()
@@ -550,14 +559,12 @@ mod tests {
     #[test]
     fn equal_content_has_equal_hash_whatever_the_spelling() {
         let mut a = campos("click");
-        a.parametros_tracking = Some(
-            serde_json::from_str(r#"{"utm_source":"x","utm_medium":{"b":1,"a":2}}"#).unwrap(),
-        );
+        a.parametros_tracking =
+            Some(serde_json::from_str(r#"{"utm_source":"x","utm_medium":{"b":1,"a":2}}"#).unwrap());
         a.timestamp = Some("2026-11-28T06:22:56+00:00".to_owned());
         let mut b = campos(" CLICK");
-        b.parametros_tracking = Some(
-            serde_json::from_str(r#"{"utm_medium":{"a":2,"b":1},"utm_source":"x"}"#).unwrap(),
-        );
+        b.parametros_tracking =
+            Some(serde_json::from_str(r#"{"utm_medium":{"a":2,"b":1},"utm_source":"x"}"#).unwrap());
         b.timestamp = Some("2026-11-28T01:22:56-05:00".to_owned());
         let (a, b) = (
             ContenidoEvento::normalizar(a).unwrap(),

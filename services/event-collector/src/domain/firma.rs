@@ -63,10 +63,9 @@ impl Firma {
         let mut t = None;
         let mut macs = Vec::new();
         for parte in header.split(',') {
-            let (clave, valor) = parte
-                .trim()
-                .split_once('=')
-                .ok_or(FirmaMalformada("se esperaba sha256=<hex> o t=<unix>,v1=<hex>"))?;
+            let (clave, valor) = parte.trim().split_once('=').ok_or(FirmaMalformada(
+                "se esperaba sha256=<hex> o t=<unix>,v1=<hex>",
+            ))?;
             match clave {
                 "t" => {
                     if t.is_some() {
@@ -119,8 +118,8 @@ impl Firma {
                         .any(|s| verifica(s.as_ref(), &[prefijo.as_bytes(), body], mac))
                 });
                 let mac = valida.ok_or(FirmaRechazada::NoCoincide)?;
-                let caduca = DateTime::from_timestamp(t.saturating_add(tolerancia_s), 0)
-                    .unwrap_or(ahora);
+                let caduca =
+                    DateTime::from_timestamp(t.saturating_add(tolerancia_s), 0).unwrap_or(ahora);
                 Ok(Some(UsoDeFirma {
                     firma: hex::encode(mac),
                     caduca,
@@ -145,9 +144,12 @@ pub fn firmar_con_tiempo(secreto: &[u8], t: i64, body: &[u8]) -> String {
 }
 
 fn mac_hex(hex: &str) -> Result<Vec<u8>, FirmaMalformada> {
-    let bytes = hex::decode(hex.trim()).map_err(|_| FirmaMalformada("la firma no es hexadecimal"))?;
+    let bytes =
+        hex::decode(hex.trim()).map_err(|_| FirmaMalformada("la firma no es hexadecimal"))?;
     if bytes.len() != LONGITUD_MAC {
-        return Err(FirmaMalformada("la firma debe tener 64 dígitos hexadecimales"));
+        return Err(FirmaMalformada(
+            "la firma debe tener 64 dígitos hexadecimales",
+        ));
     }
     Ok(bytes)
 }
@@ -183,7 +185,10 @@ mod tests {
     fn simple_form_verifies_with_any_active_secret() {
         let header = firmar_simple(b"nuevo", BODY);
         let firma = Firma::parse(&header).unwrap();
-        assert_eq!(firma.verificar(BODY, &["viejo", "nuevo"], ahora(), TOLERANCIA), Ok(None));
+        assert_eq!(
+            firma.verificar(BODY, &["viejo", "nuevo"], ahora(), TOLERANCIA),
+            Ok(None)
+        );
         assert_eq!(
             firma.verificar(BODY, &["viejo"], ahora(), TOLERANCIA),
             Err(FirmaRechazada::NoCoincide)
@@ -205,12 +210,14 @@ mod tests {
         assert_eq!(uso.firma.len(), 64);
         assert_eq!(uso.caduca.timestamp(), t + 300);
 
-        let vieja = Firma::parse(&firmar_con_tiempo(b"s", ahora().timestamp() - 301, BODY)).unwrap();
+        let vieja =
+            Firma::parse(&firmar_con_tiempo(b"s", ahora().timestamp() - 301, BODY)).unwrap();
         assert_eq!(
             vieja.verificar(BODY, &["s"], ahora(), TOLERANCIA),
             Err(FirmaRechazada::Expirada)
         );
-        let futura = Firma::parse(&firmar_con_tiempo(b"s", ahora().timestamp() + 301, BODY)).unwrap();
+        let futura =
+            Firma::parse(&firmar_con_tiempo(b"s", ahora().timestamp() + 301, BODY)).unwrap();
         assert_eq!(
             futura.verificar(BODY, &["s"], ahora(), TOLERANCIA),
             Err(FirmaRechazada::Expirada)
@@ -257,7 +264,10 @@ mod tests {
             "v1=",
             "t=1,t=2,v1=0000000000000000000000000000000000000000000000000000000000000000",
         ] {
-            assert!(Firma::parse(header).is_err(), "{header:?} should be malformed");
+            assert!(
+                Firma::parse(header).is_err(),
+                "{header:?} should be malformed"
+            );
         }
         assert!(Firma::parse(&format!("sha256={}", "ab".repeat(32))).is_ok());
         assert!(Firma::parse(&format!("t=1,v1={},v0=legacy", "ab".repeat(32))).is_ok());

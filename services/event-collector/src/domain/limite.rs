@@ -29,9 +29,15 @@ pub struct Cuota {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Permitido { tat: DateTime<Utc>, cuota: Cuota },
+    Permitido {
+        tat: DateTime<Utc>,
+        cuota: Cuota,
+    },
     /// Not stored; the request may be tried again after `reintentar_en`.
-    Limitado { reintentar_en: Duration, cuota: Cuota },
+    Limitado {
+        reintentar_en: Duration,
+        cuota: Cuota,
+    },
 }
 
 impl Politica {
@@ -46,7 +52,12 @@ impl Politica {
     }
 
     /// Spends `costo` events of the allowance whose state is `tat` (`None`: never used).
-    pub fn consumir(&self, tat: Option<DateTime<Utc>>, ahora: DateTime<Utc>, costo: u32) -> Decision {
+    pub fn consumir(
+        &self,
+        tat: Option<DateTime<Utc>>,
+        ahora: DateTime<Utc>,
+        costo: u32,
+    ) -> Decision {
         let base = tat.map_or(ahora, |t| t.max(ahora));
         let nuevo = base + self.intervalo() * i32::try_from(costo).unwrap_or(i32::MAX);
         let exceso = nuevo - ahora - self.tolerancia();
@@ -108,7 +119,12 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
-    fn spend(p: &Politica, tat: &mut Option<DateTime<Utc>>, ahora: DateTime<Utc>, costo: u32) -> bool {
+    fn spend(
+        p: &Politica,
+        tat: &mut Option<DateTime<Utc>>,
+        ahora: DateTime<Utc>,
+        costo: u32,
+    ) -> bool {
         match p.consumir(*tat, ahora, costo) {
             Decision::Permitido { tat: nuevo, .. } => {
                 *tat = Some(nuevo);
@@ -125,7 +141,10 @@ mod tests {
         for _ in 0..10 {
             assert!(spend(&p, &mut tat, t0(), 1));
         }
-        assert!(!spend(&p, &mut tat, t0(), 1), "the 11th event of the burst is limited");
+        assert!(
+            !spend(&p, &mut tat, t0(), 1),
+            "the 11th event of the burst is limited"
+        );
         // One interval (6 s) later, exactly one more fits.
         let later = t0() + TimeDelta::seconds(6);
         assert!(spend(&p, &mut tat, later, 1));
@@ -140,7 +159,10 @@ mod tests {
         assert!(!spend(&p, &mut tat, t0(), 4), "7 + 4 > 10");
         assert!(spend(&p, &mut tat, t0(), 3));
         assert!(!spend(&p, &mut tat, t0(), 1));
-        assert!(matches!(p.consumir(None, t0(), 11), Decision::Limitado { .. }));
+        assert!(matches!(
+            p.consumir(None, t0(), 11),
+            Decision::Limitado { .. }
+        ));
     }
 
     #[test]
@@ -149,7 +171,10 @@ mod tests {
         let mut tat = None;
         assert!(spend(&p, &mut tat, t0(), 10));
         match p.consumir(tat, t0() + TimeDelta::seconds(1), 1) {
-            Decision::Limitado { reintentar_en, cuota } => {
+            Decision::Limitado {
+                reintentar_en,
+                cuota,
+            } => {
                 assert_eq!(reintentar_en, Duration::from_secs(5));
                 assert_eq!(cuota.restantes, 0);
                 assert_eq!(cuota.usados, 10);
@@ -168,9 +193,16 @@ mod tests {
         assert_eq!((cuota.usados, cuota.restantes), (4, 6));
         assert_eq!(cuota.reinicio, Duration::from_secs(24));
         let cuota = p.cuota(tat, t0() + TimeDelta::seconds(13));
-        assert_eq!((cuota.usados, cuota.restantes), (2, 8), "partly drained counts as used");
+        assert_eq!(
+            (cuota.usados, cuota.restantes),
+            (2, 8),
+            "partly drained counts as used"
+        );
         let cuota = p.cuota(tat, t0() + TimeDelta::seconds(60));
-        assert_eq!((cuota.usados, cuota.restantes, cuota.reinicio), (0, 10, Duration::ZERO));
+        assert_eq!(
+            (cuota.usados, cuota.restantes, cuota.reinicio),
+            (0, 10, Duration::ZERO)
+        );
     }
 
     #[test]
@@ -180,6 +212,10 @@ mod tests {
         assert!(spend(&p, &mut tat, t0(), 10));
         let devuelto = p.devolver(tat.unwrap(), t0(), 3);
         assert_eq!(p.cuota(Some(devuelto), t0()).restantes, 3);
-        assert_eq!(p.devolver(tat.unwrap(), t0(), 1000), t0(), "never below now");
+        assert_eq!(
+            p.devolver(tat.unwrap(), t0(), 1000),
+            t0(),
+            "never below now"
+        );
     }
 }

@@ -23,7 +23,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    application::{Almacen, Desenlace, Envio, ErrorAlmacen, Preparado, Registro, RespuestaEnvio, Resultado},
+    application::{
+        Almacen, Desenlace, Envio, ErrorAlmacen, Preparado, Registro, RespuestaEnvio, Resultado,
+    },
     domain::Decision,
 };
 
@@ -167,7 +169,8 @@ async fn guardar_lote(pool: &PgPool, envios: &[Envio]) -> Result<Vec<RespuestaEn
         let mut usadas = HashSet::new();
         for (i, envio) in envios.iter().enumerate() {
             if let Some(uso) = &envio.uso_firma {
-                repetida[i] = !reclamadas.contains(&uso.firma) || !usadas.insert(uso.firma.as_str());
+                repetida[i] =
+                    !reclamadas.contains(&uso.firma) || !usadas.insert(uso.firma.as_str());
             }
         }
     }
@@ -295,7 +298,10 @@ async fn guardar_lote(pool: &PgPool, envios: &[Envio]) -> Result<Vec<RespuestaEn
         .filter(|p| p.descarte.is_none() && insertados.contains(&p.clave_dedup))
         .collect();
     let sobres: Vec<Envelope> = publicables.iter().map(|p| sobre(p)).collect();
-    let claves_mensaje: Vec<String> = publicables.iter().map(|p| p.contenido.clave_mensaje()).collect();
+    let claves_mensaje: Vec<String> = publicables
+        .iter()
+        .map(|p| p.contenido.clave_mensaje())
+        .collect();
     let pendientes: Vec<Pending<'_>> = publicables
         .iter()
         .zip(&sobres)
@@ -380,7 +386,10 @@ fn sobre(p: &Preparado) -> Envelope {
     }
 }
 
-async fn insertar(tx: &mut PgConnection, nuevos: &[&Preparado]) -> Result<HashSet<String>, sqlx::Error> {
+async fn insertar(
+    tx: &mut PgConnection,
+    nuevos: &[&Preparado],
+) -> Result<HashSet<String>, sqlx::Error> {
     if nuevos.is_empty() {
         return Ok(HashSet::new());
     }
@@ -412,7 +421,11 @@ async fn insertar(tx: &mut PgConnection, nuevos: &[&Preparado]) -> Result<HashSe
         campana.push(c.id_campana);
         cliente.push(c.id_evento_cliente.as_deref());
         fuente.push(c.fuente_evento.code());
-        estado.push(if p.descarte.is_none() { "ACEPTADO" } else { "DESCARTADO" });
+        estado.push(if p.descarte.is_none() {
+            "ACEPTADO"
+        } else {
+            "DESCARTADO"
+        });
         motivo.push(p.descarte.as_deref());
         topic.push(c.tipo_evento.topic());
         valor.push(c.valor_conversion);

@@ -135,9 +135,12 @@ pub struct Estadisticas {
     pub valor_conversiones: BTreeMap<String, f64>,
 }
 
-pub async fn estadisticas(pool: &PgPool, filtro: &FiltroEstadisticas) -> Result<Estadisticas, sqlx::Error> {
-    let filas: Vec<(String, String, String, i64, Option<String>, Option<f64>)> = sqlx::query_as(
-        sqlx::AssertSqlSafe(format!(
+pub async fn estadisticas(
+    pool: &PgPool,
+    filtro: &FiltroEstadisticas,
+) -> Result<Estadisticas, sqlx::Error> {
+    let filas: Vec<(String, String, String, i64, Option<String>, Option<f64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT e.tipo_evento, {ESTADO_SQL} AS estado, e.id_afiliado, count(*), \
                     e.moneda, sum(e.valor_conversion) FILTER (WHERE e.estado = 'ACEPTADO')::float8 \
              FROM eventos e LEFT JOIN outbox o ON o.event_id = e.id_evento \
@@ -146,14 +149,13 @@ pub async fn estadisticas(pool: &PgPool, filtro: &FiltroEstadisticas) -> Result<
                AND ($3::timestamptz IS NULL OR e.recibido_en >= $3) \
                AND ($4::timestamptz IS NULL OR e.recibido_en < $4) \
              GROUP BY 1, 2, 3, 5"
-        )),
-    )
-    .bind(&filtro.id_afiliado)
-    .bind(&filtro.tipo_evento)
-    .bind(filtro.desde)
-    .bind(filtro.hasta)
-    .fetch_all(pool)
-    .await?;
+        )))
+        .bind(&filtro.id_afiliado)
+        .bind(&filtro.tipo_evento)
+        .bind(filtro.desde)
+        .bind(filtro.hasta)
+        .fetch_all(pool)
+        .await?;
     let mut stats = Estadisticas {
         total_eventos: 0,
         por_tipo: BTreeMap::new(),
@@ -240,7 +242,11 @@ pub async fn reintentar(pool: &PgPool, id: Uuid) -> Result<Reintento, sqlx::Erro
 }
 
 /// The affiliate's allowance right now (the database's clock, like the limiter's).
-pub async fn cuota(pool: &PgPool, id_afiliado: &str, politica: Politica) -> Result<Cuota, sqlx::Error> {
+pub async fn cuota(
+    pool: &PgPool,
+    id_afiliado: &str,
+    politica: Politica,
+) -> Result<Cuota, sqlx::Error> {
     let (tat, ahora): (Option<DateTime<Utc>>, DateTime<Utc>) = sqlx::query_as(
         "SELECT (SELECT tat FROM limites_afiliado WHERE id_afiliado = $1), clock_timestamp()",
     )

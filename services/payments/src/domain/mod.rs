@@ -4,6 +4,6 @@
 mod evento;
 mod pago;
 
-pub use shared_kernel::{Dinero, DineroError, Moneda};
 pub use evento::{DatosEventoPago, EventoPago, TipoEventoPago};
 pub use pago::{EstadoPago, NuevoPago, Pago, ReglaViolada, ResultadoCobro, SolicitudInvalida};
+pub use shared_kernel::{Dinero, DineroError, Moneda};
