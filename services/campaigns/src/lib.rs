@@ -1,5 +1,6 @@
 //! The campaigns bounded context (API.md §4): campaigns with a lifecycle, a budget and metrics;
-//! events through the outbox; successful payments attributed exactly once.
+//! events through the outbox; successful payments and tracked clicks, impressions and
+//! conversions attributed exactly once.
 
 pub mod api;
 pub mod application;
@@ -83,12 +84,42 @@ pub async fn run_payment_consumer(pool: PgPool, broker: LazyBroker, shutdown: Ca
     messaging::run_consumer(connected, payments_subscription(), handler, shutdown).await;
 }
 
-/// Runs the API, the relay and the consumer until `shutdown`.
+/// The tracking consumer's subscription: Key_Shared on the campaign key, so replicas share
+/// the campaigns and one campaign's increments never race each other.
+pub fn tracking_subscription() -> Subscription {
+    Subscription {
+        topics: application::TRACKING_TOPICS
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+        name: application::TRACKING_CONSUMER.to_owned(),
+        lanes: 16,
+        attempts: 5,
+        max_redeliveries: 10,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
+    }
+}
+
+/// Counts tracked clicks, impressions and conversions until `shutdown`.
+pub async fn run_tracking_consumer(pool: PgPool, broker: LazyBroker, shutdown: CancellationToken) {
+    let Some(connected) = broker.wait(&shutdown).await else {
+        return;
+    };
+    let handler = Arc::new(application::ContadorDeTracking::new(pool));
+    messaging::run_consumer(connected, tracking_subscription(), handler, shutdown).await;
+}
+
+/// Runs the API, the relay and the consumers until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
     let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
     let consumer = tokio::spawn(run_payment_consumer(
+        pool.clone(),
+        broker.clone(),
+        shutdown.clone(),
+    ));
+    let tracking = tokio::spawn(run_tracking_consumer(
         pool.clone(),
         broker.clone(),
         shutdown.clone(),
@@ -99,6 +130,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let app = app(pool, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
     shutdown.cancel();
-    let _ = tokio::join!(relay, consumer, purge);
+    let _ = tokio::join!(relay, consumer, tracking, purge);
     Ok(())
 }

@@ -38,6 +38,9 @@ pub struct ApiConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub pulsar: PulsarConfig,
+    /// Share of a tracked conversion's value paid to its affiliate as a commission payment.
+    #[arg(long, env = "COMMISSION_RATE", default_value = "0.10")]
+    pub commission_rate: rust_decimal::Decimal,
 }
 
 /// `aeropartners payments-worker`: consumes `payments.evt.pending` and charges payments.
@@ -87,18 +90,50 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
     http::app("payments", router, openapi, readiness, http)
 }
 
-/// Runs the API and the outbox relay until `shutdown`.
+/// The commission consumer's subscription: Key_Shared, so replicas share the conversions.
+pub fn commissions_subscription() -> Subscription {
+    Subscription {
+        topics: vec![application::CONVERSIONS_TOPIC.to_owned()],
+        name: application::COMMISSIONS_CONSUMER.to_owned(),
+        lanes: 16,
+        attempts: 5,
+        max_redeliveries: 10,
+        drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
+    }
+}
+
+/// Turns tracked conversions into commission payments until `shutdown`.
+pub async fn run_commissions(
+    pool: PgPool,
+    broker: LazyBroker,
+    rate: rust_decimal::Decimal,
+    shutdown: CancellationToken,
+) {
+    let Some(connected) = broker.wait(&shutdown).await else {
+        return;
+    };
+    let handler = Arc::new(application::Comisiones::new(pool, rate));
+    messaging::run_consumer(connected, commissions_subscription(), handler, shutdown).await;
+}
+
+/// Runs the API, the outbox relay and the commission consumer until `shutdown`.
 pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
     let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
+    let commissions = tokio::spawn(run_commissions(
+        pool.clone(),
+        broker.clone(),
+        config.commission_rate,
+        shutdown.clone(),
+    ));
     let purge =
         IdempotencyStore::new(pool.clone(), "pagos", Duration::ZERO).spawn_purge(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
     shutdown.cancel();
-    let _ = tokio::join!(relay, purge);
+    let _ = tokio::join!(relay, purge, commissions);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Consumer of `payments.evt.completed`: each successful payment of an affiliate adds one
 //! conversion and 10 % of its amount as spend to that affiliate's ACTIVE campaigns, exactly
-//! once. The inbox row and the campaign changes commit together, so a redelivered event finds
+//! once. A commission payment (for a conversion the collector tracked) adds spend but no
+//! conversion (the tracked conversion counted already), to the campaign it names if any. The inbox row and the campaign changes commit together, so a redelivered event finds
 //! its inbox row and changes nothing. Payments are independent of each other, so their order
 //! does not matter: each one's effect is an increment (capped at the budget).
 
@@ -29,6 +30,15 @@ struct PagoExitoso {
     id_afiliado: String,
     monto: f64,
     moneda: String,
+    /// Present on a commission payment for a tracked conversion.
+    #[serde(default)]
+    comision: Option<OrigenComision>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrigenComision {
+    #[serde(default)]
+    id_campana: Option<uuid::Uuid>,
 }
 
 pub struct AtribucionDePagos {
@@ -58,12 +68,22 @@ impl AtribucionDePagos {
             tracing::info!("PagoExitoso already attributed; redelivery ignored");
             return Ok(0);
         }
-        let campanas = repositorio::bloquear_activas_de_afiliado(&mut tx, &pago.id_afiliado)
+        let mut campanas = repositorio::bloquear_activas_de_afiliado(&mut tx, &pago.id_afiliado)
             .await
             .map_err(transient)?;
+        // A commission for a conversion on a named campaign belongs to that campaign alone.
+        if let Some(id_campana) = pago.comision.as_ref().and_then(|c| c.id_campana) {
+            campanas.retain(|c| c.id == id_campana);
+        }
         let mut cambiadas = 0;
         for mut campana in campanas {
-            if let Some(evento) = campana.atribuir_pago(monto, moneda, comision(monto), ahora()) {
+            let gasto = comision(monto);
+            let evento = if pago.comision.is_some() {
+                campana.atribuir_comision(monto, moneda, gasto, ahora())
+            } else {
+                campana.atribuir_pago(monto, moneda, gasto, ahora())
+            };
+            if let Some(evento) = evento {
                 repositorio::actualizar(&mut tx, &campana)
                     .await
                     .map_err(transient)?;

@@ -3,9 +3,11 @@
 
 mod atribucion;
 mod comandos;
+mod tracking;
 
 pub use atribucion::{AtribucionDePagos, CONSUMER_NAME};
 pub use comandos::{cambiar_presupuesto, crear_campana, ejecutar_accion};
+pub use tracking::{ContadorDeTracking, Conteo, TRACKING_CONSUMER, TRACKING_TOPICS};
 
 use crate::domain::ReglaViolada;
 

@@ -307,10 +307,35 @@ impl Campana {
         comision: Decimal,
         ahora: DateTime<Utc>,
     ) -> Option<EventoCampana> {
+        self.atribuir(monto, moneda, comision, true, ahora)
+    }
+
+    /// A commission payment for a conversion the collector tracked: revenue and spend as for
+    /// any payment, but no conversion, because the tracked conversion already counted once.
+    pub fn atribuir_comision(
+        &mut self,
+        monto: Decimal,
+        moneda: Moneda,
+        comision: Decimal,
+        ahora: DateTime<Utc>,
+    ) -> Option<EventoCampana> {
+        self.atribuir(monto, moneda, comision, false, ahora)
+    }
+
+    fn atribuir(
+        &mut self,
+        monto: Decimal,
+        moneda: Moneda,
+        comision: Decimal,
+        cuenta_conversion: bool,
+        ahora: DateTime<Utc>,
+    ) -> Option<EventoCampana> {
         if self.estado != EstadoCampana::Active {
             return None;
         }
-        self.metricas.conversiones += 1;
+        if cuenta_conversion {
+            self.metricas.conversiones += 1;
+        }
         if moneda == self.presupuesto.moneda() {
             let disponible = self.presupuesto.monto() - self.metricas.gasto_actual;
             self.metricas.gasto_actual += comision.min(disponible).max(Decimal::ZERO);
@@ -531,6 +556,19 @@ mod tests {
             (c.metricas.conversiones, c.metricas.gasto_actual),
             (4, Decimal::from(15)),
             "other currency: conversion only"
+        );
+
+        let mut con_comision = campana(Active, "100");
+        con_comision
+            .atribuir_comision(Decimal::from(20), Moneda::USD, Decimal::from(2), ahora())
+            .unwrap();
+        assert_eq!(
+            (
+                con_comision.metricas.conversiones,
+                con_comision.metricas.gasto_actual
+            ),
+            (0, Decimal::from(2)),
+            "a commission's conversion was counted by the tracking event already"
         );
 
         for estado in [Created, Paused, Completed, Cancelled] {

@@ -4,6 +4,7 @@
 mod campana;
 mod metricas;
 mod presupuesto;
+mod tracking;
 
 pub use campana::{
     Accion, Cambio, Campana, DatosCampana, EstadoCampana, EventoCampana, NuevaCampana,
@@ -11,3 +12,4 @@ pub use campana::{
 };
 pub use metricas::{MetricasCalculadas, MetricasCampana};
 pub use presupuesto::{Moneda, Presupuesto, PresupuestoError};
+pub use tracking::Contador;

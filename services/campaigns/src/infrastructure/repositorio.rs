@@ -264,3 +264,21 @@ pub async fn registrar_evento(
     };
     outbox::record(tx, evento.tipo.topic(), event).await
 }
+
+/// One more impression, click or conversion on a campaign, in any state. Returns false when
+/// the campaign does not exist. A plain increment: it commutes with every other change, so it
+/// takes no version and needs no read first.
+pub async fn contar_tracking(
+    tx: &mut PgConnection,
+    id: Uuid,
+    contador: crate::domain::Contador,
+) -> Result<bool, sqlx::Error> {
+    let columna = contador.columna();
+    let sql = format!("UPDATE campanas SET {columna} = {columna} + 1 WHERE id = $1");
+    let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .execute(tx)
+        .await?
+        .rows_affected();
+    Ok(changed == 1)
+}

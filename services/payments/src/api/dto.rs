@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{EstadoPago, Moneda, Pago};
+use crate::domain::{EstadoPago, Moneda, OrigenComision, Pago};
 
 /// Body of `POST /pagos/`. Fields keep their raw JSON types so that validation can name the
 /// exact problem (a missing field and a wrong type are told apart by the extractor).
@@ -79,6 +79,9 @@ pub struct PagoDetalle {
     pub mensaje_error: Option<String>,
     pub referencia_transaccion: Option<String>,
     pub motivo_reversion: Option<String>,
+    /// Present on a commission payment: the tracked conversion it pays for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comision: Option<OrigenComision>,
 }
 
 impl From<&Pago> for PagoDetalle {
@@ -97,6 +100,7 @@ impl From<&Pago> for PagoDetalle {
             mensaje_error: pago.mensaje_error.clone(),
             referencia_transaccion: pago.referencia_transaccion.clone(),
             motivo_reversion: pago.motivo_reversion.clone(),
+            comision: pago.comision.clone(),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Use cases: create, revert and process a payment. Each one loads the aggregate, asks the
 //! domain to change it, and commits the change, its trace line and its event together.
 
+mod comisiones;
 mod crear;
 mod procesar;
 mod revertir;
 
-pub use crear::{Creacion, crear_pago};
+pub use comisiones::{COMMISSIONS_CONSUMER, CONVERSIONS_TOPIC, Comisiones, Efecto};
+pub use crear::{Creacion, crear_pago, crear_pago_en};
 pub use procesar::{CONSUMER_NAME, ProcesadorDePagos};
 pub use revertir::revertir_pago;
 

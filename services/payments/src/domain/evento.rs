@@ -3,7 +3,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{EstadoPago, Moneda};
+use super::{EstadoPago, Moneda, OrigenComision};
 
 /// The four facts a payment announces (API.md §3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub struct DatosEventoPago {
     pub referencia_transaccion: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub motivo: Option<String>,
+    /// Present on a commission payment: the conversion it pays for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comision: Option<OrigenComision>,
 }
 
 /// A domain event with its position in the payment's history (1, 2, 3...).

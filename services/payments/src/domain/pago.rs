@@ -5,7 +5,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{DatosEventoPago, Dinero, DineroError, EventoPago, Moneda, TipoEventoPago};
+use super::{
+    DatosEventoPago, Dinero, DineroError, EventoPago, Moneda, OrigenComision, TipoEventoPago,
+};
 
 /// The persisted lifecycle: `PENDIENTE → PROCESANDO → EXITOSO | FALLIDO`, `EXITOSO → REVERSADO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,6 +77,8 @@ pub struct NuevoPago {
     pub id_afiliado: String,
     pub dinero: Dinero,
     pub referencia_pago: String,
+    /// Set when the platform creates the payment itself, for a tracked conversion.
+    pub comision: Option<OrigenComision>,
 }
 
 const MAX_TEXTO: usize = 255;
@@ -107,6 +111,7 @@ impl NuevoPago {
                     id_afiliado,
                     dinero,
                     referencia_pago,
+                    comision: None,
                 })
             }
             _ => Err(SolicitudInvalida(errores)),
@@ -147,6 +152,8 @@ pub struct Pago {
     pub motivo_reversion: Option<String>,
     /// How many events this payment has emitted; the next one gets `eventos_emitidos + 1`.
     pub eventos_emitidos: i64,
+    /// The conversion this payment is the commission of, when it is one.
+    pub comision: Option<OrigenComision>,
 }
 
 impl Pago {
@@ -165,6 +172,7 @@ impl Pago {
             referencia_transaccion: None,
             motivo_reversion: None,
             eventos_emitidos: 0,
+            comision: solicitud.comision,
         };
         let evento = pago.emitir(TipoEventoPago::PagoPendiente, ahora);
         (pago, evento)
@@ -176,6 +184,7 @@ impl Pago {
         self.id_afiliado == solicitud.id_afiliado
             && self.dinero == solicitud.dinero
             && self.referencia_pago == solicitud.referencia_pago
+            && self.comision == solicitud.comision
     }
 
     /// `PENDIENTE → PROCESANDO`, persisted before the gateway is called so a crash is visible.
@@ -268,6 +277,7 @@ impl Pago {
                 mensaje_error: self.mensaje_error.clone(),
                 referencia_transaccion: self.referencia_transaccion.clone(),
                 motivo: self.motivo_reversion.clone(),
+                comision: self.comision.clone(),
             },
         }
     }

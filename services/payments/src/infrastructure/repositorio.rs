@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
 
-use crate::domain::{Dinero, EstadoPago, EventoPago, Moneda, Pago};
+use crate::domain::{Dinero, EstadoPago, EventoPago, Moneda, OrigenComision, Pago};
 
 pub const AGGREGATE_TYPE: &str = "Pago";
 
@@ -26,6 +26,7 @@ struct FilaPago {
     referencia_transaccion: Option<String>,
     motivo_reversion: Option<String>,
     eventos_emitidos: i64,
+    comision: Option<sqlx::types::Json<OrigenComision>>,
 }
 
 /// `SELECT <every column> FROM pagos WHERE <filter>`, built at compile time.
@@ -34,7 +35,7 @@ macro_rules! select_pago {
         concat!(
             "SELECT id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, ",
             "fecha_actualizacion, fecha_procesamiento, mensaje_error, referencia_transaccion, ",
-            "motivo_reversion, eventos_emitidos FROM pagos WHERE ",
+            "motivo_reversion, eventos_emitidos, comision FROM pagos WHERE ",
             $filtro
         )
     };
@@ -66,6 +67,7 @@ impl TryFrom<FilaPago> for Pago {
             referencia_transaccion: fila.referencia_transaccion,
             motivo_reversion: fila.motivo_reversion,
             eventos_emitidos: fila.eventos_emitidos,
+            comision: fila.comision.map(|c| c.0),
         })
     }
 }
@@ -76,8 +78,8 @@ impl TryFrom<FilaPago> for Pago {
 pub async fn insertar_si_nuevo(tx: &mut PgConnection, pago: &Pago) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, \
-         fecha_creacion, fecha_actualizacion, eventos_emitidos) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (referencia_pago) DO NOTHING",
+         fecha_creacion, fecha_actualizacion, eventos_emitidos, comision) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (referencia_pago) DO NOTHING",
     )
     .bind(pago.id)
     .bind(&pago.id_afiliado)
@@ -88,6 +90,7 @@ pub async fn insertar_si_nuevo(tx: &mut PgConnection, pago: &Pago) -> Result<boo
     .bind(pago.fecha_creacion)
     .bind(pago.fecha_actualizacion)
     .bind(pago.eventos_emitidos)
+    .bind(pago.comision.as_ref().map(sqlx::types::Json))
     .execute(tx)
     .await?
     .rows_affected();

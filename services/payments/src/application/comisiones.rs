@@ -1,0 +1,125 @@
+//! Consumer of `tracking.evt.conversion`: a conversion with a value creates one commission
+//! payment for its affiliate, which then runs the normal lifecycle (worker, gateway, events).
+//! Exactly once: the inbox row and the payment commit together, and the payment's reference
+//! is derived from the conversion's dedup key, so even a conversion seen under another event id
+//! could not pay twice.
+
+use std::{str::FromStr, sync::LazyLock};
+
+use platform::{
+    inbox,
+    messaging::{Envelope, EventHandler, HandlerError},
+};
+use prometheus::IntCounterVec;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Creacion, ErrorPagos, crear::crear_pago_en};
+use crate::domain::{ConversionValorada, Moneda, comision};
+
+pub const COMMISSIONS_CONSUMER: &str = "payments-commissions";
+pub const CONVERSIONS_TOPIC: &str = "tracking.evt.conversion";
+
+static COMISIONES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    platform::telemetry::counter_vec(
+        "payments_commissions_total",
+        "Tracked conversions seen by the commission consumer, by outcome",
+        &["outcome"],
+    )
+});
+
+/// The fields of the collector's `ConversionRegistrada` a commission needs.
+#[derive(Debug, Deserialize)]
+struct Conversion {
+    id_evento: Uuid,
+    id_afiliado: String,
+    #[serde(default)]
+    id_campana: Option<Uuid>,
+    clave_dedup: String,
+    #[serde(default)]
+    valor_conversion: Option<f64>,
+    #[serde(default)]
+    moneda: Option<String>,
+}
+
+pub struct Comisiones {
+    pool: PgPool,
+    tasa: Decimal,
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Efecto {
+    /// A commission payment, new and `PENDIENTE`.
+    Creada(Uuid),
+    /// Seen before: nothing changed.
+    Repetida,
+    /// No value, or a share that rounds to nothing: no payment.
+    SinComision,
+}
+
+impl Comisiones {
+    pub fn new(pool: PgPool, tasa: Decimal) -> Self {
+        Self { pool, tasa }
+    }
+
+    pub async fn aplicar(&self, envelope: &Envelope) -> Result<Efecto, HandlerError> {
+        let conversion: Conversion = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| HandlerError::Permanent(format!("ConversionRegistrada data: {e}")))?;
+        let (Some(valor), Some(moneda)) =
+            (conversion.valor_conversion, conversion.moneda.as_deref())
+        else {
+            COMISIONES.with_label_values(&["no_value"]).inc();
+            return Ok(Efecto::SinComision);
+        };
+        let valorada = ConversionValorada {
+            id_evento: conversion.id_evento,
+            id_afiliado: conversion.id_afiliado,
+            id_campana: conversion.id_campana,
+            clave_dedup: conversion.clave_dedup,
+            valor: Decimal::from_str(&valor.to_string())
+                .map_err(|e| HandlerError::Permanent(format!("valor_conversion: {e}")))?,
+            moneda: Moneda::from_str(moneda)
+                .map_err(|e| HandlerError::Permanent(format!("moneda: {e}")))?,
+        };
+        let Some(solicitud) = comision(&valorada, self.tasa) else {
+            COMISIONES.with_label_values(&["below_a_cent"]).inc();
+            return Ok(Efecto::SinComision);
+        };
+        let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        if !inbox::first_delivery(&mut tx, COMMISSIONS_CONSUMER, envelope)
+            .await
+            .map_err(transient)?
+        {
+            COMISIONES.with_label_values(&["redelivered"]).inc();
+            return Ok(Efecto::Repetida);
+        }
+        let efecto = match crear_pago_en(&mut tx, solicitud, &envelope.correlation_id).await {
+            Ok(Creacion::Creado(pago)) => {
+                tracing::info!(id_pago = %pago.id, conversion = %valorada.id_evento, "commission payment accepted");
+                Efecto::Creada(pago.id)
+            }
+            Ok(Creacion::Repetido(_)) => Efecto::Repetida,
+            Err(ErrorPagos::Db(e)) => return Err(transient(e)),
+            Err(other) => return Err(HandlerError::Permanent(other.to_string())),
+        };
+        tx.commit().await.map_err(transient)?;
+        COMISIONES
+            .with_label_values(&[match efecto {
+                Efecto::Creada(_) => "created",
+                _ => "redelivered",
+            }])
+            .inc();
+        Ok(efecto)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Comisiones {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        self.aplicar(&envelope).await.map(|_| ())
+    }
+}
