@@ -13,9 +13,10 @@
 #                      killed (default: 40; the services drain within 25 s)
 #   PORT_GATEWAY PORT_PAYMENTS PORT_PAYMENTS_WORKER PORT_CAMPAIGNS_PRIMARY
 #   PORT_CAMPAIGNS_REPLICA PORT_CAMPAIGNS_PROXY PORT_DATA_SERVICE_V1 PORT_DATA_SERVICE_V2
-#   PORT_REPORTS_A PORT_REPORTS_B
+#   PORT_REPORTS_A PORT_REPORTS_B PORT_COLLECTOR_A PORT_COLLECTOR_B
 #                      the listening ports (defaults: 8000 8010 8011 8001 8002 8080 9001 9002
-#                      8020 8021)
+#                      8020 8021 8090 8091)
+#   AFFILIATES_FILE    the collector's affiliates (default: config/afiliados.demo.yaml)
 #
 # How Ctrl-C works here: a terminal sends SIGINT to its whole foreground process group. The
 # services run in sessions of their own (setsid), so only make and this script get it, and this
@@ -49,6 +50,9 @@ data_v1_port=${PORT_DATA_SERVICE_V1:-9001}
 data_v2_port=${PORT_DATA_SERVICE_V2:-9002}
 reports_a_port=${PORT_REPORTS_A:-8020}
 reports_b_port=${PORT_REPORTS_B:-8021}
+collector_a_port=${PORT_COLLECTOR_A:-8090}
+collector_b_port=${PORT_COLLECTOR_B:-8091}
+export AFFILIATES_FILE=${AFFILIATES_FILE:-config/afiliados.demo.yaml}
 
 local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 
@@ -134,15 +138,19 @@ supervise campaigns-proxy campaigns-proxy --listen "127.0.0.1:${proxy_port}" \
 	--backend "primary=$(local_url "${primary_port}"),replica=$(local_url "${replica_port}")"
 reports_a=$(local_url "${reports_a_port}")
 reports_b=$(local_url "${reports_b_port}")
+collector_a=$(local_url "${collector_a_port}")
+collector_b=$(local_url "${collector_b_port}")
 supervise gateway gateway --listen "127.0.0.1:${gateway_port}" \
 	--route "/pagos=$(local_url "${payments_port}")/pagos" \
 	--route "/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
 	--route "/api/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
 	--route "/api/reports=${reports_a}/api/reports|${reports_b}/api/reports" \
 	--route "/reporting=${reports_a}/reporting|${reports_b}/reporting" \
+	--route "/event-collector=${collector_a}/event-collector|${collector_b}/event-collector" \
 	--docs "payments=$(local_url "${payments_port}")/openapi.json" \
 	--docs "campaigns=$(local_url "${primary_port}")/openapi.json" \
-	--docs "reports=${reports_a}/openapi.json"
+	--docs "reports=${reports_a}/openapi.json" \
+	--docs "event-collector=${collector_a}/openapi.json"
 supervise data-service-v1 data-service --version v1 --listen "127.0.0.1:${data_v1_port}"
 supervise data-service-v2 data-service --version v2 --listen "127.0.0.1:${data_v2_port}"
 # Two reports replicas share the projection's subscription and follow one version row.
@@ -153,10 +161,16 @@ for replica in a b; do
 		--data-service-v1 "$(local_url "${data_v1_port}")" \
 		--data-service-v2 "$(local_url "${data_v2_port}")"
 done
+# Two collector replicas share one dedup store and one rate limit (both in PostgreSQL).
+for replica in a b; do
+	port_var=collector_${replica}_port
+	supervise "event-collector-${replica}" event-collector --listen "127.0.0.1:${!port_var}"
+done
 
 # Every service's /ready, in the order of `names`.
 ports=("${payments_port}" "${worker_port}" "${primary_port}" "${replica_port}" "${proxy_port}"
-	"${gateway_port}" "${data_v1_port}" "${data_v2_port}" "${reports_a_port}" "${reports_b_port}")
+	"${gateway_port}" "${data_v1_port}" "${data_v2_port}" "${reports_a_port}" "${reports_b_port}"
+	"${collector_a_port}" "${collector_b_port}")
 waiting=("${!names[@]}")
 started=${SECONDS}
 next_report=$((SECONDS + 10))
@@ -198,6 +212,8 @@ Aeropartners is running, every service ready after $((SECONDS - started)) s (log
   data-service v2      $(local_url "${data_v2_port}")/api/v2/payments/report
   reports a / b        ${reports_a}/api/reports/payments   ${reports_b}/api/reports/payments
   reports (gateway)    $(local_url "${gateway_port}")/api/reports/payments   legacy: $(local_url "${gateway_port}")/reporting/health
+  event collector a/b  ${collector_a}/event-collector/events   ${collector_b}/event-collector/events
+  collector (gateway)  $(local_url "${gateway_port}")/event-collector/events   demo affiliates: ${AFFILIATES_FILE}
   switch version       curl -X PUT -H 'content-type: application/json' -d '{"active":"v2"}' $(local_url "${gateway_port}")/api/reports/version
   PostgreSQL           ${DATABASE_URL}
   Pulsar               ${PULSAR_URL} (admin ${PULSAR_ADMIN_URL:-n/a})

@@ -28,13 +28,14 @@ pub struct Config {
     /// Routes, `PREFIX=UPSTREAM_URL[|UPSTREAM_URL…]`: a request under PREFIX goes to an
     /// upstream plus the rest of its path and its query. Several upstreams (replicas run
     /// without a Kubernetes Service in front) take turns, and a request whose connection is
-    /// refused by one goes to the next. Add `/event-collector=…` as it is deployed.
+    /// refused by one goes to the next.
     #[arg(long = "route", env = "GATEWAY_ROUTES", value_delimiter = ',', default_values_t = [
         "/pagos=http://127.0.0.1:8010/pagos".to_owned(),
         "/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
         "/api/campaigns=http://127.0.0.1:8080/api/campaigns".to_owned(),
         "/api/reports=http://127.0.0.1:8020/api/reports|http://127.0.0.1:8021/api/reports".to_owned(),
         "/reporting=http://127.0.0.1:8020/reporting|http://127.0.0.1:8021/reporting".to_owned(),
+        "/event-collector=http://127.0.0.1:8090/event-collector|http://127.0.0.1:8091/event-collector".to_owned(),
     ])]
     pub routes: Vec<String>,
     /// OpenAPI documents to merge into `/openapi.json`, `name=url`.
@@ -42,6 +43,7 @@ pub struct Config {
         "payments=http://127.0.0.1:8010/openapi.json".to_owned(),
         "campaigns=http://127.0.0.1:8001/openapi.json".to_owned(),
         "reports=http://127.0.0.1:8020/openapi.json".to_owned(),
+        "event-collector=http://127.0.0.1:8090/openapi.json".to_owned(),
     ])]
     pub docs: Vec<String>,
     /// Timeout of one forwarded request.
@@ -134,7 +136,19 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
         return Problem::not_found("Ningún servicio atiende esta ruta").into_response();
     };
     let method = request.method().clone();
-    let headers = upstream::forwardable(request.headers());
+    let mut headers = upstream::forwardable(request.headers());
+    // The services behind see the client's address, as RFC 7239's de-facto predecessor says:
+    // ours appended to whatever hops came before.
+    if let Some(axum::extract::ConnectInfo(peer)) = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        headers.insert("x-forwarded-for", http::header_value(&chain));
+    }
     let body: Bytes = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
         Ok(body) => body,
         Err(_) => {
