@@ -64,7 +64,7 @@ A service workload: Deployment + Service + PodDisruptionBudget.
 Parameters: root, name (component), values (its block), args (container args), nodePort and
 extraLabels (optional; extraLabels go on the Deployment only, never into selectors),
 serviceAccount (optional: the pod talks to the Kubernetes API with that account's token;
-without it no token is mounted).
+without it no token is mounted), volumes and volumeMounts (optional).
 */}}
 {{- define "aeropartners.workload" -}}
 {{- $root := .root -}}
@@ -110,6 +110,10 @@ spec:
           labelSelector:
             matchLabels:
               {{- include "aeropartners.selectorLabels" $labels | nindent 14 }}
+      {{- with .volumes }}
+      volumes:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       containers:
         - name: {{ .name }}
           image: {{ include "aeropartners.image" $root }}
@@ -139,6 +143,10 @@ spec:
           lifecycle:
             preStop:
               sleep: {seconds: {{ $root.Values.common.preStopSleepSeconds }}}
+          {{- with .volumeMounts }}
+          volumeMounts:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
