@@ -117,6 +117,10 @@ soak: build ## The whole platform under sustained load: RSS per service, log siz
 scenario-2: build ## Quality scenario #2 in full: SIGKILL a campaigns instance under 200 req/s for 60 s
 	@$(WITH_INFRA) $(BIN)/scenario-2 --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
 
+.PHONY: scenario-3
+scenario-3: build ## Quality scenario #3 in full: 10 000 partner events sent 1-3 times, shuffled, with a collector and a worker SIGKILLed
+	@$(WITH_INFRA) $(BIN)/scenario-3 --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
+
 SCENARIO9_MODE ?= database
 
 .PHONY: scenario-9

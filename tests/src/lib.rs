@@ -4,4 +4,5 @@ pub mod cluster;
 pub mod e2e;
 pub mod measure;
 pub mod scenario2;
+pub mod scenario3;
 pub mod scenario9;

@@ -96,7 +96,7 @@ async fn duplicated_and_shuffled_tracking_events_count_once(o: PgPoolOptions, c:
 }
 
 #[sqlx::test(migrations = false)]
-async fn events_without_a_known_campaign_or_with_an_uncounted_type_change_nothing(
+async fn events_naming_no_campaign_of_their_affiliate_or_an_uncounted_type_change_nothing(
     o: PgPoolOptions,
     c: PgConnectOptions,
 ) {
@@ -105,10 +105,13 @@ async fn events_without_a_known_campaign_or_with_an_uncounted_type_change_nothin
     let id = crear_activa(&app, "af", "100").await;
     let handler = ContadorDeTracking::new(pool.clone());
     let desconocida = Uuid::new_v4().to_string();
+    let mut ajeno = tracking("CLICK", Some(&id));
+    ajeno.data["id_afiliado"] = "otro-afiliado".into();
     for evento in [
         tracking("CLICK", None),
         tracking("CLICK", Some(&desconocida)),
         tracking("PAGE_VIEW", Some(&id)),
+        ajeno,
     ] {
         assert_eq!(handler.aplicar(&evento).await.unwrap(), Conteo::SinCampana);
     }

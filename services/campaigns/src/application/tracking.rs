@@ -1,5 +1,5 @@
 //! Consumer of `tracking.evt.click|impression|conversion`: one more click, impression or
-//! conversion on the campaign the event names, exactly once (the inbox row and the increment
+//! conversion on the campaign the event names (if it is the event's affiliate's), exactly once (the inbox row and the increment
 //! commit together). Increments commute, so the order of delivery does not matter.
 
 use std::sync::LazyLock;
@@ -33,6 +33,7 @@ static CONTADOS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 #[derive(Debug, Deserialize)]
 struct Tracking {
     tipo_evento: String,
+    id_afiliado: String,
     #[serde(default)]
     id_campana: Option<Uuid>,
 }
@@ -42,7 +43,8 @@ struct Tracking {
 pub enum Conteo {
     Contado(Contador),
     Repetido,
-    /// Names no campaign, a campaign that does not exist, or a type nothing counts.
+    /// Names no campaign, a campaign that does not exist or is another affiliate's, or a type
+    /// nothing counts.
     SinCampana,
 }
 
@@ -73,9 +75,10 @@ impl ContadorDeTracking {
             CONTADOS.with_label_values(&[tipo, "redelivered"]).inc();
             return Ok(Conteo::Repetido);
         }
-        let contado = repositorio::contar_tracking(&mut tx, id_campana, contador)
-            .await
-            .map_err(transient)?;
+        let contado =
+            repositorio::contar_tracking(&mut tx, id_campana, &tracking.id_afiliado, contador)
+                .await
+                .map_err(transient)?;
         tx.commit().await.map_err(transient)?;
         if contado {
             CONTADOS.with_label_values(&[tipo, "counted"]).inc();

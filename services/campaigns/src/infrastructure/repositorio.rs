@@ -265,18 +265,22 @@ pub async fn registrar_evento(
     outbox::record(tx, evento.tipo.topic(), event).await
 }
 
-/// One more impression, click or conversion on a campaign, in any state. Returns false when
-/// the campaign does not exist. A plain increment: it commutes with every other change, so it
-/// takes no version and needs no read first.
+/// One more impression, click or conversion on a campaign of `id_afiliado`, in any state.
+/// Returns false when no such campaign exists: unknown, or another affiliate's (an affiliate
+/// cannot inflate someone else's campaign). A plain increment: it commutes with every other
+/// change, so it takes no version and needs no read first.
 pub async fn contar_tracking(
     tx: &mut PgConnection,
     id: Uuid,
+    id_afiliado: &str,
     contador: crate::domain::Contador,
 ) -> Result<bool, sqlx::Error> {
     let columna = contador.columna();
-    let sql = format!("UPDATE campanas SET {columna} = {columna} + 1 WHERE id = $1");
+    let sql =
+        format!("UPDATE campanas SET {columna} = {columna} + 1 WHERE id = $1 AND id_afiliado = $2");
     let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
+        .bind(id_afiliado)
         .execute(tx)
         .await?
         .rows_affected();
