@@ -248,7 +248,10 @@ async fn guardar_lote(pool: &PgPool, envios: &[Envio]) -> Result<Vec<RespuestaEn
         .filter(|(i, j, _)| matches!(estados[*i][*j], Estado::Nuevo))
         .map(|(_, _, p)| p)
         .collect();
-    let insertados = insertar(&mut tx, &nuevos).await?;
+    // The envelope's data is the stored row's `datos` too: built once per event.
+    let datos: HashMap<uuid::Uuid, serde_json::Value> =
+        nuevos.iter().map(|p| (p.id_evento, p.datos())).collect();
+    let insertados = insertar(&mut tx, &nuevos, &datos).await?;
     let perdidos: Vec<&str> = nuevos
         .iter()
         .filter(|p| !insertados.contains(&p.clave_dedup))
@@ -297,7 +300,10 @@ async fn guardar_lote(pool: &PgPool, envios: &[Envio]) -> Result<Vec<RespuestaEn
         .copied()
         .filter(|p| p.descarte.is_none() && insertados.contains(&p.clave_dedup))
         .collect();
-    let sobres: Vec<Envelope> = publicables.iter().map(|p| sobre(p)).collect();
+    let sobres: Vec<Envelope> = publicables
+        .iter()
+        .map(|p| sobre(p, datos.get(&p.id_evento).cloned().unwrap_or_default()))
+        .collect();
     let claves_mensaje: Vec<String> = publicables
         .iter()
         .map(|p| p.contenido.clave_mensaje())
@@ -372,7 +378,7 @@ async fn guardar_lote(pool: &PgPool, envios: &[Envio]) -> Result<Vec<RespuestaEn
         .collect())
 }
 
-fn sobre(p: &Preparado) -> Envelope {
+fn sobre(p: &Preparado, data: serde_json::Value) -> Envelope {
     Envelope {
         // The event's own id: a republished event is still the same event to every inbox.
         event_id: p.id_evento,
@@ -382,13 +388,14 @@ fn sobre(p: &Preparado) -> Envelope {
         aggregate_version: 1,
         occurred_at: p.contenido.timestamp.unwrap_or(p.contexto.recibido_en),
         correlation_id: p.contexto.request_id.clone(),
-        data: p.datos(),
+        data,
     }
 }
 
 async fn insertar(
     tx: &mut PgConnection,
     nuevos: &[&Preparado],
+    todos_los_datos: &HashMap<Uuid, serde_json::Value>,
 ) -> Result<HashSet<String>, sqlx::Error> {
     if nuevos.is_empty() {
         return Ok(HashSet::new());
@@ -433,7 +440,7 @@ async fn insertar(
         cuando.push(c.timestamp);
         recibido.push(p.contexto.recibido_en);
         request_id.push(p.contexto.request_id.as_str());
-        datos.push(p.datos());
+        datos.push(&todos_los_datos[&p.id_evento]);
     }
     let insertados: Vec<String> = sqlx::query_scalar(
         "INSERT INTO eventos (id_evento, clave_dedup, hash_evento, tipo_evento, id_afiliado, \
