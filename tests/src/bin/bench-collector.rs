@@ -6,7 +6,8 @@
 //! relay to the real Pulsar broker), then for each shape:
 //!  1. closed loop at a fixed concurrency → peak events/s and requests/s, p50/p99 latency;
 //!  2. open loop at half that rate → p50/p99 latency;
-//!  and `pgbench` on the same PostgreSQL inserting the same rows (event + outbox row), one event
+//!
+//! and `pgbench` on the same PostgreSQL inserting the same rows (event + outbox row), one event
 //! per transaction and 100 per transaction → the ceilings, and the ratios.
 //!
 //! Every accepted event is checked to be in the table afterwards. Prints a table and writes

@@ -135,13 +135,15 @@ pub struct Estadisticas {
     pub valor_conversiones: BTreeMap<String, f64>,
 }
 
+/// (tipo_evento, estado, id_afiliado, count, moneda, accepted value).
+type FilaEstadistica = (String, String, String, i64, Option<String>, Option<f64>);
+
 pub async fn estadisticas(
     pool: &PgPool,
     filtro: &FiltroEstadisticas,
 ) -> Result<Estadisticas, sqlx::Error> {
-    let filas: Vec<(String, String, String, i64, Option<String>, Option<f64>)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT e.tipo_evento, {ESTADO_SQL} AS estado, e.id_afiliado, count(*), \
+    let filas: Vec<FilaEstadistica> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT e.tipo_evento, {ESTADO_SQL} AS estado, e.id_afiliado, count(*), \
                     e.moneda, sum(e.valor_conversion) FILTER (WHERE e.estado = 'ACEPTADO')::float8 \
              FROM eventos e LEFT JOIN outbox o ON o.event_id = e.id_evento \
              WHERE ($1::text IS NULL OR e.id_afiliado = $1) \
@@ -149,13 +151,13 @@ pub async fn estadisticas(
                AND ($3::timestamptz IS NULL OR e.recibido_en >= $3) \
                AND ($4::timestamptz IS NULL OR e.recibido_en < $4) \
              GROUP BY 1, 2, 3, 5"
-        )))
-        .bind(&filtro.id_afiliado)
-        .bind(&filtro.tipo_evento)
-        .bind(filtro.desde)
-        .bind(filtro.hasta)
-        .fetch_all(pool)
-        .await?;
+    )))
+    .bind(&filtro.id_afiliado)
+    .bind(&filtro.tipo_evento)
+    .bind(filtro.desde)
+    .bind(filtro.hasta)
+    .fetch_all(pool)
+    .await?;
     let mut stats = Estadisticas {
         total_eventos: 0,
         por_tipo: BTreeMap::new(),
