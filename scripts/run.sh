@@ -52,7 +52,8 @@ reports_a_port=${PORT_REPORTS_A:-8020}
 reports_b_port=${PORT_REPORTS_B:-8021}
 collector_a_port=${PORT_COLLECTOR_A:-8090}
 collector_b_port=${PORT_COLLECTOR_B:-8091}
-export AFFILIATES_FILE=${AFFILIATES_FILE:-config/afiliados.demo.yaml}
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+export AFFILIATES_FILE=${AFFILIATES_FILE:-${repo_root}/config/afiliados.demo.yaml}
 
 local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 

@@ -73,6 +73,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
         "/campaigns",
         "/api/reports/payments",
         "/reporting",
+        "/event-collector/events",
     ] {
         anyhow::ensure!(
             docs["paths"]
@@ -155,6 +156,89 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     checks.push((
         "campaign through campaigns-proxy".into(),
         "201, read back 200".into(),
+    ));
+
+    // The collector through the gateway: a click on the smoke campaign reaches its metrics
+    // (collector → outbox → Pulsar → campaigns), and a webhook signed with the demo secret from
+    // the chart's affiliates Secret is accepted and published.
+    let started = Instant::now();
+    let click = http
+        .post(format!("{gateway}/event-collector/events"))
+        .json(
+            &serde_json::json!({"tipo_evento": "CLICK", "id_afiliado": "af-e2e",
+            "id_campana": campaign_id, "id_evento_cliente": format!("e2e-click-{id}")}),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(
+        click.status() == 201,
+        "click through the gateway: {}",
+        click.status()
+    );
+    loop {
+        let metrics: serde_json::Value = http
+            .get(format!("{proxy}/api/campaigns/{campaign_id}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if metrics["metricas"]["clicks"].as_i64() == Some(1) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the click never reached the campaign's metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = serde_json::json!({"tipo_evento": "CONVERSION", "id_afiliado": "AFILIADO_WEBHOOK",
+        "fuente_evento": "WEBHOOK", "id_evento_cliente": format!("e2e-webhook-{id}")})
+    .to_string();
+    let signature = event_collector::domain::firma::firmar_con_tiempo(
+        b"whsec_demo_2026",
+        chrono::Utc::now().timestamp(),
+        body.as_bytes(),
+    );
+    let signed = http
+        .post(format!("{gateway}/event-collector/events"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", signature)
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        signed.status() == 201,
+        "signed webhook: {}",
+        signed.status()
+    );
+    let event: serde_json::Value = signed.json().await?;
+    let event_id = event["id_evento"].as_str().context("id_evento")?.to_owned();
+    loop {
+        let status: serde_json::Value = http
+            .get(format!(
+                "{gateway}/event-collector/events/{event_id}/status"
+            ))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if status["estado"] == "PUBLICADO" {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the webhook event was never published: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checks.push((
+        "event collector through the gateway".into(),
+        format!(
+            "click counted on the campaign, signed webhook PUBLICADO, {} ms",
+            started.elapsed().as_millis()
+        ),
     ));
 
     let (active, _) = cluster.report_version()?;

@@ -16,7 +16,7 @@ use std::{
 
 use testkit::{TempDatabase, free_port, pulsar_config};
 
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 12] = [
     "payments",
     "payments-worker",
     "campaigns-primary",
@@ -27,6 +27,8 @@ const SERVICES: [&str; 10] = [
     "data-service-v2",
     "reports-a",
     "reports-b",
+    "event-collector-a",
+    "event-collector-b",
 ];
 
 fn script() -> PathBuf {
@@ -67,6 +69,8 @@ fn start(database_url: &str, log_dir: &Path, sigint_ignored: bool) -> (Child, Ve
         "PORT_DATA_SERVICE_V2",
         "PORT_REPORTS_A",
         "PORT_REPORTS_B",
+        "PORT_COLLECTOR_A",
+        "PORT_COLLECTOR_B",
     ]
     .into_iter()
     .zip(&ports)

@@ -4,7 +4,8 @@
 //!
 //! It starts `scripts/run.sh` on a database and topic prefix of its own and free ports, gives
 //! each of 50 affiliates an active campaign, then sends an open-loop mix through the gateway
-//! (payments, each attributed to its affiliate's campaign, campaign budget changes, and report
+//! (payments, each attributed to its affiliate's campaign, a tracking event per payment through
+//! the collector, campaign budget changes, and report
 //! reads of the read model and of legacy reporting) for `--seconds`. The mix is stationary (the number of
 //! campaigns a payment touches does not grow), so memory that keeps growing is a leak,
 //! not more work; samples every service's RSS every 5 s, then
@@ -48,7 +49,7 @@ struct Args {
 }
 
 /// The services of scripts/run.sh and the environment variable that sets each one's port.
-const SERVICES: [(&str, &str); 10] = [
+const SERVICES: [(&str, &str); 12] = [
     ("payments", "PORT_PAYMENTS"),
     ("payments-worker", "PORT_PAYMENTS_WORKER"),
     ("campaigns-primary", "PORT_CAMPAIGNS_PRIMARY"),
@@ -59,6 +60,8 @@ const SERVICES: [(&str, &str); 10] = [
     ("data-service-v2", "PORT_DATA_SERVICE_V2"),
     ("reports-a", "PORT_REPORTS_A"),
     ("reports-b", "PORT_REPORTS_B"),
+    ("event-collector-a", "PORT_COLLECTOR_A"),
+    ("event-collector-b", "PORT_COLLECTOR_B"),
 ];
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -291,7 +294,10 @@ async fn load(
         });
         tokio::spawn(async move {
             let _permit = permit;
-            let mut outcomes = vec![pay(&client, &gateway, n).await];
+            let mut outcomes = vec![
+                pay(&client, &gateway, n).await,
+                track(&client, &gateway, &campaigns, n).await,
+            ];
             if n.is_multiple_of(20) {
                 let id = &campaigns[usize::try_from(n / 20).unwrap_or(0) % campaigns.len()];
                 outcomes.push(change_budget(&client, &gateway, id, n).await);
@@ -319,6 +325,33 @@ async fn pay(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
             "moneda": "USD",
             "referencia_pago": format!("soak-{n}"),
         }))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// A tracking event through the collector on the affiliate's campaign: impressions and clicks,
+/// and every 10th a valued conversion (which becomes a commission payment).
+async fn track(client: &reqwest::Client, gateway: &str, campaigns: &[String], n: u64) -> bool {
+    let affiliate = n % AFFILIATES;
+    let tipo = match n % 10 {
+        0 => "CONVERSION",
+        1 | 4 | 7 => "CLICK",
+        _ => "IMPRESSION",
+    };
+    let mut event = serde_json::json!({
+        "tipo_evento": tipo,
+        "id_afiliado": format!("af-{affiliate}"),
+        "id_campana": campaigns[usize::try_from(affiliate).unwrap_or(0) % campaigns.len()],
+        "id_evento_cliente": format!("soak-event-{n}"),
+    });
+    if tipo == "CONVERSION" {
+        event["valor_conversion"] = serde_json::json!(50 + n % 200);
+        event["moneda"] = "USD".into();
+    }
+    client
+        .post(format!("{gateway}/event-collector/events"))
+        .json(&event)
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
