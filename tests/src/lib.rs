@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod e2e;
 pub mod measure;
+pub mod pg;
 pub mod scenario2;
 pub mod scenario3;
 pub mod scenario9;

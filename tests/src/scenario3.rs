@@ -360,25 +360,28 @@ async fn create_campaigns(
     Ok(ids)
 }
 
-fn spawn(
-    binary: &std::path::Path,
-    args: &[&str],
-    db: &str,
-    prefix: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<ServiceProcess> {
-    let mut command = std::process::Command::new(binary);
-    command
-        .args(args)
-        .env("DATABASE_URL", db)
-        .env("PULSAR_TOPIC_PREFIX", prefix)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
+/// Starts service processes of the scenario's stack: its binary, database and topic prefix.
+struct Launcher<'a> {
+    binary: &'a std::path::Path,
+    db: &'a str,
+    prefix: &'a str,
+}
+
+impl Launcher<'_> {
+    fn start(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<ServiceProcess> {
+        let mut command = std::process::Command::new(self.binary);
+        command
+            .args(args)
+            .env("DATABASE_URL", self.db)
+            .env("PULSAR_TOPIC_PREFIX", self.prefix)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Ok(ServiceProcess(command.spawn()?))
     }
-    Ok(ServiceProcess(command.spawn()?))
 }
 
 /// Runs the scenario on a database of its own, dropped afterwards.
@@ -409,49 +412,24 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     ];
     let collector_env = [("AFFILIATES_FILE", affiliates.as_str())];
     migrate(&bin, db, &prefix).await?;
-    let _payments = spawn(&bin, &["payments", "--listen", &payments], db, &prefix, &[])?;
-    let mut worker = spawn(
-        &bin,
-        &["payments-worker", "--listen", &worker_a],
+    let services = Launcher {
+        binary: &bin,
         db,
-        &prefix,
-        &worker_env,
-    )?;
-    let _worker_b = spawn(
-        &bin,
-        &["payments-worker", "--listen", &worker_b],
-        db,
-        &prefix,
-        &worker_env,
-    )?;
-    let _campaigns = spawn(
-        &bin,
-        &["campaigns", "--listen", &campaigns],
-        db,
-        &prefix,
-        &[],
-    )?;
-    let mut collector = spawn(
-        &bin,
+        prefix: &prefix,
+    };
+    let _payments = services.start(&["payments", "--listen", &payments], &[])?;
+    let mut worker = services.start(&["payments-worker", "--listen", &worker_a], &worker_env)?;
+    let _worker_b = services.start(&["payments-worker", "--listen", &worker_b], &worker_env)?;
+    let _campaigns = services.start(&["campaigns", "--listen", &campaigns], &[])?;
+    let mut collector = services.start(
         &["event-collector", "--listen", &collector_a],
-        db,
-        &prefix,
         &collector_env,
     )?;
-    let _collector_b = spawn(
-        &bin,
+    let _collector_b = services.start(
         &["event-collector", "--listen", &collector_b],
-        db,
-        &prefix,
         &collector_env,
     )?;
-    let _reports = spawn(
-        &bin,
-        &["reports", "--listen", &reports, "--instance", "s3"],
-        db,
-        &prefix,
-        &[],
-    )?;
+    let _reports = services.start(&["reports", "--listen", &reports, "--instance", "s3"], &[])?;
     for a in [
         &payments,
         &worker_a,
@@ -534,11 +512,8 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
         started.elapsed().as_secs_f64()
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    collector = spawn(
-        &bin,
+    collector = services.start(
         &["event-collector", "--listen", &collector_a],
-        db,
-        &prefix,
         &collector_env,
     )?;
     wait_for(0.5).await;
@@ -548,13 +523,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
         started.elapsed().as_secs_f64()
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    worker = spawn(
-        &bin,
-        &["payments-worker", "--listen", &worker_a],
-        db,
-        &prefix,
-        &worker_env,
-    )?;
+    worker = services.start(&["payments-worker", "--listen", &worker_a], &worker_env)?;
     for c in clients {
         c.await?;
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::{collections::HashSet, path::PathBuf, process::Command, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use common::*;
 use payments::run_worker_with;
@@ -15,27 +15,6 @@ use platform::messaging::LazyBroker;
 use platform::outbox::Relay;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
-
-fn infra(action: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/infra.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(action)
-        .status()
-        .expect("infra script runs");
-    assert!(status.success(), "scripts/infra.sh {action} failed");
-}
-
-/// Starts the broker again even if the test fails half-way, so later suites have one.
-struct BrokerBack;
-
-impl Drop for BrokerBack {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            infra("pulsar-start");
-        }
-    }
-}
 
 #[sqlx::test(migrations = false)]
 async fn payments_are_accepted_while_the_broker_is_down_and_published_after(

@@ -361,3 +361,26 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         ))
     }
 }
+
+/// Runs `scripts/infra.sh ACTION` (e.g. `pulsar-stop`, `pulsar-start`); panics if it fails.
+pub fn infra(action: &str) {
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/infra.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .status()
+        .expect("infra script runs");
+    assert!(status.success(), "scripts/infra.sh {action} failed");
+}
+
+/// Starts the broker again if a test that stopped it fails half-way, so later suites have one.
+pub struct BrokerBack;
+
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            infra("pulsar-start");
+        }
+    }
+}

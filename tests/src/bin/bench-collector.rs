@@ -14,7 +14,6 @@
 //! `target/bench/collector.json`. It asserts nothing about time.
 
 use std::{
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -222,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .execute(&mut admin)
         .await?;
-    let url = replace_database(&admin_url, &database)?;
+    let url = aeropartners_tests::pg::replace_database(&admin_url, &database)?;
     let result = run(&args, &url, &pulsar_url).await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {database} WITH (FORCE)"
@@ -323,13 +322,13 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     shutdown.cancel();
     drop(pool);
     let ceilings = (
-        pgbench(
+        aeropartners_tests::pg::pgbench(
             database_url,
             args.concurrency,
             args.seconds,
             &pgbench_script(1),
         )?,
-        pgbench(
+        aeropartners_tests::pg::pgbench(
             database_url,
             args.concurrency,
             args.seconds,
@@ -339,21 +338,6 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     let batch = figures.pop().expect("two shapes");
     let single = figures.pop().expect("two shapes");
     Ok((single, batch, ceilings, stored, accepted))
-}
-
-fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let slash = base
-        .rfind('/')
-        .context("DATABASE_URL has no database name")?;
-    Ok(format!(
-        "{}/{}{}",
-        &base[..slash],
-        database,
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    ))
 }
 
 /// `events` events per transaction, each with its outbox row: what a design without group
@@ -372,53 +356,6 @@ INSERT INTO event_collector.outbox (event_id, event_type, aggregate_type, aggreg
 END;
 "
     )
-}
-
-fn pgbench(
-    database_url: &str,
-    clients: usize,
-    seconds: u64,
-    script_text: &str,
-) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join(format!(
-        "aeropartners-bench-collector-{}.sql",
-        std::process::id()
-    ));
-    std::fs::write(&script, script_text)?;
-    let output = Command::new("pgbench")
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(database_url)
-        .output()
-        .context("pgbench runs")?;
-    let _ = std::fs::remove_file(&script);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "pgbench failed: {}{}",
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    stdout
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("tps = ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .context("pgbench printed no tps")
 }
 
 fn print_and_save(

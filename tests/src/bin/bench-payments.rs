@@ -11,7 +11,6 @@
 //! Prints a table and writes `target/bench/payments.json`. It asserts nothing about time.
 
 use std::{
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -52,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&mut admin)
             .await?;
-        let url = replace_database(&database_url, &database)?;
+        let url = aeropartners_tests::pg::replace_database(&database_url, &database)?;
         let result = run(&args, scenario, &url, &pulsar_url).await;
         // The ceiling is measured on the same PostgreSQL, on a database with the same schema,
         // once the API and its background work have stopped.
@@ -100,21 +99,6 @@ struct Figures {
     half: Phase,
     lag_p50_ms: f64,
     lag_p99_ms: f64,
-}
-
-fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let slash = base
-        .rfind('/')
-        .context("DATABASE_URL has no database name")?;
-    Ok(format!(
-        "{}/{}{}",
-        &base[..slash],
-        database,
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    ))
 }
 
 async fn run(
@@ -410,43 +394,7 @@ async fn wait_for_outbox(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The same transaction the API commits, straight from pgbench: the ceiling.
 fn pgbench(database_url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
-    let script =
-        std::env::temp_dir().join(format!("aeropartners-bench-{}.sql", std::process::id()));
-    std::fs::write(&script, PGBENCH_SCRIPT)?;
-    let output = Command::new("pgbench")
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(database_url)
-        .output()
-        .context("pgbench runs (apt-get install postgresql-contrib or postgresql-client)")?;
-    let _ = std::fs::remove_file(&script);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "pgbench failed: {}{}",
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    stdout
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("tps = ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .context("pgbench printed no tps")
+    aeropartners_tests::pg::pgbench(database_url, clients, seconds, PGBENCH_SCRIPT)
 }
 
 const PGBENCH_SCRIPT: &str = r"
