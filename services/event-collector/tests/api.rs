@@ -811,3 +811,49 @@ async fn statistics_failed_events_and_lookups(o: PgPoolOptions, c: PgConnectOpti
         200
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_retry_makes_a_failed_event_due_at_once(o: PgPoolOptions, c: PgConnectOptions) {
+    let pool = migrated_pool(o, c).await;
+    let (app, _writers) = demo(&pool);
+    let answer = post(&app, &click("AFILIADO_001", "retry-1"), &[]).await;
+    let id = answer.body["id_evento"].as_str().unwrap().to_owned();
+    // As the relay leaves a failing event: attempts made, next one an hour away.
+    sqlx::query(
+        "UPDATE outbox SET attempts = 7, last_error = 'broker unreachable', \
+         next_attempt_at = now() + interval '1 hour' WHERE event_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // No relay runs here, so the event is still unpublished when the wait ends: 503, and due now.
+    let retry = call(
+        &app,
+        "POST",
+        &format!("/event-collector/events/{id}/retry"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(retry.status, 503, "{}", retry.body);
+    assert!(
+        retry.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("broker unreachable")
+    );
+    let due: bool =
+        sqlx::query_scalar("SELECT next_attempt_at <= now() FROM outbox WHERE event_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(due, "the retry made the event due at once");
+    let metrics = call(&app, "GET", "/metrics", None, &[]).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("collector_events_total{resultado=\"aceptado\"}"),
+        "{text}"
+    );
+}

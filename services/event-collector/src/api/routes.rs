@@ -27,6 +27,20 @@ use crate::{
     },
 };
 
+static RESULTADOS: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(
+    || {
+        platform::telemetry::counter_vec(
+            "collector_events_total",
+            "Events received by the collector, by outcome (aceptado, descartado, duplicado, conflicto, limitado, rechazado)",
+            &["resultado"],
+        )
+    },
+);
+
+fn contar(resultado: &str) {
+    RESULTADOS.with_label_values(&[resultado]).inc();
+}
+
 /// Limits of the ingest endpoints.
 #[derive(Debug, Clone, Copy)]
 pub struct Limites {
@@ -222,8 +236,19 @@ fn demasiado_grande(bytes: usize, max: usize) -> Problem {
     )
 }
 
+fn etiqueta(desenlace: &Desenlace) -> &'static str {
+    match desenlace {
+        Desenlace::Nuevo(r) if r.aceptado => "aceptado",
+        Desenlace::Nuevo(_) => "descartado",
+        Desenlace::Duplicado(_) => "duplicado",
+        Desenlace::Conflicto { .. } => "conflicto",
+        Desenlace::Limitado { .. } => "limitado",
+    }
+}
+
 fn respuesta_evento(resultado: Resultado) -> Response {
     let Resultado { desenlace, cuota } = resultado;
+    contar(etiqueta(&desenlace));
     let response = match desenlace {
         Desenlace::Nuevo(registro) => {
             let location = format!("/event-collector/events/{}/status", registro.id_evento);
@@ -387,6 +412,7 @@ async fn recibir_lote(
     for (indice, resultado) in resultados.into_iter().enumerate() {
         let item = match resultado {
             ResultadoLote::Excluido(excluido) => {
+                contar("rechazado");
                 respuesta.rechazados += 1;
                 let (status, mensaje, errores) = match excluido {
                     Excluido::Validacion(errores) => (
@@ -410,6 +436,7 @@ async fn recibir_lote(
                 rechazado(indice, status, mensaje, errores)
             }
             ResultadoLote::Procesado(Resultado { desenlace, cuota }) => {
+                contar(etiqueta(&desenlace));
                 ultima_cuota = Some(cuota);
                 match desenlace {
                     Desenlace::Nuevo(registro) => {
