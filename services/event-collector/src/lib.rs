@@ -55,8 +55,9 @@ pub struct CollectorConfig {
     /// recognised by every replica.
     #[arg(long, env = "DEDUP_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub dedup_retention: Duration,
-    /// Requests that may wait for the writers at once; beyond that the answer is 503.
-    #[arg(long, env = "COLLECTOR_QUEUE_CAPACITY", default_value_t = 4096)]
+    /// Events that may wait for (or be in) a write transaction at once; beyond that the answer
+    /// is 503. Bounds the collector's memory in events, whatever mix of singles and batches.
+    #[arg(long, env = "COLLECTOR_QUEUE_CAPACITY", default_value_t = 10_000)]
     pub queue_capacity: usize,
     /// Write transactions in flight at once in this process. Several overlap one
     /// transaction's commit (fsync) with the next one's statements; on this 2-core machine 4
@@ -115,7 +116,8 @@ impl CollectorConfig {
 
     fn cola(&self) -> ConfigCola {
         ConfigCola {
-            capacidad: self.queue_capacity,
+            // A largest batch must always fit, or it would be refused forever.
+            capacidad: self.queue_capacity.max(self.max_batch),
             escritores: self.writers,
             max_eventos_por_lote: self.max_batch_events,
         }
@@ -158,7 +160,9 @@ impl Readiness for CollectorReadiness {
         let writers = if self.escritores.is_finished() {
             Err("the writers stopped".to_owned())
         } else {
-            Ok(format!("{en_cola} of {capacidad} queue slots in use"))
+            Ok(format!(
+                "{en_cola} of {capacidad} events queued or being stored"
+            ))
         };
         checks.push(DependencyStatus::from_result("writers", true, writers));
         checks

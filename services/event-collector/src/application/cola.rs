@@ -5,15 +5,12 @@
 //! a client never waits without bound.
 
 use std::{
-    sync::{
-        Arc, LazyLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, LazyLock},
     time::Instant,
 };
 
 use prometheus::{Histogram, IntGauge};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -50,13 +47,16 @@ struct Pendiente {
 #[derive(Clone)]
 pub struct Cola {
     tx: mpsc::Sender<Pendiente>,
-    ocupacion: Arc<AtomicUsize>,
+    /// One permit per event queued or being stored: memory is bounded in events, whatever
+    /// mix of single events and batches arrives.
+    permisos: Arc<Semaphore>,
     capacidad: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigCola {
-    /// Requests that may wait at once; beyond that, 503.
+    /// Events that may be queued or being stored at once; beyond that, 503. At least one
+    /// largest transaction's worth.
     pub capacidad: usize,
     /// Writers (transactions in flight at once) per process.
     pub escritores: usize,
@@ -89,8 +89,11 @@ static DURACION_LOTE: LazyLock<Histogram> = LazyLock::new(|| {
 });
 static EN_COLA: LazyLock<IntGauge> = LazyLock::new(|| {
     platform::telemetry::register(
-        IntGauge::new("collector_queue_requests", "Requests waiting for a writer")
-            .expect("valid metric"),
+        IntGauge::new(
+            "collector_queue_events",
+            "Events queued or being stored by the writers",
+        )
+        .expect("valid metric"),
     )
 });
 
@@ -101,15 +104,15 @@ impl Cola {
         config: ConfigCola,
         parar: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.capacidad.max(1));
+        let capacidad = config.capacidad.max(1);
+        // Every request holds at least one permit, so the channel never fills before them.
+        let (tx, rx) = mpsc::channel(capacidad);
         let rx = Arc::new(Mutex::new(rx));
-        let ocupacion = Arc::new(AtomicUsize::new(0));
         let mut escritores = tokio::task::JoinSet::new();
         for numero in 0..config.escritores.max(1) {
             let escritor = Escritor {
                 almacen: almacen.clone(),
                 rx: rx.clone(),
-                ocupacion: ocupacion.clone(),
                 max_eventos: config.max_eventos_por_lote.max(1),
             };
             escritores.spawn(
@@ -122,8 +125,8 @@ impl Cola {
         (
             Self {
                 tx,
-                ocupacion,
-                capacidad: config.capacidad.max(1),
+                permisos: Arc::new(Semaphore::new(capacidad)),
+                capacidad,
             },
             handle,
         )
@@ -131,35 +134,48 @@ impl Cola {
 
     /// Queues `envio` and waits until it is stored (or the store fails).
     pub async fn enviar(&self, envio: Envio) -> Result<RespuestaEnvio, ErrorCola> {
+        let eventos = u32::try_from(envio.eventos.len().max(1)).unwrap_or(u32::MAX);
+        // Held until the answer: the events count against the bound while they are stored.
+        let permiso = self
+            .permisos
+            .clone()
+            .try_acquire_many_owned(eventos)
+            .map_err(|_| ErrorCola::Llena)?;
+        self.medir();
         let (responder, respuesta) = oneshot::channel();
-        // Counted before it is sent, so a writer never takes away more than was added.
-        let ocupadas = self.ocupacion.fetch_add(1, Ordering::Relaxed) + 1;
         let enviado = self.tx.try_send(Pendiente { envio, responder });
         if let Err(error) = enviado {
-            self.ocupacion.fetch_sub(1, Ordering::Relaxed);
             return Err(match error {
                 mpsc::error::TrySendError::Full(_) => ErrorCola::Llena,
                 mpsc::error::TrySendError::Closed(_) => ErrorCola::Cerrada,
             });
         }
-        EN_COLA.set(i64::try_from(ocupadas).unwrap_or(i64::MAX));
-        match respuesta.await {
+        let resultado = match respuesta.await {
             Ok(result) => Ok(result?),
             // The writers stopped with this request on the queue: it was not stored.
             Err(_) => Err(ErrorCola::Cerrada),
-        }
+        };
+        drop(permiso);
+        self.medir();
+        resultado
     }
 
-    /// Requests waiting right now, and how many may.
+    fn medir(&self) {
+        EN_COLA.set(i64::try_from(self.ocupacion().0).unwrap_or(i64::MAX));
+    }
+
+    /// Events queued or being stored right now, and how many may be.
     pub fn ocupacion(&self) -> (usize, usize) {
-        (self.ocupacion.load(Ordering::Relaxed), self.capacidad)
+        (
+            self.capacidad - self.permisos.available_permits().min(self.capacidad),
+            self.capacidad,
+        )
     }
 }
 
 struct Escritor {
     almacen: Arc<dyn Almacen>,
     rx: Arc<Mutex<mpsc::Receiver<Pendiente>>>,
-    ocupacion: Arc<AtomicUsize>,
     max_eventos: usize,
 }
 
@@ -189,8 +205,6 @@ impl Escritor {
                 }
                 lote
             };
-            let quedan = self.ocupacion.fetch_sub(lote.len(), Ordering::Relaxed) - lote.len();
-            EN_COLA.set(i64::try_from(quedan).unwrap_or(i64::MAX));
             self.escribir(lote).await;
         }
     }
@@ -264,20 +278,21 @@ mod tests {
         let (cola, _writers) = Cola::iniciar(
             almacen.clone(),
             ConfigCola {
-                capacidad: 3,
+                capacidad: 4,
                 escritores: 1,
                 max_eventos_por_lote: 100,
             },
             parar.clone(),
         );
-        // The writer takes the first request and blocks on it; three more fill the queue.
+        // The writer takes the first request and blocks on it (its event still counts); three
+        // more fill the bound of four events.
         let mut esperando = Vec::new();
         for _ in 0..4 {
             let cola = cola.clone();
             esperando.push(tokio::spawn(async move { cola.enviar(envio()).await }));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(cola.ocupacion(), (3, 3));
+        assert_eq!(cola.ocupacion(), (4, 4));
         let lleno = tokio::time::timeout(Duration::from_secs(1), cola.enviar(envio()))
             .await
             .expect("a full queue never waits");
