@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.http,
     );
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = controller.await;
     Ok(())

@@ -23,6 +23,34 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// What a failed request looked like to the client, for the report: the status and the start
+/// of the body the server sent, or the transport error with its causes (which hop failed).
+async fn describe_failure(
+    started: Instant,
+    answer: Result<reqwest::Response, reqwest::Error>,
+) -> String {
+    let at = started.elapsed().as_secs_f64();
+    match answer {
+        Ok(answer) => {
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            format!(
+                "{at:.2} s: HTTP {status}: {}",
+                body.chars().take(300).collect::<String>()
+            )
+        }
+        Err(error) => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            format!("{at:.2} s: {text}")
+        }
+    }
+}
+
 fn write_json(file: &str, value: &impl Serialize) -> anyhow::Result<()> {
     std::fs::create_dir_all("target/scenarios")?;
     let path = format!("target/scenarios/{file}");
@@ -593,6 +621,8 @@ pub struct ReadLoad {
     pub failed: u64,
     /// Answers in a version other than the one expected throughout.
     pub other_version: u64,
+    /// Each failure as the client saw it (seconds into the load).
+    pub failures: Vec<String>,
 }
 
 /// Reads `/api/reports/payments` through the gateway every 20 ms until `stop`.
@@ -604,6 +634,7 @@ fn read_reports(
     tokio::spawn(async move {
         let http = client().expect("an HTTP client");
         let mut seen = ReadLoad::default();
+        let started = Instant::now();
         while !stop.is_cancelled() {
             seen.requests += 1;
             match http
@@ -621,7 +652,10 @@ fn read_reports(
                         seen.other_version += 1;
                     }
                 }
-                _ => seen.failed += 1,
+                failed => {
+                    seen.failed += 1;
+                    seen.failures.push(describe_failure(started, failed).await);
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -743,6 +777,8 @@ pub struct Operations {
     pub reads_during_upgrade: ReadLoad,
     pub payments_during_upgrade: u64,
     pub payments_failed_during_upgrade: u64,
+    /// Each failed payment as the client saw it (seconds into the upgrade).
+    pub payment_failures_during_upgrade: Vec<String>,
     pub version_after_upgrade: String,
 }
 
@@ -841,21 +877,24 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         let (gateway, stop) = (gateway.clone(), stop.clone());
         tokio::spawn(async move {
             let http = client().expect("an HTTP client");
-            let (mut sent, mut failed) = (0u64, 0u64);
+            let (mut sent, mut failures) = (0u64, Vec::new());
             let run = uuid::Uuid::new_v4().simple().to_string();
+            let started = Instant::now();
             while !stop.is_cancelled() {
                 sent += 1;
-                let ok = http
+                // No Idempotency-Key, as a careless client sends it: nothing may retry it.
+                let answer = http
                     .post(format!("{gateway}/pagos/"))
                     .json(&serde_json::json!({"id_afiliado": "af-upgrade", "monto": 5,
                         "moneda": "USD", "referencia_pago": format!("up-{run}-{sent}")}))
                     .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                failed += u64::from(!ok);
+                    .await;
+                if !answer.as_ref().is_ok_and(|r| r.status().is_success()) {
+                    failures.push(describe_failure(started, answer).await);
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            (sent, failed)
+            (sent, failures)
         })
     };
     let started = Instant::now();
@@ -890,7 +929,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let reads_upgrade = reads.await?;
-    let (payments_sent, payments_failed) = payments.await?;
+    let (payments_sent, payment_failures) = payments.await?;
     let after = live_pods(cluster)?;
     let (version_after, _) = cluster.report_version()?;
     let report = Operations {
@@ -902,7 +941,8 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         pods_before_upgrade: before.len(),
         reads_during_upgrade: reads_upgrade,
         payments_during_upgrade: payments_sent,
-        payments_failed_during_upgrade: payments_failed,
+        payments_failed_during_upgrade: payment_failures.len() as u64,
+        payment_failures_during_upgrade: payment_failures,
         version_after_upgrade: version_after,
     };
     print_rows(
@@ -954,6 +994,15 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
             ),
         ],
     );
+    for failure in report
+        .reads_during_operator_restart
+        .failures
+        .iter()
+        .chain(&report.reads_during_upgrade.failures)
+        .chain(&report.payment_failures_during_upgrade)
+    {
+        println!("  failed: {failure}");
+    }
     write_json("e2e-operations.json", &report)?;
     Ok(report)
 }

@@ -14,7 +14,7 @@ async fn serve(app: platform::http::App, shutdown: &CancellationToken) -> String
         listener,
         app,
         shutdown.clone(),
-        Duration::from_secs(1),
+        &testkit::http_config(),
     ));
     url
 }
@@ -193,7 +193,7 @@ async fn is_unready_until_every_services_document_is_merged() {
         listener,
         campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
         shutdown.clone(),
-        Duration::from_secs(1),
+        &testkit::http_config(),
     ));
     testkit::eventually("gateway ready", Duration::from_secs(15), || {
         let client = client.clone();
@@ -249,4 +249,136 @@ async fn a_route_with_replicas_balances_and_skips_a_refusing_one() {
     assert_eq!(seen.len(), 2, "both live replicas served: {seen:?}");
     assert!(seen.values().all(|n| *n >= 10), "{seen:?}");
     shutdown.cancel();
+}
+
+/// An upstream on a raw socket: it reads each request, cuts the connection without an answer
+/// for the first `cuts` requests (a pod going away under a pooled connection), then answers 200.
+/// `never` makes it hold every request without answering. Returns its URL and a counter of the
+/// requests it read.
+async fn cutting_upstream(
+    cuts: usize,
+    never: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Read a whole request: its head, then the body its content-length announces.
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let number = counter.fetch_add(1, Ordering::SeqCst);
+                if never {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                } else if number >= cuts {
+                    let body = format!("{{\"intento\":{}}}", number + 1);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+                // Dropped: a cut without an answer, or closed after the answer.
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn gateway_to(upstream: &str, timeout: Duration) -> gateway::Config {
+    gateway::Config {
+        http: http_config(),
+        routes: vec![format!("/pagos={upstream}/pagos")],
+        docs: vec![],
+        upstream_timeout: timeout,
+    }
+}
+
+/// Behind a Kubernetes Service a route has one URL, and a pod that stops may cut a request it
+/// had received. A request that cannot be applied twice is sent again, on a new connection that
+/// reaches a live pod; one that could be applied twice is not, and the client is told it may or
+/// may not have been applied; a request that timed out is not repeated.
+#[tokio::test]
+async fn a_cut_request_is_retried_only_when_repeating_it_is_safe() {
+    use std::sync::atomic::Ordering;
+
+    // A read, cut twice: answered by the third attempt.
+    let (upstream, seen) = cutting_upstream(2, false).await;
+    let app = gateway::app(&gateway_to(&upstream, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let answer = call(&app, "GET", "/pagos/abc", None, &[]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["intento"], 3);
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+    // A payment with an Idempotency-Key, cut once: the service deduplicates, so it is sent again.
+    let (upstream, seen) = cutting_upstream(1, false).await;
+    let app = gateway::app(&gateway_to(&upstream, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let body = r#"{"id_afiliado":"a","monto":1,"moneda":"USD","referencia_pago":"r"}"#;
+    let answer = call(
+        &app,
+        "POST",
+        "/pagos",
+        Some(body),
+        &[("idempotency-key", "k-1")],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    // The same payment without a key, cut once: sent once, and a 502 that says so.
+    let (upstream, seen) = cutting_upstream(1, false).await;
+    let app = gateway::app(&gateway_to(&upstream, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let answer = call(&app, "POST", "/pagos", Some(body), &[]).await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{:?}",
+        answer.body
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "never sent twice");
+
+    // A read the upstream does not answer in time: one attempt, then 504.
+    let (upstream, seen) = cutting_upstream(0, true).await;
+    let app = gateway::app(&gateway_to(&upstream, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let answer = call(&app, "GET", "/pagos/abc", None, &[]).await;
+    assert_eq!(answer.status, 504, "{:?}", answer.body);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "a timeout is not multiplied"
+    );
 }

@@ -7,23 +7,15 @@ use axum::{
     http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use platform::{
-    http::{Problem, upstream},
-    idempotency::IDEMPOTENCY_KEY_HEADER,
+use platform::http::{
+    Problem,
+    upstream::{self, RETRY_PAUSE, RETRY_ROUNDS, is_idempotent},
 };
 
 use crate::backends::Pool;
 
 /// Response header naming the backend that answered.
 pub const BACKEND_HEADER: &str = "x-backend";
-
-/// A request may be sent twice only if doing so cannot apply it twice: reads, and writes the
-/// backend deduplicates (`Idempotency-Key`) or guards (`If-Match`).
-pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        || headers.contains_key(IDEMPOTENCY_KEY_HEADER)
-        || headers.contains_key(header::IF_MATCH)
-}
 
 fn retryable_status(status: StatusCode) -> bool {
     matches!(
@@ -69,14 +61,9 @@ pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Respons
     last_failure.unwrap_or_else(unavailable)
 }
 
-/// Rounds over the backends while every attempt failed in a way that is safe to repeat. Behind
-/// a Kubernetes Service a backend is many pods, and for a second or two after a pod dies some
-/// connections still reach it: refused, cut mid-request, or answered 503 while it drains; the
-/// next connection reaches a live pod. The scenario on the e2e node saw one such request fail
-/// per run or so before idempotent failures were retried here too.
-const RETRY_ROUNDS: u32 = 4;
-/// The pause before round n is n times this (0.1 + 0.2 + 0.3 s at most in all).
-const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+// Rounds over the backends ([`RETRY_ROUNDS`]) while every attempt failed in a way that is safe
+// to repeat: the scenario on the e2e node saw one request fail per run or so before idempotent
+// failures were retried here too.
 
 enum Attempt {
     /// An answer to pass on, or a failure that must not be repeated (a plain write that may
@@ -158,20 +145,6 @@ fn unavailable() -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
-
-    #[test]
-    fn only_reads_and_guarded_writes_are_idempotent() {
-        let empty = HeaderMap::new();
-        assert!(is_idempotent(&Method::GET, &empty));
-        assert!(!is_idempotent(&Method::POST, &empty));
-        assert!(!is_idempotent(&Method::PATCH, &empty));
-        let mut keyed = HeaderMap::new();
-        keyed.insert(IDEMPOTENCY_KEY_HEADER, "k".parse().unwrap());
-        assert!(is_idempotent(&Method::POST, &keyed));
-        let mut guarded = HeaderMap::new();
-        guarded.insert(header::IF_MATCH, "3".parse().unwrap());
-        assert!(is_idempotent(&Method::PATCH, &guarded));
-    }
 
     #[test]
     fn paths_keep_their_rest_and_query() {

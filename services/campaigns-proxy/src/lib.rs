@@ -145,7 +145,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         listener,
         app(pool, &config.http),
         shutdown.clone(),
-        config.http.shutdown_grace,
+        &config.http,
     )
     .await?;
     shutdown.cancel();

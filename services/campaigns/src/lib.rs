@@ -128,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .spawn_purge(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(relay, consumer, tracking, purge);
     Ok(())

@@ -124,7 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, config.version, &config.http);
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = consumer.await;
     Ok(())

@@ -263,7 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         directorio,
         writers.clone(),
     );
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     writers.cancel();
     let _ = tokio::join!(relay, purge);

@@ -131,7 +131,7 @@ pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::
         IdempotencyStore::new(pool.clone(), "pagos", Duration::ZERO).spawn_purge(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(relay, purge, commissions);
     Ok(())
@@ -230,12 +230,14 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
         body_limit_bytes: 1024,
         request_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(5),
+        // Only probes and scrapes reach the worker: nothing to drain.
+        shutdown_drain: Duration::ZERO,
     };
     let (router, openapi) = utoipa_axum::router::OpenApiRouter::<()>::new().split_for_parts();
     let readiness = Arc::new(readiness(pool, broker, true));
     let app = http::app("payments-worker", router, openapi, readiness, &http_config);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    http::serve(listener, app, shutdown.clone(), http_config.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &http_config).await?;
     shutdown.cancel();
     let _ = tokio::join!(worker, sweeper);
     Ok(())

@@ -19,6 +19,13 @@ pub struct HttpConfig {
     /// Within the chart's 30 s termination grace, after its 5 s preStop pause.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long open keep-alive connections are still served, each answer
+    /// carrying `Connection: close`, before idle ones are closed. A client busy on a
+    /// connection then learns of the close from an answer instead of finding the connection
+    /// gone as it sends its next request (which it could not safely repeat). Part of
+    /// `shutdown_grace`.
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "1s", value_parser = parse_duration)]
+    pub shutdown_drain: Duration,
 }
 
 /// Settings of the PostgreSQL connection pool.

@@ -296,7 +296,7 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
     )?);
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(state, datos, broker, &config.http);
-    http::serve(listener, app, shutdown.clone(), config.http.shutdown_grace).await?;
+    http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(consumer, seguidor);
     Ok(())

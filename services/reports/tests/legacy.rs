@@ -24,7 +24,7 @@ async fn serve(app: platform::http::App, stop: &CancellationToken) -> String {
         listener,
         app,
         stop.clone(),
-        Duration::from_secs(1),
+        &testkit::http_config(),
     ));
     url
 }

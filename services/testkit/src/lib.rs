@@ -43,6 +43,9 @@ pub fn http_config() -> HttpConfig {
         body_limit_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        // Tests stop their services at the end; none of them measures the drain but the
+        // platform's own test of it, which sets it.
+        shutdown_drain: Duration::ZERO,
     }
 }
 
@@ -231,19 +234,41 @@ impl TempDatabase {
     pub async fn drop_database(self) {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        // Right after a write-heavy run an autovacuum worker may still be on the database,
-        // and FORCE cannot end a superuser's session: try again for a little while.
-        let mut attempts = 0;
-        while let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            self.name
+        if let Err(error) = drop_database(&mut admin, &self.name).await {
+            panic!("cannot drop database {}: {error}", self.name);
+        }
+    }
+}
+
+/// Drops database `name` and whatever sessions are on it.
+///
+/// Right after a write-heavy run autovacuum works on the database, and FORCE cannot end its
+/// workers, which are a superuser's sessions (the benchmarks failed with "must be a member of
+/// the role whose process is being terminated"); retrying did not help, since the launcher
+/// kept sending new workers for the next table. So connections are closed to it first, which
+/// keeps autovacuum away (it skips such databases), and the drop is retried, once a second for
+/// up to 60 s, while the worker already there finishes.
+pub async fn drop_database(admin: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    // A failure here (e.g. the database is gone) shows in the drop below.
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut *admin)
+    .await;
+    let mut attempts = 0;
+    loop {
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
         )))
-        .execute(&mut admin)
-        .await
-        {
-            attempts += 1;
-            assert!(attempts < 30, "cannot drop database {}: {error}", self.name);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        .execute(&mut *admin)
+        .await;
+        match dropped {
+            Ok(_) => return Ok(()),
+            Err(error) if attempts >= 60 => return Err(error),
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -223,11 +223,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let url = aeropartners_tests::pg::replace_database(&admin_url, &database)?;
     let result = run(&args, &url, &pulsar_url).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {database} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
+    testkit::drop_database(&mut admin, &database).await?;
     let (single, batch, ceilings, stored, accepted) = result?;
     print_and_save(&args, &single, &batch, ceilings, stored, accepted)?;
     if i64::try_from(accepted)? != stored {
@@ -270,6 +266,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         body_limit_bytes: 1024 * 1024,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        shutdown_drain: Duration::ZERO,
     };
     let listener = tokio::net::TcpListener::bind(http.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -285,7 +282,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         listener,
         app,
         shutdown.clone(),
-        http.shutdown_grace,
+        &http,
     ));
 
     let client = reqwest::Client::builder()

@@ -62,11 +62,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(figures) => Ok((figures, None)),
             Err(error) => Err(error),
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {database} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await?;
+        testkit::drop_database(&mut admin, &database).await?;
         reports.push((scenario, result?));
     }
     let ceiling = reports
@@ -143,6 +139,7 @@ async fn run(
         body_limit_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        shutdown_drain: Duration::ZERO,
     };
     let listener = tokio::net::TcpListener::bind(http.listen).await?;
     let url = format!("http://{}/pagos/", listener.local_addr()?);
@@ -151,7 +148,7 @@ async fn run(
         listener,
         app,
         shutdown.clone(),
-        http.shutdown_grace,
+        &http,
     ));
 
     let client = reqwest::Client::builder()

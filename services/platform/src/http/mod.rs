@@ -289,17 +289,60 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     problem
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting connections
-/// and waits (at most `grace`) for in-flight requests to finish.
-pub async fn serve(
+/// Serves `app` on `listener` until `shutdown` is cancelled, then drains and stops.
+///
+/// Stopping has two steps. For `config.shutdown_drain`, every connection is still served, each
+/// answer with `Connection: close`, so a client that is using its keep-alive connection gets
+/// one last answer and a clean close. Then new connections are refused, idle ones are closed
+/// and in-flight requests may finish, within `config.shutdown_grace` counted from the start.
+/// Without the drain, an idle keep-alive connection closed at the moment its client writes a
+/// request fails that request with nothing the client can tell apart from a crash mid-request,
+/// which is what a rolling update under load showed (a payment sent without an
+/// `Idempotency-Key` cannot be retried safely).
+pub fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: CancellationToken,
+    config: &HttpConfig,
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+    let (drain, grace) = (config.shutdown_drain, config.shutdown_grace);
+    serve_until(listener, app, shutdown, drain, grace)
+}
+
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: CancellationToken,
+    drain: Duration,
     grace: Duration,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
-    let drained = shutdown.clone();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = {
+        let draining = draining.clone();
+        tower::util::MapResponseLayer::new(move |mut response: Response| {
+            if draining.load(std::sync::atomic::Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        })
+        .layer(app)
+    };
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                ?drain,
+                "stopping: answers carry Connection: close while draining"
+            );
+            tokio::time::sleep(drain).await;
+        }
+    };
     // The peer address reaches handlers as `ConnectInfo<SocketAddr>` (the collector records
     // the client's IP; the gateway passes it on in `X-Forwarded-For`).
     let server = axum::serve(
@@ -308,11 +351,11 @@ pub async fn serve(
             app,
         ),
     )
-    .with_graceful_shutdown(async move { drained.cancelled().await });
+    .with_graceful_shutdown(stop_accepting);
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace.max(drain)).await } => {
             tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
             Ok(())
         }

@@ -1,5 +1,8 @@
 //! Passing a request on to another HTTP service (the gateway and the campaigns proxy): which
-//! headers travel, and turning the upstream's answer into ours.
+//! headers travel, when a failed attempt may be sent again, and turning the upstream's answer
+//! into ours.
+
+use std::time::Duration;
 
 use axum::{
     body::{Body, Bytes},
@@ -8,6 +11,30 @@ use axum::{
 };
 
 use super::Problem;
+use crate::idempotency::IDEMPOTENCY_KEY_HEADER;
+
+/// A request may be sent twice only if doing so cannot apply it twice: reads, and writes the
+/// service deduplicates (`Idempotency-Key`) or guards (`If-Match`).
+pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || headers.contains_key(IDEMPOTENCY_KEY_HEADER)
+        || headers.contains_key(header::IF_MATCH)
+}
+
+/// How many rounds over an upstream's replicas a request gets while every attempt failed in a
+/// way that is safe to repeat. Behind a Kubernetes Service an upstream is many pods, and for a
+/// moment after a pod goes some connections still reach it: refused, or closed by the pod as
+/// it stops; the next connection reaches a live pod.
+pub const RETRY_ROUNDS: u32 = 4;
+/// The pause before round n is n times this (0.1 + 0.2 + 0.3 s at most in all).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Whether an attempt that failed with a transport error may be sent again: nothing reached
+/// the upstream (the connection was refused or could not be made), or the request is
+/// idempotent. Otherwise it may have been applied, and repeating it could apply it twice.
+pub fn may_retry(error: &reqwest::Error, method: &Method, headers: &HeaderMap) -> bool {
+    error.is_connect() || is_idempotent(method, headers)
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and are never forwarded;
 /// `Host` is the upstream's own.
@@ -68,4 +95,23 @@ pub async fn into_response(upstream: reqwest::Response) -> Response {
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_and_guarded_writes_are_idempotent() {
+        let empty = HeaderMap::new();
+        assert!(is_idempotent(&Method::GET, &empty));
+        assert!(!is_idempotent(&Method::POST, &empty));
+        assert!(!is_idempotent(&Method::PATCH, &empty));
+        let mut keyed = HeaderMap::new();
+        keyed.insert(IDEMPOTENCY_KEY_HEADER, "k".parse().unwrap());
+        assert!(is_idempotent(&Method::POST, &keyed));
+        let mut guarded = HeaderMap::new();
+        guarded.insert(header::IF_MATCH, "3".parse().unwrap());
+        assert!(is_idempotent(&Method::PATCH, &guarded));
+    }
 }
