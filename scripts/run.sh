@@ -31,6 +31,16 @@ if [[ -z ${AEROPARTNERS_RUN_SIGNALS:-} ]]; then
 	exec env --default-signal=INT,TERM "${BASH}" "$0" "$@"
 fi
 
+# Our output may go to a pipe or a terminal that is gone by the time we speak: with
+# `make run | tee run.log`, Ctrl-C kills tee along with the rest of the foreground group, and
+# a closed terminal (SIGHUP) takes its tty. A write must then neither kill this script
+# (SIGPIPE) nor end it (set -e) before it has stopped every service: SIGPIPE is ignored (the
+# services inherit that, as Rust programs set it anyway), and every message goes through
+# say/warn, which ignore a failed write.
+trap '' PIPE
+say() { printf '%s\n' "$*" 2>/dev/null || true; }
+warn() { printf '%s\n' "$*" >&2 2>/dev/null || true; }
+
 bin=${1:?usage: scripts/run.sh path/to/aeropartners}
 : "${DATABASE_URL:?DATABASE_URL is not set}"
 : "${PULSAR_URL:?PULSAR_URL is not set}"
@@ -87,14 +97,14 @@ supervise() {
 			status=0
 			wait "${child}" || status=$?
 			[[ -n ${stopping} ]] && break
-			echo "[run] ${name} exited (status ${status}); restarting it in 1 s" >&2
+			warn "[run] ${name} exited (status ${status}); restarting it in 1 s"
 			sleep 1
 		done
 		# `wait` returns as soon as the trap fires: give the service its drain time.
 		waited=0
 		while running "${child}"; do
 			if ((waited >= stop_timeout * 10)); then
-				echo "[run] ${name} did not stop within ${stop_timeout} s; killing it" >&2
+				warn "[run] ${name} did not stop within ${stop_timeout} s; killing it"
 				kill -KILL "${child}" 2>/dev/null || true
 				break
 			fi
@@ -114,12 +124,13 @@ stop() {
 	stopped=1
 	trap - INT TERM HUP
 	((${#supervisors[@]} > 0)) || return 0
-	echo
-	echo "[run] stopping ${#supervisors[@]} services (SIGTERM; each drains its work)..."
 	local started=${SECONDS} pid
+	# Signal first, speak after: whoever reads our output may be gone already.
 	for pid in "${supervisors[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
+	say ""
+	say "[run] stopping ${#supervisors[@]} services (SIGTERM; each drains its work)..."
 	for pid in "${supervisors[@]}"; do wait "${pid}" 2>/dev/null || true; done
-	echo "[run] stopped in $((SECONDS - started)) s."
+	say "[run] stopped in $((SECONDS - started)) s."
 }
 trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
@@ -127,7 +138,7 @@ trap 'stop; exit 129' HUP
 trap stop EXIT
 
 "${bin}" migrate >>"${log_dir}/migrate.log" 2>&1 || {
-	echo "[run] migrations failed; see ${log_dir}/migrate.log" >&2
+	warn "[run] migrations failed; see ${log_dir}/migrate.log"
 	exit 1
 }
 
@@ -183,22 +194,22 @@ while ((${#waiting[@]} > 0)); do
 	waiting=("${still[@]}")
 	((${#waiting[@]} == 0)) && break
 	if ((SECONDS - started >= ready_timeout)); then
-		echo "[run] not ready after ${ready_timeout} s:" >&2
+		warn "[run] not ready after ${ready_timeout} s:"
 		for i in "${waiting[@]}"; do
-			echo "[run]   ${names[i]}: $(local_url "${ports[i]}")/ready (log: ${log_dir}/${names[i]}.log)" >&2
+			warn "[run]   ${names[i]}: $(local_url "${ports[i]}")/ready (log: ${log_dir}/${names[i]}.log)"
 		done
 		exit 1
 	fi
 	if ((SECONDS >= next_report)); then
 		pending=()
 		for i in "${waiting[@]}"; do pending+=("${names[i]}"); done
-		echo "[run] waiting for ${pending[*]} to be ready..." >&2
+		warn "[run] waiting for ${pending[*]} to be ready..."
 		next_report=$((SECONDS + 10))
 	fi
 	sleep 0.2
 done
 
-cat <<MSG
+cat <<MSG || true
 
 Aeropartners is running, every service ready after $((SECONDS - started)) s (logs in ${log_dir}/):
 
