@@ -14,6 +14,7 @@ use platform::{
     db,
     http::{self, ContextReadiness},
     idempotency::IdempotencyStore,
+    inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
     outbox::Relay,
 };
@@ -80,7 +81,7 @@ pub async fn run_payment_consumer(pool: PgPool, broker: LazyBroker, shutdown: Ca
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
-    let handler = Arc::new(AtribucionDePagos::new(pool));
+    let handler = Arc::new(Transactional(AtribucionDePagos::new(pool)));
     messaging::run_consumer(connected, payments_subscription(), handler, shutdown).await;
 }
 
@@ -105,7 +106,7 @@ pub async fn run_tracking_consumer(pool: PgPool, broker: LazyBroker, shutdown: C
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
-    let handler = Arc::new(application::ContadorDeTracking::new(pool));
+    let handler = Arc::new(Transactional(application::ContadorDeTracking::new(pool)));
     messaging::run_consumer(connected, tracking_subscription(), handler, shutdown).await;
 }
 

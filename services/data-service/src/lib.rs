@@ -13,6 +13,7 @@ use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
     db,
     http::{self, ContextReadiness, Docs},
+    inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -117,7 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
         tokio::spawn(async move {
             if let Some(connected) = broker.wait(&shutdown).await {
-                let handler = Arc::new(Proyeccion::new(pool, version));
+                let handler = Arc::new(Transactional(Proyeccion::new(pool, version)));
                 messaging::run_consumer(connected, subscription(version), handler, shutdown).await;
             }
         })

@@ -3,12 +3,12 @@
 //! version guard, so the rows equal an in-order single delivery.
 
 use platform::{
-    inbox,
-    messaging::{Envelope, EventHandler, HandlerError},
+    inbox::{self, TransactionalHandler},
+    messaging::{Envelope, HandlerError},
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::Version;
 
@@ -60,12 +60,25 @@ impl Proyeccion {
         }
     }
 
+    /// Applies one event in a transaction of its own.
     pub async fn aplicar(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        self.apply_alone(envelope).await
+    }
+}
+
+#[async_trait::async_trait]
+impl TransactionalHandler for Proyeccion {
+    type Applied = ();
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
         let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
         let permanent =
             |e: serde_json::Error| HandlerError::Permanent(format!("{}: {e}", envelope.event_type));
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !inbox::first_delivery(&mut tx, &self.consumer, envelope)
+        if !inbox::first_delivery(&mut *tx, &self.consumer, envelope)
             .await
             .map_err(transient)?
         {
@@ -117,13 +130,6 @@ impl Proyeccion {
             }
             other => tracing::debug!(aggregate_type = other, "event ignored by the data service"),
         }
-        tx.commit().await.map_err(transient)
-    }
-}
-
-#[async_trait::async_trait]
-impl EventHandler for Proyeccion {
-    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        self.aplicar(&envelope).await
+        Ok(())
     }
 }

@@ -114,6 +114,86 @@ async fn duplicated_and_reordered_events_give_the_in_order_projection(
     assert_eq!(campanas, vec![("c1".into(), "ACTIVE".into(), 1, 3)]);
 }
 
+/// A busy consumer applies a lane's queued events in one transaction; a batch redelivered after
+/// its commit (the process died before acknowledging it), in batches cut differently and with
+/// one event that fails mid-batch, leaves exactly the rows one in-order delivery gives.
+#[sqlx::test(migrations = false)]
+async fn batches_redelivered_after_their_commit_change_nothing(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    use platform::{inbox::Transactional, messaging::EventHandler};
+
+    let pool = pool(o, c, Version::V1).await;
+    let handler = Transactional(Proyeccion::new(pool.clone(), Version::V1));
+    let events = history();
+    let rows = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT id_pago, estado, version FROM pagos ORDER BY id_pago",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(
+        handler
+            .handle_batch(&events[..5])
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let after_first = rows(pool.clone()).await;
+    // Redelivered: the same five, now cut in two batches, then everything once more.
+    assert!(
+        handler
+            .handle_batch(&events[..3])
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert!(
+        handler
+            .handle_batch(&events[3..])
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert!(
+        handler
+            .handle_batch(&events)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    assert_eq!(rows(pool.clone()).await, after_first);
+    // A batch with an event that cannot apply is rolled back whole; each is then on its own.
+    let mut broken = events.clone();
+    broken.insert(2, pago("p9", 1, "af-1", 1.0, "USD", "PENDIENTE"));
+    broken[2].data = serde_json::json!({"id_pago": "p9"});
+    let results = handler.handle_batch(&broken).await;
+    assert!(
+        results.iter().all(Result::is_err),
+        "all or nothing: {results:?}"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox,
+        events.len() as i64,
+        "one inbox row per distinct event"
+    );
+    assert_eq!(
+        rows(pool).await,
+        vec![
+            ("p1".into(), "EXITOSO".into(), 2),
+            ("p2".into(), "FALLIDO".into(), 2),
+            ("p3".into(), "PENDIENTE".into(), 1),
+        ]
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn v1_serves_the_simple_spanish_reports_only(o: PgPoolOptions, c: PgConnectOptions) {
     let pool = pool(o, c, Version::V1).await;

@@ -14,6 +14,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig, parse_duration},
     db,
+    group_commit::{BatchStore, GroupCommitConfig},
     http::{self, ContextReadiness, DependencyStatus, Readiness},
     messaging::LazyBroker,
     outbox::Relay,
@@ -22,7 +23,7 @@ use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    application::{Almacen, Cola, ConfigCola, Recolector},
+    application::{Cola, Envio, Recolector, RespuestaEnvio},
     domain::{Directorio, Reglas, TipoEvento},
     infrastructure::{almacen::PgAlmacen, consultas},
 };
@@ -114,12 +115,12 @@ impl CollectorConfig {
         }
     }
 
-    fn cola(&self) -> ConfigCola {
-        ConfigCola {
+    fn cola(&self) -> GroupCommitConfig {
+        GroupCommitConfig {
             // A largest batch must always fit, or it would be refused forever.
-            capacidad: self.queue_capacity.max(self.max_batch),
-            escritores: self.writers,
-            max_eventos_por_lote: self.max_batch_events,
+            capacity: self.queue_capacity.max(self.max_batch),
+            writers: self.writers,
+            max_batch_weight: self.max_batch_events,
         }
     }
 
@@ -156,7 +157,7 @@ impl Readiness for CollectorReadiness {
             })
             .map_err(|e| e.to_string());
         checks.push(DependencyStatus::from_result("publication", false, backlog));
-        let (en_cola, capacidad) = self.cola.ocupacion();
+        let (en_cola, capacidad) = self.cola.occupancy();
         let writers = if self.escritores.is_finished() {
             Err("the writers stopped".to_owned())
         } else {
@@ -178,8 +179,9 @@ pub fn app(
     directorio: Directorio,
     writers: CancellationToken,
 ) -> (http::App, Arc<tokio::task::JoinHandle<()>>) {
-    let almacen: Arc<dyn Almacen> = Arc::new(PgAlmacen::new(pool.clone()));
-    let (cola, escritores) = Cola::iniciar(almacen, config.cola(), writers);
+    let almacen: Arc<dyn BatchStore<Envio, RespuestaEnvio>> =
+        Arc::new(PgAlmacen::new(pool.clone()));
+    let (cola, escritores) = Cola::start("collector", almacen, config.cola(), writers);
     let escritores = Arc::new(escritores);
     let recolector = Recolector {
         directorio: Arc::new(directorio),

@@ -11,8 +11,10 @@ use std::{sync::Arc, time::Duration};
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
     db,
+    group_commit::GroupCommitConfig,
     http::{self, ContextReadiness},
     idempotency::IdempotencyStore,
+    inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
     outbox::Relay,
 };
@@ -22,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     application::ProcesadorDePagos,
     domain::TipoEventoPago,
-    infrastructure::pasarela::{ConfigStripeSimulado, PasarelaDePagos, StripeSimulado},
+    infrastructure::pasarela::{
+        ConfigStripeSimulado, PasarelaDePagos, PasarelaLimitada, StripeSimulado,
+    },
 };
 
 /// The PostgreSQL schema this context owns.
@@ -79,11 +83,29 @@ fn readiness(pool: PgPool, broker: LazyBroker, broker_required: bool) -> Context
     }
 }
 
+/// How create requests are committed together: two transactions in flight (one committing while
+/// the next batch forms), up to 256 payments each, 4 096 waiting at most (then 503).
+const CREATE_QUEUE: GroupCommitConfig = GroupCommitConfig {
+    capacity: 4096,
+    writers: 2,
+    max_batch_weight: 256,
+};
+
 /// The complete payments HTTP application (used by the binary and by the tests).
+///
+/// Its create queue's writers run until the application is dropped: requests still waiting
+/// hold the queue open, so every accepted request is answered.
 pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
+    let (creacion, _writers) = application::ColaCreacion::start(
+        "payments",
+        Arc::new(application::CreadorDePagos::new(pool.clone())),
+        CREATE_QUEUE,
+        CancellationToken::new(),
+    );
     let state = api::ApiState {
         idempotency: IdempotencyStore::new(pool.clone(), "pagos", http.request_timeout * 2),
         pool: pool.clone(),
+        creacion,
     };
     let (router, openapi) = api::router(state);
     let readiness = Arc::new(readiness(pool, broker, false));
@@ -112,7 +134,7 @@ pub async fn run_commissions(
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
-    let handler = Arc::new(application::Comisiones::new(pool, rate));
+    let handler = Arc::new(Transactional(application::Comisiones::new(pool, rate)));
     messaging::run_consumer(connected, commissions_subscription(), handler, shutdown).await;
 }
 
@@ -178,6 +200,13 @@ pub async fn run_worker_subscribed(
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
+    // One lane per payment charged at once, and no more charges in flight than lanes however
+    // the lanes batch.
+    let pasarela = Arc::new(PasarelaLimitada::new(
+        pasarela,
+        subscription.lanes,
+        shutdown.clone(),
+    ));
     let handler = Arc::new(ProcesadorDePagos::new(pool, pasarela));
     messaging::run_consumer(connected, subscription, handler, shutdown).await;
 }

@@ -257,3 +257,96 @@ async fn the_sweeper_finishes_payments_whose_message_is_gone(
         .unwrap();
     assert_eq!(again, 0);
 }
+
+/// Times out the first charge of one payment (the charge happens, the answer is lost), and
+/// answers every other call through the counting double.
+struct LosesOneAnswer {
+    inner: std::sync::Arc<CountingGateway>,
+    unlucky: Uuid,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl payments::infrastructure::pasarela::PasarelaDePagos for LosesOneAnswer {
+    async fn cobrar(
+        &self,
+        solicitud: payments::infrastructure::pasarela::SolicitudCobro,
+    ) -> Result<payments::domain::ResultadoCobro, payments::infrastructure::pasarela::ErrorPasarela>
+    {
+        let unlucky = solicitud.clave_idempotencia == self.unlucky;
+        let answer = self.inner.cobrar(solicitud).await;
+        if unlucky && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(
+                payments::infrastructure::pasarela::ErrorPasarela::NoDisponible("timeout".into()),
+            );
+        }
+        answer
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_charges_each_payment_once_and_leaves_a_lost_answer_to_its_retry(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let mut envelopes = Vec::new();
+    for _ in 0..5 {
+        envelopes.push(pending_envelope(&pool).await);
+    }
+    let unlucky = envelopes[2].0;
+    let counting = CountingGateway::new(Decision::Approve);
+    let handler = ProcesadorDePagos::new(
+        pool.clone(),
+        std::sync::Arc::new(LosesOneAnswer {
+            inner: counting.clone(),
+            unlucky,
+            lost: false.into(),
+        }),
+    );
+    // The batch as a lane hands it over, with one payment delivered twice in it.
+    let mut batch: Vec<Envelope> = envelopes.iter().map(|(_, e)| e.clone()).collect();
+    batch.push(envelopes[0].1.clone());
+    let results = handler.handle_batch(&batch).await;
+    assert_eq!(results.len(), 6);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_err(), i == 2, "event {i}: {result:?}");
+    }
+    for (id, _) in &envelopes {
+        let expected = if *id == unlucky {
+            "PROCESANDO"
+        } else {
+            "EXITOSO"
+        };
+        assert_eq!(estado(&pool, *id).await, expected);
+    }
+    let repeated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pago_traza WHERE evento = 'MENSAJE_REPETIDO_IGNORADO' AND id_pago = $1",
+    )
+    .bind(envelopes[0].0)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(repeated, 1, "the second delivery in the batch is traced");
+    // Its message is retried alone: the same key returns the first charge.
+    handler.handle(envelopes[2].1.clone()).await.unwrap();
+    assert_eq!(estado(&pool, unlucky).await, "EXITOSO");
+    assert_eq!(counting.charges(), 5, "one charge per payment");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'PagoExitoso'"
+        )
+        .await,
+        5
+    );
+    // The four answered in the batch were recorded by one transaction.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM pagos WHERE estado = 'EXITOSO' AND id <> $1",
+    )
+    .bind(unlucky)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1);
+}

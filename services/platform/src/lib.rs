@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod db;
+pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod inbox;

@@ -13,7 +13,7 @@ use std::{
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
-use prometheus::IntCounterVec;
+use prometheus::{HistogramVec, IntCounterVec};
 use pulsar::{
     ConnectionRetryOptions, ConsumerOptions, OperationRetryOptions, Producer, ProducerOptions,
     Pulsar, SubType, TokioExecutor, consumer::DeadLetterPolicy, consumer::InitialPosition,
@@ -271,6 +271,27 @@ pub enum HandlerError {
 #[async_trait::async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError>;
+
+    /// Applies several events of one lane at once (their keys' order kept): in one
+    /// transaction, typically, so a busy consumer pays one commit for many events. The consumer
+    /// calls it when more than one message waits in a lane and [`Self::max_batch`] allows it.
+    /// It answers each event in order: `Ok` if the event is applied, `Err` if it is not (then
+    /// it is handled on its own, with retries, so one poisoned event never holds the others
+    /// back). An event left unapplied is handled after the batch, so a handler whose events
+    /// depend on their order must leave the later events of that key unapplied too (an
+    /// all-or-nothing transaction does).
+    async fn handle_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), HandlerError>> {
+        let mut results = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            results.push(self.handle(envelope.clone()).await);
+        }
+        results
+    }
+
+    /// Most events one [`Self::handle_batch`] call gets; 1 (the default) never batches.
+    fn max_batch(&self) -> usize {
+        1
+    }
 }
 
 /// How a consumer subscribes.
@@ -294,6 +315,20 @@ pub struct Subscription {
 /// The drain timeout every service uses: the chart gives a pod 30 s after it is told to stop,
 /// of which the preStop pause takes 5 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    telemetry::register(
+        HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "events_batch_size",
+                "Events handled together by one handle_batch call, by subscription",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &["subscription"],
+        )
+        .expect("valid metric"),
+    )
+});
 
 static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     telemetry::counter_vec(
@@ -572,10 +607,12 @@ fn spawn_lane(
     stop: CancellationToken,
 ) -> mpsc::Sender<Delivery> {
     let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_QUEUE);
+    let max_batch = handler.max_batch().clamp(1, LANE_QUEUE);
     tasks.spawn(async move {
         loop {
-            let delivery = tokio::select! {
-                // Checked before every message: once stopping, the queued ones stay unstarted.
+            let first = tokio::select! {
+                // Checked before every message or batch: once stopping, the queued ones stay
+                // unstarted.
                 biased;
                 () = stop.cancelled() => return,
                 delivery = rx.recv() => match delivery {
@@ -583,16 +620,92 @@ fn spawn_lane(
                     None => return,
                 },
             };
-            let outcome = process(&subscription, handler.as_ref(), &delivery.payload, &stop).await;
-            if outcomes
-                .send((delivery.topic, delivery.id, outcome))
-                .is_err()
-            {
-                return;
+            // Whatever queued up behind it while the previous work ran goes with it.
+            let mut deliveries = vec![first];
+            while deliveries.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err(_) => break,
+                }
+            }
+            let settled = if deliveries.len() == 1 {
+                let delivery = deliveries.remove(0);
+                let outcome =
+                    process(&subscription, handler.as_ref(), &delivery.payload, &stop).await;
+                vec![(delivery, outcome)]
+            } else {
+                process_batch(&subscription, handler.as_ref(), deliveries, &stop).await
+            };
+            for (delivery, outcome) in settled {
+                if outcomes
+                    .send((delivery.topic, delivery.id, outcome))
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
     });
     tx
+}
+
+/// Handles the messages of a lane that queued together: in one `handle_batch` call, or, if
+/// that fails, one by one as if they had come alone.
+async fn process_batch(
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    deliveries: Vec<Delivery>,
+    stop: &CancellationToken,
+) -> Vec<(Delivery, Outcome)> {
+    let mut settled = Vec::with_capacity(deliveries.len());
+    let mut decoded = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match decode(subscription, &delivery.payload) {
+            Ok(envelope) => decoded.push((delivery, envelope)),
+            Err(outcome) => settled.push((delivery, outcome)),
+        }
+    }
+    if decoded.len() > 1 {
+        let (deliveries, envelopes): (Vec<Delivery>, Vec<Envelope>) = decoded.into_iter().unzip();
+        let count = envelopes.len();
+        let span = tracing::info_span!("events", subscription = %subscription.name, count,
+            first_event_id = %envelopes[0].event_id);
+        let results = handler.handle_batch(&envelopes).instrument(span).await;
+        BATCH_SIZE
+            .with_label_values(&[subscription.name.as_str()])
+            .observe(count as f64);
+        decoded = Vec::new();
+        let mut applied = 0;
+        let mut results = results.into_iter();
+        for (delivery, envelope) in deliveries.into_iter().zip(envelopes) {
+            match results.next() {
+                Some(Ok(())) => {
+                    applied += 1;
+                    settled.push((delivery, Outcome::Ack));
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(subscription = %subscription.name, %error,
+                        event_id = %envelope.event_id, "not applied in its batch; handling it alone");
+                    decoded.push((delivery, envelope));
+                }
+                // A handler that answered fewer events than it got: the rest go alone.
+                None => decoded.push((delivery, envelope)),
+            }
+        }
+        CONSUMED
+            .with_label_values(&[subscription.name.as_str(), "ok"])
+            .inc_by(applied);
+    }
+    for (delivery, envelope) in decoded {
+        let outcome = if stop.is_cancelled() {
+            // Not started: back to the broker, like a message still queued.
+            Outcome::Release
+        } else {
+            handle_one(subscription, handler, envelope, stop).await
+        };
+        settled.push((delivery, outcome));
+    }
+    settled
 }
 
 /// Messages waiting in one lane. Small: what waits here is what a shutdown gives back.
@@ -604,17 +717,30 @@ async fn process(
     payload: &[u8],
     stop: &CancellationToken,
 ) -> Outcome {
-    let envelope: Envelope = match serde_json::from_slice(payload) {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            tracing::error!(subscription = %subscription.name, %error, "undecodable event, dead-lettering");
-            CONSUMED
-                .with_label_values(&[subscription.name.as_str(), "undecodable"])
-                .inc();
-            // Redeliveries cannot fix it; the dead-letter policy moves it aside.
-            return Outcome::Nack;
-        }
-    };
+    match decode(subscription, payload) {
+        Ok(envelope) => handle_one(subscription, handler, envelope, stop).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// The envelope of a message, or what to tell the broker about one that is not an envelope.
+fn decode(subscription: &Subscription, payload: &[u8]) -> Result<Envelope, Outcome> {
+    serde_json::from_slice(payload).map_err(|error| {
+        tracing::error!(subscription = %subscription.name, %error, "undecodable event, dead-lettering");
+        CONSUMED
+            .with_label_values(&[subscription.name.as_str(), "undecodable"])
+            .inc();
+        // Redeliveries cannot fix it; the dead-letter policy moves it aside.
+        Outcome::Nack
+    })
+}
+
+async fn handle_one(
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    envelope: Envelope,
+    stop: &CancellationToken,
+) -> Outcome {
     // Attached with `instrument`, never entered across an await: a span entered while the
     // task is suspended would become the parent of whatever runs next on that thread.
     let span = tracing::info_span!("event", event_id = %envelope.event_id,

@@ -107,6 +107,22 @@ pub struct NewEvent<'a, T: Serialize> {
     pub data: &'a T,
 }
 
+impl<T: Serialize> NewEvent<'_, T> {
+    /// The envelope of this event, with a fresh id.
+    pub fn into_envelope(self) -> Result<Envelope, sqlx::Error> {
+        Ok(Envelope {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: self.event_type.to_owned(),
+            aggregate_type: self.aggregate_type.to_owned(),
+            aggregate_id: self.aggregate_id,
+            aggregate_version: self.aggregate_version,
+            occurred_at: self.occurred_at,
+            correlation_id: self.correlation_id.to_owned(),
+            data: serde_json::to_value(self.data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+        })
+    }
+}
+
 /// Wraps `event` in an envelope with a fresh id and adds it to the outbox inside the caller's
 /// transaction.
 pub async fn record<T: Serialize>(
@@ -114,17 +130,7 @@ pub async fn record<T: Serialize>(
     topic: &str,
     event: NewEvent<'_, T>,
 ) -> Result<(), sqlx::Error> {
-    let envelope = Envelope {
-        event_id: uuid::Uuid::new_v4(),
-        event_type: event.event_type.to_owned(),
-        aggregate_type: event.aggregate_type.to_owned(),
-        aggregate_id: event.aggregate_id,
-        aggregate_version: event.aggregate_version,
-        occurred_at: event.occurred_at,
-        correlation_id: event.correlation_id.to_owned(),
-        data: serde_json::to_value(event.data).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-    };
-    enqueue(tx, topic, &envelope).await
+    enqueue(tx, topic, &event.into_envelope()?).await
 }
 
 /// `GET …/outbox/estadisticas`: `procesados + pendientes + fallidos == total` by construction,

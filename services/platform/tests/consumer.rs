@@ -308,3 +308,126 @@ async fn shutdown_gives_the_backlog_back_to_the_broker() {
         "the second consumer handled each event once"
     );
 }
+
+/// Applies batches slowly (so messages queue up behind each one), records every batch's size,
+/// and leaves the first delivery of aggregate "flaky" unapplied in its batch.
+#[derive(Default)]
+struct Batcher {
+    applied: Mutex<HashMap<String, Vec<i64>>>,
+    batches: Mutex<Vec<usize>>,
+    alone: Mutex<Vec<String>>,
+    refused: Mutex<HashSet<Uuid>>,
+}
+
+impl Batcher {
+    fn record(&self, envelope: &Envelope) {
+        self.applied
+            .lock()
+            .unwrap()
+            .entry(envelope.aggregate_id.clone())
+            .or_default()
+            .push(envelope.aggregate_version);
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Batcher {
+    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.alone
+            .lock()
+            .unwrap()
+            .push(envelope.aggregate_id.clone());
+        self.record(&envelope);
+        Ok(())
+    }
+
+    async fn handle_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), HandlerError>> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.batches.lock().unwrap().push(envelopes.len());
+        envelopes
+            .iter()
+            .map(|envelope| {
+                if envelope.aggregate_id == "flaky"
+                    && self.refused.lock().unwrap().insert(envelope.event_id)
+                {
+                    return Err(HandlerError::Transient(anyhow::anyhow!("not in a batch")));
+                }
+                self.record(envelope);
+                Ok(())
+            })
+            .collect()
+    }
+
+    fn max_batch(&self) -> usize {
+        16
+    }
+}
+
+#[tokio::test]
+async fn queued_messages_are_handled_in_batches_in_key_order_and_a_refused_one_alone() {
+    let config = config();
+    let broker = Broker::connect(&config).await.unwrap();
+    let batcher = Arc::new(Batcher::default());
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(messaging::run_consumer(
+        broker.clone(),
+        Subscription {
+            topics: vec![TOPIC.into()],
+            name: "batch-test".into(),
+            lanes: 2,
+            attempts: 3,
+            max_redeliveries: 2,
+            drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
+        },
+        batcher.clone(),
+        shutdown.clone(),
+    ));
+
+    const KEYS: usize = 4;
+    const VERSIONS: i64 = 50;
+    let mut events = Vec::new();
+    for version in 1..=VERSIONS {
+        for key in 0..KEYS {
+            events.push(envelope(&format!("key-{key}"), version));
+        }
+    }
+    events.insert(37, envelope("flaky", 1));
+    broker.publish(TOPIC, &events).await.unwrap();
+
+    eventually("every event is applied", Duration::from_secs(60), || {
+        let batcher = batcher.clone();
+        async move {
+            batcher
+                .applied
+                .lock()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+                > KEYS * VERSIONS as usize
+        }
+    })
+    .await;
+    // Nothing more arrives: no event was applied twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = batcher.applied.lock().unwrap();
+    for key in 0..KEYS {
+        assert_eq!(
+            applied[&format!("key-{key}")],
+            (1..=VERSIONS).collect::<Vec<_>>(),
+            "key-{key}: each version once, in order"
+        );
+    }
+    assert_eq!(applied["flaky"], vec![1], "applied once");
+    // It came in a batch (slow handling keeps the lanes' queues full), was refused there, and
+    // was then handled alone.
+    assert_eq!(batcher.refused.lock().unwrap().len(), 1);
+    assert!(batcher.alone.lock().unwrap().contains(&"flaky".to_owned()));
+    let batches = batcher.batches.lock().unwrap();
+    assert!(
+        batches.iter().any(|size| *size > 1) && batches.iter().all(|size| *size <= 16),
+        "batches of queued messages, none above the limit: {batches:?}"
+    );
+}

@@ -24,6 +24,7 @@ use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
     db,
     http::{self, ContextReadiness, DependencyStatus, Readiness},
+    inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -270,7 +271,7 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
         tokio::spawn(async move {
             if let Some(connected) = broker.wait(&shutdown).await {
                 let _ = conectado.set(Instant::now());
-                let handler = Arc::new(Proyeccion::new(pool, progreso));
+                let handler = Arc::new(Transactional(Proyeccion::new(pool, progreso)));
                 messaging::run_consumer(connected, subscription(), handler, shutdown).await;
             }
         })

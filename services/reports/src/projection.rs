@@ -16,9 +16,12 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use platform::messaging::{Envelope, EventHandler, HandlerError};
+use platform::{
+    inbox::TransactionalHandler,
+    messaging::{Envelope, HandlerError},
+};
 use serde::Deserialize;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::domain::{ESTADOS_PAGO, MONEDAS, Version};
 
@@ -263,6 +266,14 @@ fn validar(envelope: &Envelope) -> Result<&'static str, String> {
 /// Applies one event to both versions. Returns whether it was new (false: a duplicate, which
 /// changes nothing).
 pub async fn aplicar(pool: &PgPool, envelope: &Envelope) -> Result<bool, HandlerError> {
+    aplicar_con(pool, envelope).await
+}
+
+/// [`aplicar`] on any connection: a pool, or a transaction that other events share.
+async fn aplicar_con<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    envelope: &Envelope,
+) -> Result<bool, HandlerError> {
     if envelope.aggregate_version < 1 {
         return Err(HandlerError::Permanent(format!(
             "{}: aggregate_version {} < 1",
@@ -280,7 +291,7 @@ pub async fn aplicar(pool: &PgPool, envelope: &Envelope) -> Result<bool, Handler
         .bind(envelope.occurred_at)
         .bind(&envelope.correlation_id)
         .bind(&envelope.data)
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
         .map_err(|e| HandlerError::Transient(e.into()))?;
     Ok(nuevos == 1)
@@ -397,12 +408,28 @@ impl Proyeccion {
     }
 }
 
+/// Busy, the projection applies the events queued in a lane in one transaction: one commit for
+/// many events. Its statement stores the event and upserts both versions, so the inbox and the
+/// effects commit together whatever the batch.
 #[async_trait::async_trait]
-impl EventHandler for Proyeccion {
-    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        let nuevo = aplicar(&self.pool, &envelope).await?;
-        self.progreso.registrar(nuevo, envelope.occurred_at);
-        Ok(())
+impl TransactionalHandler for Proyeccion {
+    /// Whether the event was new.
+    type Applied = bool;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<bool, HandlerError> {
+        aplicar_con(tx, envelope).await
+    }
+
+    fn committed(&self, envelope: &Envelope, nuevo: &bool) {
+        self.progreso.registrar(*nuevo, envelope.occurred_at);
     }
 }
 

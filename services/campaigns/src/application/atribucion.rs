@@ -8,12 +8,12 @@
 use std::str::FromStr;
 
 use platform::{
-    inbox,
-    messaging::{Envelope, EventHandler, HandlerError},
+    inbox::{self, TransactionalHandler},
+    messaging::{Envelope, HandlerError},
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::ahora;
 use crate::{domain::Moneda, infrastructure::repositorio};
@@ -50,8 +50,37 @@ impl AtribucionDePagos {
         Self { pool }
     }
 
-    /// Applies one event; returns how many campaigns it changed (0 for a redelivery).
+    /// Applies one event in a transaction of its own; returns how many campaigns it changed
+    /// (0 for a redelivery).
     pub async fn aplicar(&self, envelope: &Envelope) -> Result<usize, HandlerError> {
+        self.apply_alone(envelope).await
+    }
+}
+
+#[async_trait::async_trait]
+impl TransactionalHandler for AtribucionDePagos {
+    /// Campaigns changed.
+    type Applied = usize;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// One event per transaction: its transaction locks the affiliate's campaigns, and payment
+    /// events are keyed by payment, so batches in two lanes (or two replicas) would lock the
+    /// same campaigns in different orders and deadlock.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<usize, HandlerError> {
+        if envelope.event_type != "PagoExitoso" {
+            return Ok(0);
+        }
         let pago: PagoExitoso = serde_json::from_value(envelope.data.clone())
             .map_err(|e| HandlerError::Permanent(format!("PagoExitoso data: {e}")))?;
         let monto = Decimal::from_str(&pago.monto.to_string())
@@ -60,15 +89,14 @@ impl AtribucionDePagos {
             .map_err(|e| HandlerError::Permanent(format!("moneda: {e}")))?;
         let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
 
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !inbox::first_delivery(&mut tx, CONSUMER_NAME, envelope)
+        if !inbox::first_delivery(&mut *tx, CONSUMER_NAME, envelope)
             .await
             .map_err(transient)?
         {
-            tracing::info!("PagoExitoso already attributed; redelivery ignored");
+            tracing::debug!("PagoExitoso already attributed; redelivery ignored");
             return Ok(0);
         }
-        let mut campanas = repositorio::bloquear_activas_de_afiliado(&mut tx, &pago.id_afiliado)
+        let mut campanas = repositorio::bloquear_activas_de_afiliado(&mut *tx, &pago.id_afiliado)
             .await
             .map_err(transient)?;
         // A commission for a conversion on a named campaign belongs to that campaign alone.
@@ -84,27 +112,16 @@ impl AtribucionDePagos {
                 campana.atribuir_pago(monto, moneda, gasto, ahora())
             };
             if let Some(evento) = evento {
-                repositorio::actualizar(&mut tx, &campana)
+                repositorio::actualizar(&mut *tx, &campana)
                     .await
                     .map_err(transient)?;
-                repositorio::registrar_evento(&mut tx, &evento, &envelope.correlation_id)
+                repositorio::registrar_evento(&mut *tx, &evento, &envelope.correlation_id)
                     .await
                     .map_err(transient)?;
                 cambiadas += 1;
             }
         }
-        tx.commit().await.map_err(transient)?;
         Ok(cambiadas)
-    }
-}
-
-#[async_trait::async_trait]
-impl EventHandler for AtribucionDePagos {
-    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        if envelope.event_type != "PagoExitoso" {
-            return Ok(());
-        }
-        self.aplicar(&envelope).await.map(|_| ())
     }
 }
 

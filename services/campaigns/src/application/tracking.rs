@@ -5,12 +5,12 @@
 use std::sync::LazyLock;
 
 use platform::{
-    inbox,
-    messaging::{Envelope, EventHandler, HandlerError},
+    inbox::{self, TransactionalHandler},
+    messaging::{Envelope, HandlerError},
 };
 use prometheus::IntCounterVec;
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{domain::Contador, infrastructure::repositorio};
@@ -57,45 +57,75 @@ impl ContadorDeTracking {
         Self { pool }
     }
 
+    /// Applies one event in a transaction of its own.
     pub async fn aplicar(&self, envelope: &Envelope) -> Result<Conteo, HandlerError> {
-        let tracking: Tracking = serde_json::from_value(envelope.data.clone())
-            .map_err(|e| HandlerError::Permanent(format!("tracking event data: {e}")))?;
-        let tipo = tracking.tipo_evento.as_str();
-        let (Some(contador), Some(id_campana)) = (Contador::de_tipo(tipo), tracking.id_campana)
-        else {
-            CONTADOS.with_label_values(&[tipo, "no_campaign"]).inc();
-            return Ok(Conteo::SinCampana);
-        };
-        let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !inbox::first_delivery(&mut tx, TRACKING_CONSUMER, envelope)
+        self.apply_alone(envelope)
             .await
-            .map_err(transient)?
-        {
-            CONTADOS.with_label_values(&[tipo, "redelivered"]).inc();
-            return Ok(Conteo::Repetido);
-        }
-        let contado =
-            repositorio::contar_tracking(&mut tx, id_campana, &tracking.id_afiliado, contador)
-                .await
-                .map_err(transient)?;
-        tx.commit().await.map_err(transient)?;
-        if contado {
-            CONTADOS.with_label_values(&[tipo, "counted"]).inc();
-            Ok(Conteo::Contado(contador))
-        } else {
-            tracing::warn!(%id_campana, tipo, "tracking event names an unknown campaign; not counted");
-            CONTADOS
-                .with_label_values(&[tipo, "unknown_campaign"])
-                .inc();
-            Ok(Conteo::SinCampana)
+            .map(|aplicado| aplicado.conteo)
+    }
+}
+
+/// What one delivery did, with the event type and outcome its metric counts once committed.
+pub struct Aplicado {
+    conteo: Conteo,
+    tipo: String,
+    outcome: &'static str,
+}
+
+impl Aplicado {
+    fn new(conteo: Conteo, tipo: String, outcome: &'static str) -> Self {
+        Self {
+            conteo,
+            tipo,
+            outcome,
         }
     }
 }
 
+/// Busy, the counter applies the events queued in a lane in one transaction. Events are keyed
+/// by their campaign, so one lane's batch and another's never lock the same campaign.
 #[async_trait::async_trait]
-impl EventHandler for ContadorDeTracking {
-    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        self.aplicar(&envelope).await.map(|_| ())
+impl TransactionalHandler for ContadorDeTracking {
+    type Applied = Aplicado;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<Aplicado, HandlerError> {
+        let tracking: Tracking = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| HandlerError::Permanent(format!("tracking event data: {e}")))?;
+        let tipo = tracking.tipo_evento;
+        let (Some(contador), Some(id_campana)) = (Contador::de_tipo(&tipo), tracking.id_campana)
+        else {
+            return Ok(Aplicado::new(Conteo::SinCampana, tipo, "no_campaign"));
+        };
+        let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
+        if !inbox::first_delivery(&mut *tx, TRACKING_CONSUMER, envelope)
+            .await
+            .map_err(transient)?
+        {
+            return Ok(Aplicado::new(Conteo::Repetido, tipo, "redelivered"));
+        }
+        let contado =
+            repositorio::contar_tracking(&mut *tx, id_campana, &tracking.id_afiliado, contador)
+                .await
+                .map_err(transient)?;
+        if contado {
+            Ok(Aplicado::new(Conteo::Contado(contador), tipo, "counted"))
+        } else {
+            tracing::warn!(%id_campana, tipo, "tracking event names an unknown campaign; not counted");
+            Ok(Aplicado::new(Conteo::SinCampana, tipo, "unknown_campaign"))
+        }
+    }
+
+    fn committed(&self, _envelope: &Envelope, aplicado: &Aplicado) {
+        CONTADOS
+            .with_label_values(&[aplicado.tipo.as_str(), aplicado.outcome])
+            .inc();
     }
 }

@@ -6,7 +6,10 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use platform::http::{ApiJson, FieldError, Problem, RequestId, header_value};
+use platform::{
+    group_commit::GroupCommitError,
+    http::{ApiJson, FieldError, Problem, RequestId, header_value},
+};
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,8 +21,8 @@ use super::dto::{
 };
 use crate::{
     application::{
-        Desenlace, ErrorCola, ErrorSolicitud, EventoRecibido, Excluido, Peticion, Recolector,
-        Resultado, ResultadoLote, ahora,
+        Desenlace, ErrorSolicitud, EventoRecibido, Excluido, Peticion, Recolector, Resultado,
+        ResultadoLote, ahora,
     },
     domain::{ContextoServidor, Cuota, Rechazo, TipoEvento},
     infrastructure::consultas::{
@@ -125,15 +128,15 @@ impl From<ErrorSolicitud> for Problem {
             ),
             ErrorSolicitud::FirmaMalformada(e) => Problem::bad_request(capitalizar(&e.to_string())),
             ErrorSolicitud::Rechazo(rechazo) => rechazo_problem(&rechazo),
-            ErrorSolicitud::Cola(ErrorCola::Llena) => Problem::unavailable(
+            ErrorSolicitud::Cola(GroupCommitError::Full) => Problem::unavailable(
                 "El recolector está saturado: la cola de escritura está llena; reintente en un momento",
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
-            ErrorSolicitud::Cola(ErrorCola::Cerrada) => {
+            ErrorSolicitud::Cola(GroupCommitError::Closed) => {
                 Problem::unavailable("El recolector se está deteniendo; reintente en otra instancia")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
-            ErrorSolicitud::Cola(ErrorCola::Almacen(e)) => {
+            ErrorSolicitud::Cola(GroupCommitError::Store(e)) => {
                 tracing::warn!(error = %e, "events not stored");
                 Problem::unavailable("No se pudo almacenar el evento; no se guardó nada, reintente")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))

@@ -2,15 +2,16 @@
 //! and hand it to the group-commit queue; then the read side (status, statistics, failed
 //! events, retry, rate-limit view) in `infrastructure::consultas`.
 
-pub mod cola;
-
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use cola::{Almacen, Cola, ConfigCola, ErrorAlmacen, ErrorCola};
+use platform::group_commit::{GroupCommit, GroupCommitError, Work};
+
+/// The group-commit queue the collector's requests go through (see `platform::group_commit`).
+pub type Cola = GroupCommit<Envio, RespuestaEnvio>;
 
 use crate::domain::{
     CamposEvento, ContenidoEvento, ContextoServidor, Credenciales, Cuota, Directorio, ErrorCampo,
@@ -75,6 +76,14 @@ pub struct Envio {
     pub uso_firma: Option<UsoDeFirma>,
 }
 
+/// The queue and a transaction are bounded in events, whatever mix of single events and
+/// batches arrives.
+impl Work for Envio {
+    fn weight(&self) -> usize {
+        self.eventos.len().max(1)
+    }
+}
+
 /// How an envío ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RespuestaEnvio {
@@ -125,7 +134,7 @@ pub enum ErrorSolicitud {
     #[error(transparent)]
     Rechazo(#[from] Rechazo),
     #[error(transparent)]
-    Cola(#[from] ErrorCola),
+    Cola(#[from] GroupCommitError),
 }
 
 /// A field and what is wrong with it, for an event of a batch.
@@ -205,7 +214,7 @@ impl Recolector {
             eventos: vec![preparado],
             uso_firma,
         };
-        match self.cola.enviar(envio).await? {
+        match self.cola.submit(envio).await? {
             RespuestaEnvio::FirmaRepetida => {
                 Err(Rechazo::Firma(crate::domain::FirmaRechazada::Repetida).into())
             }
@@ -287,7 +296,7 @@ impl Recolector {
                 eventos: preparados,
                 uso_firma,
             };
-            match self.cola.enviar(envio).await? {
+            match self.cola.submit(envio).await? {
                 RespuestaEnvio::FirmaRepetida => {
                     return Err(Rechazo::Firma(crate::domain::FirmaRechazada::Repetida).into());
                 }

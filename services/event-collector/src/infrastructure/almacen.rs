@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use platform::{
+    group_commit::{BatchStore, StoreError},
     messaging::Envelope,
     outbox::{self, Pending},
 };
@@ -23,9 +24,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    application::{
-        Almacen, Desenlace, Envio, ErrorAlmacen, Preparado, Registro, RespuestaEnvio, Resultado,
-    },
+    application::{Desenlace, Envio, Preparado, Registro, RespuestaEnvio, Resultado},
     domain::Decision,
 };
 
@@ -42,8 +41,8 @@ impl PgAlmacen {
 }
 
 #[async_trait::async_trait]
-impl Almacen for PgAlmacen {
-    async fn guardar(&self, envios: &[Envio]) -> Result<Vec<RespuestaEnvio>, ErrorAlmacen> {
+impl BatchStore<Envio, RespuestaEnvio> for PgAlmacen {
+    async fn store(&self, envios: &[Envio]) -> Result<Vec<RespuestaEnvio>, StoreError> {
         let mut intento = 0;
         loop {
             intento += 1;
@@ -53,7 +52,7 @@ impl Almacen for PgAlmacen {
                 Err(error) if intento < 3 && reintentable(&error) => {
                     tracing::info!(%error, intento, "batch transaction conflicted; trying again");
                 }
-                Err(error) => return Err(ErrorAlmacen(error.to_string())),
+                Err(error) => return Err(StoreError(error.to_string())),
             }
         }
     }

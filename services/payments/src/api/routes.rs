@@ -1,9 +1,10 @@
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use platform::{
+    group_commit::GroupCommitError,
     http::{
         ApiJson, FieldError, JsonReply, Problem, RequestId, exact_decimal, idempotency_key,
         idempotent,
@@ -18,7 +19,7 @@ use uuid::Uuid;
 
 use super::dto::{CrearPagoBody, PagoCreado, PagoDetalle, RevertirBody};
 use crate::{
-    application::{Creacion, ErrorPagos, crear_pago, revertir_pago},
+    application::{ColaCreacion, Creacion, ErrorPagos, SolicitudCreacion, revertir_pago},
     domain::NuevoPago,
     infrastructure::repositorio::{self, EntradaTraza},
 };
@@ -27,6 +28,8 @@ use crate::{
 pub struct ApiState {
     pub pool: PgPool,
     pub idempotency: IdempotencyStore,
+    /// Create requests are committed in groups (see `application::crear`).
+    pub creacion: ColaCreacion,
 }
 
 #[derive(OpenApi)]
@@ -63,6 +66,19 @@ impl From<ErrorPagos> for Problem {
                     .collect(),
             ),
             ErrorPagos::Db(db) => Problem::internal(&db),
+            ErrorPagos::Cola(GroupCommitError::Full) => Problem::unavailable(
+                "El servicio de pagos está saturado: la cola de escritura está llena; no se guardó nada, reintente en un momento",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            ErrorPagos::Cola(GroupCommitError::Closed) => Problem::unavailable(
+                "El servicio de pagos se está deteniendo; no se guardó nada, reintente en otra instancia",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            ErrorPagos::Cola(GroupCommitError::Store(error)) => {
+                tracing::warn!(%error, "payment not stored");
+                Problem::unavailable("No se pudo guardar el pago; no se guardó nada, reintente")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
+            }
         }
     }
 }
@@ -94,6 +110,7 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
         (status = 400, description = "Solicitud no válida", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "referencia_pago en uso con otros datos, o la primera solicitud con esa clave sigue en curso", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reutilizada con otro cuerpo", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Servicio saturado o deteniéndose; no se guardó nada (ver Retry-After)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn crear(
@@ -117,7 +134,16 @@ async fn crear(
         "/pagos",
         &body.raw,
         || async {
-            match crear_pago(&state.pool, solicitud, &request_id).await? {
+            let solicitud = SolicitudCreacion {
+                solicitud,
+                request_id: request_id.clone(),
+            };
+            match state
+                .creacion
+                .submit(solicitud)
+                .await
+                .map_err(ErrorPagos::from)??
+            {
                 Creacion::Creado(pago) => JsonReply::new(
                     StatusCode::OK,
                     PagoCreado::from_pago(&pago, "Pago recibido y en cola para procesamiento"),

@@ -7,13 +7,13 @@
 use std::{str::FromStr, sync::LazyLock};
 
 use platform::{
-    inbox,
-    messaging::{Envelope, EventHandler, HandlerError},
+    inbox::{self, TransactionalHandler},
+    messaging::{Envelope, HandlerError},
 };
 use prometheus::IntCounterVec;
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{Creacion, ErrorPagos, crear::crear_pago_en};
@@ -65,14 +65,35 @@ impl Comisiones {
         Self { pool, tasa }
     }
 
+    /// Applies one conversion in a transaction of its own.
     pub async fn aplicar(&self, envelope: &Envelope) -> Result<Efecto, HandlerError> {
+        self.apply_alone(envelope).await.map(|(efecto, _)| efecto)
+    }
+}
+
+/// Busy, the consumer applies the conversions queued in a lane in one transaction: their inbox
+/// rows and commission payments commit together (a commission is a new payment, so batches in
+/// two lanes never wait on each other's rows).
+#[async_trait::async_trait]
+impl TransactionalHandler for Comisiones {
+    /// The effect, and the outcome its metric counts once committed.
+    type Applied = (Efecto, &'static str);
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(Efecto, &'static str), HandlerError> {
         let conversion: Conversion = serde_json::from_value(envelope.data.clone())
             .map_err(|e| HandlerError::Permanent(format!("ConversionRegistrada data: {e}")))?;
         let (Some(valor), Some(moneda)) =
             (conversion.valor_conversion, conversion.moneda.as_deref())
         else {
-            COMISIONES.with_label_values(&["no_value"]).inc();
-            return Ok(Efecto::SinComision);
+            return Ok((Efecto::SinComision, "no_value"));
         };
         let valorada = ConversionValorada {
             id_evento: conversion.id_evento,
@@ -85,41 +106,27 @@ impl Comisiones {
                 .map_err(|e| HandlerError::Permanent(format!("moneda: {e}")))?,
         };
         let Some(solicitud) = comision(&valorada, self.tasa) else {
-            COMISIONES.with_label_values(&["below_a_cent"]).inc();
-            return Ok(Efecto::SinComision);
+            return Ok((Efecto::SinComision, "below_a_cent"));
         };
         let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !inbox::first_delivery(&mut tx, COMMISSIONS_CONSUMER, envelope)
+        if !inbox::first_delivery(&mut *tx, COMMISSIONS_CONSUMER, envelope)
             .await
             .map_err(transient)?
         {
-            COMISIONES.with_label_values(&["redelivered"]).inc();
-            return Ok(Efecto::Repetida);
+            return Ok((Efecto::Repetida, "redelivered"));
         }
-        let efecto = match crear_pago_en(&mut tx, solicitud, &envelope.correlation_id).await {
+        match crear_pago_en(&mut *tx, solicitud, &envelope.correlation_id).await {
             Ok(Creacion::Creado(pago)) => {
-                tracing::info!(id_pago = %pago.id, conversion = %valorada.id_evento, "commission payment accepted");
-                Efecto::Creada(pago.id)
+                tracing::debug!(id_pago = %pago.id, conversion = %valorada.id_evento, "commission payment accepted");
+                Ok((Efecto::Creada(pago.id), "created"))
             }
-            Ok(Creacion::Repetido(_)) => Efecto::Repetida,
-            Err(ErrorPagos::Db(e)) => return Err(transient(e)),
-            Err(other) => return Err(HandlerError::Permanent(other.to_string())),
-        };
-        tx.commit().await.map_err(transient)?;
-        COMISIONES
-            .with_label_values(&[match efecto {
-                Efecto::Creada(_) => "created",
-                _ => "redelivered",
-            }])
-            .inc();
-        Ok(efecto)
+            Ok(Creacion::Repetido(_)) => Ok((Efecto::Repetida, "redelivered")),
+            Err(ErrorPagos::Db(e)) => Err(transient(e)),
+            Err(other) => Err(HandlerError::Permanent(other.to_string())),
+        }
     }
-}
 
-#[async_trait::async_trait]
-impl EventHandler for Comisiones {
-    async fn handle(&self, envelope: Envelope) -> Result<(), HandlerError> {
-        self.aplicar(&envelope).await.map(|_| ())
+    fn committed(&self, _envelope: &Envelope, (_, outcome): &(Efecto, &'static str)) {
+        COMISIONES.with_label_values(&[outcome]).inc();
     }
 }

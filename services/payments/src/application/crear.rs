@@ -1,10 +1,18 @@
+//! Creating payments, exactly once per `referencia_pago`, many per transaction: the API puts
+//! each request on a group-commit queue and the payments that queued together are inserted,
+//! traced and put in the outbox by one transaction (one commit, one outbox NOTIFY), each
+//! request answered after that commit.
+
+use std::collections::{HashMap, HashSet};
+
+use platform::group_commit::{BatchStore, GroupCommit, StoreError, Work};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::ErrorPagos;
 use crate::{
-    domain::{NuevoPago, Pago},
-    infrastructure::repositorio,
+    domain::{EventoPago, NuevoPago, Pago},
+    infrastructure::repositorio::{self, LineaTraza},
 };
 
 /// How a create request ended.
@@ -16,94 +24,188 @@ pub enum Creacion {
     Repetido(Pago),
 }
 
-/// Creates a payment exactly once per `referencia_pago`, whatever the number of concurrent
-/// duplicates and replicas: the unique index arbitrates and the losers read the winner.
-pub async fn crear_pago(
-    pool: &PgPool,
-    solicitud: NuevoPago,
-    request_id: &str,
-) -> Result<Creacion, ErrorPagos> {
-    let mut tx = pool.begin().await?;
-    let creacion = crear_pago_en(&mut tx, solicitud, request_id).await;
-    // A refused duplicate still commits: its trace line records the attempt.
-    if matches!(creacion, Ok(_) | Err(ErrorPagos::ReferenciaEnUso(_))) {
-        tx.commit().await?;
-    }
-    creacion
+/// One create request: what to create, and the request it came from (for the trace).
+#[derive(Debug, Clone)]
+pub struct SolicitudCreacion {
+    pub solicitud: NuevoPago,
+    pub request_id: String,
 }
 
-/// Like [`crear_pago`], inside the caller's transaction (a consumer commits it together with
+impl Work for SolicitudCreacion {}
+
+/// The queue the API's create requests share.
+pub type ColaCreacion = GroupCommit<SolicitudCreacion, Result<Creacion, ErrorPagos>>;
+
+/// Stores the create requests of one batch in one transaction.
+pub struct CreadorDePagos {
+    pool: PgPool,
+}
+
+impl CreadorDePagos {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePagos {
+    async fn store(
+        &self,
+        lote: &[SolicitudCreacion],
+    ) -> Result<Vec<Result<Creacion, ErrorPagos>>, StoreError> {
+        match crear_lote(&self.pool, lote).await {
+            Ok(creaciones) => Ok(creaciones),
+            // Nothing of the batch was stored. One bad request must not fail the others, so
+            // each gets a transaction of its own (the rare path: a batch fails on a database
+            // error, which then most likely fails every request alike).
+            Err(error) if lote.len() > 1 => {
+                tracing::warn!(%error, requests = lote.len(),
+                    "creating a batch of payments failed; retrying them one by one");
+                let mut creaciones = Vec::with_capacity(lote.len());
+                for solicitud in lote {
+                    creaciones.push(
+                        match crear_lote(&self.pool, std::slice::from_ref(solicitud)).await {
+                            Ok(mut una) => una.pop().unwrap_or(Err(ErrorPagos::NoEncontrado)),
+                            Err(error) => Err(error),
+                        },
+                    );
+                }
+                Ok(creaciones)
+            }
+            Err(error) => Ok(vec![Err(error)]),
+        }
+    }
+}
+
+/// Creates every payment of `lote` in one transaction and answers each request in order.
+async fn crear_lote(
+    pool: &PgPool,
+    lote: &[SolicitudCreacion],
+) -> Result<Vec<Result<Creacion, ErrorPagos>>, ErrorPagos> {
+    let mut tx = pool.begin().await?;
+    let creaciones = crear_lote_en(&mut tx, lote).await?;
+    // Refused duplicates commit too: their trace lines record the attempts.
+    tx.commit().await?;
+    Ok(creaciones)
+}
+
+/// Creates one payment inside the caller's transaction (a consumer commits it together with
 /// its inbox row).
 pub async fn crear_pago_en(
     tx: &mut PgConnection,
     solicitud: NuevoPago,
     request_id: &str,
 ) -> Result<Creacion, ErrorPagos> {
-    let (pago, evento) = Pago::crear(Uuid::new_v4(), solicitud.clone(), super::ahora());
-    if repositorio::insertar_si_nuevo(&mut *tx, &pago).await? {
-        let detalle = match &pago.comision {
-            None => format!(
-                "Pago de {} {} para el afiliado {} aceptado como PENDIENTE",
-                pago.dinero.monto(),
-                pago.dinero.moneda(),
-                pago.id_afiliado
-            ),
-            Some(origen) => format!(
-                "Comisión de {} {} para el afiliado {} por la conversión {} ({} × {}), aceptada como PENDIENTE",
-                pago.dinero.monto(),
-                pago.dinero.moneda(),
-                pago.id_afiliado,
-                origen.id_evento_conversion,
-                origen.valor_conversion,
-                origen.tasa
-            ),
-        };
-        repositorio::trazar(
-            &mut *tx,
-            pago.id,
-            "PAGO_RECIBIDO",
-            &detalle,
-            Some(request_id),
-        )
-        .await?;
-        repositorio::registrar_evento(&mut *tx, &evento, request_id).await?;
-        tracing::info!(id_pago = %pago.id, "payment accepted");
-        return Ok(Creacion::Creado(pago));
-    }
-
-    let existente = repositorio::buscar_por_referencia(&mut *tx, &solicitud.referencia_pago)
+    let lote = [SolicitudCreacion {
+        solicitud,
+        request_id: request_id.to_owned(),
+    }];
+    crear_lote_en(tx, &lote)
         .await?
-        .ok_or_else(|| {
-            // The conflicting row is committed (ON CONFLICT waited for it), so it must exist.
-            sqlx::Error::RowNotFound
-        })?;
-    let (evento_traza, resultado) = if existente.es_misma_solicitud(&solicitud) {
-        (
-            (
-                "DUPLICADO_REPETIDO",
-                "Solicitud repetida con los mismos datos: se devolvió el pago original",
-            ),
-            Ok(Creacion::Repetido(existente.clone())),
-        )
+        .pop()
+        .unwrap_or(Err(ErrorPagos::NoEncontrado))
+}
+
+/// Creates each payment exactly once per `referencia_pago`, whatever the number of concurrent
+/// duplicates, batches and replicas: the unique index arbitrates, a conflicting insert waits
+/// for the transaction that holds the reference, and the losers read the winner. Within a
+/// batch, the first request with a reference wins and later ones are its duplicates.
+async fn crear_lote_en(
+    tx: &mut PgConnection,
+    lote: &[SolicitudCreacion],
+) -> Result<Vec<Result<Creacion, ErrorPagos>>, ErrorPagos> {
+    let ahora = super::ahora();
+    let candidatos: Vec<(Pago, EventoPago)> = lote
+        .iter()
+        .map(|s| Pago::crear(Uuid::new_v4(), s.solicitud.clone(), ahora))
+        .collect();
+    let pagos: Vec<&Pago> = candidatos.iter().map(|(pago, _)| pago).collect();
+    let insertados: HashSet<Uuid> = repositorio::insertar_si_nuevos(&mut *tx, &pagos).await?;
+
+    let repetidas: Vec<&str> = lote
+        .iter()
+        .zip(&candidatos)
+        .filter(|(_, (pago, _))| !insertados.contains(&pago.id))
+        .map(|(s, _)| s.solicitud.referencia_pago.as_str())
+        .collect();
+    let existentes: HashMap<String, Pago> = if repetidas.is_empty() {
+        HashMap::new()
     } else {
-        (
-            (
-                "DUPLICADO_RECHAZADO",
-                "Solicitud con la misma referencia_pago y datos distintos: rechazada (409)",
-            ),
-            Err(ErrorPagos::ReferenciaEnUso(
-                solicitud.referencia_pago.clone(),
-            )),
-        )
+        repositorio::buscar_por_referencias(&mut *tx, &repetidas)
+            .await?
+            .into_iter()
+            .map(|pago| (pago.referencia_pago.clone(), pago))
+            .collect()
     };
-    repositorio::trazar(
-        &mut *tx,
-        existente.id,
-        evento_traza.0,
-        evento_traza.1,
-        Some(request_id),
-    )
-    .await?;
-    tracing::info!(id_pago = %existente.id, outcome = evento_traza.0, "duplicate payment request");
-    resultado
+
+    let mut trazas = Vec::with_capacity(lote.len());
+    let mut eventos = Vec::new();
+    let mut creaciones = Vec::with_capacity(lote.len());
+    for (solicitud, (pago, evento)) in lote.iter().zip(&candidatos) {
+        let request_id = solicitud.request_id.as_str();
+        if insertados.contains(&pago.id) {
+            trazas.push(LineaTraza {
+                id_pago: pago.id,
+                evento: "PAGO_RECIBIDO",
+                detalle: detalle_recibido(pago),
+                request_id,
+            });
+            eventos.push((evento, request_id));
+            tracing::debug!(id_pago = %pago.id, %request_id, "payment accepted");
+            creaciones.push(Ok(Creacion::Creado(pago.clone())));
+            continue;
+        }
+        // The conflicting row is committed (the insert waited for it) or in this transaction.
+        let existente = existentes
+            .get(&solicitud.solicitud.referencia_pago)
+            .ok_or(sqlx::Error::RowNotFound)?;
+        let (evento_traza, detalle, resultado) =
+            if existente.es_misma_solicitud(&solicitud.solicitud) {
+                (
+                    "DUPLICADO_REPETIDO",
+                    "Solicitud repetida con los mismos datos: se devolvió el pago original",
+                    Ok(Creacion::Repetido(existente.clone())),
+                )
+            } else {
+                (
+                    "DUPLICADO_RECHAZADO",
+                    "Solicitud con la misma referencia_pago y datos distintos: rechazada (409)",
+                    Err(ErrorPagos::ReferenciaEnUso(
+                        solicitud.solicitud.referencia_pago.clone(),
+                    )),
+                )
+            };
+        trazas.push(LineaTraza {
+            id_pago: existente.id,
+            evento: evento_traza,
+            detalle: detalle.to_owned(),
+            request_id,
+        });
+        tracing::info!(id_pago = %existente.id, %request_id, outcome = evento_traza,
+            "duplicate payment request");
+        creaciones.push(resultado);
+    }
+    repositorio::trazar_muchas(&mut *tx, &trazas).await?;
+    repositorio::registrar_eventos(&mut *tx, &eventos).await?;
+    Ok(creaciones)
+}
+
+fn detalle_recibido(pago: &Pago) -> String {
+    match &pago.comision {
+        None => format!(
+            "Pago de {} {} para el afiliado {} aceptado como PENDIENTE",
+            pago.dinero.monto(),
+            pago.dinero.moneda(),
+            pago.id_afiliado
+        ),
+        Some(origen) => format!(
+            "Comisión de {} {} para el afiliado {} por la conversión {} ({} × {}), aceptada como PENDIENTE",
+            pago.dinero.monto(),
+            pago.dinero.moneda(),
+            pago.id_afiliado,
+            origen.id_evento_conversion,
+            origen.valor_conversion,
+            origen.tasa
+        ),
+    }
 }

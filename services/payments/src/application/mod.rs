@@ -7,7 +7,7 @@ mod procesar;
 mod revertir;
 
 pub use comisiones::{COMMISSIONS_CONSUMER, CONVERSIONS_TOPIC, Comisiones, Efecto};
-pub use crear::{Creacion, crear_pago, crear_pago_en};
+pub use crear::{ColaCreacion, Creacion, CreadorDePagos, SolicitudCreacion, crear_pago_en};
 pub use procesar::{CONSUMER_NAME, ProcesadorDePagos};
 pub use revertir::revertir_pago;
 
@@ -27,6 +27,8 @@ pub enum ErrorPagos {
     Solicitud(#[from] SolicitudInvalida),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Cola(#[from] platform::group_commit::GroupCommitError),
 }
 
 /// Now, at the precision PostgreSQL stores (microseconds), so what a command returns equals

@@ -35,6 +35,45 @@ pub trait PasarelaDePagos: Send + Sync + 'static {
     async fn cobrar(&self, solicitud: SolicitudCobro) -> Result<ResultadoCobro, ErrorPasarela>;
 }
 
+/// A gateway with at most `n` charges in flight: the worker claims many payments at once (a
+/// batch per lane), and the gateway, an external service, gets no more than it is configured
+/// for (`WORKER_CONCURRENCY`); the rest wait their turn. Once `parar` is cancelled no charge
+/// starts: the payments still waiting stay `PROCESANDO` and their messages go back to the
+/// broker, so the next worker resumes them with the same idempotency key (a stopping worker
+/// finishes only the charges in flight).
+pub struct PasarelaLimitada {
+    pasarela: Arc<dyn PasarelaDePagos>,
+    en_vuelo: tokio::sync::Semaphore,
+    parar: tokio_util::sync::CancellationToken,
+}
+
+impl PasarelaLimitada {
+    pub fn new(
+        pasarela: Arc<dyn PasarelaDePagos>,
+        n: usize,
+        parar: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        Self {
+            pasarela,
+            en_vuelo: tokio::sync::Semaphore::new(n.max(1)),
+            parar,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PasarelaDePagos for PasarelaLimitada {
+    async fn cobrar(&self, solicitud: SolicitudCobro) -> Result<ResultadoCobro, ErrorPasarela> {
+        let detenido = || ErrorPasarela::NoDisponible("el worker se está deteniendo".into());
+        let _turno = tokio::select! {
+            biased;
+            () = self.parar.cancelled() => return Err(detenido()),
+            turno = self.en_vuelo.acquire() => turno.map_err(|_| detenido())?,
+        };
+        self.pasarela.cobrar(solicitud).await
+    }
+}
+
 /// The refusal messages a card network gives (API.md §3.3).
 pub const MENSAJES_DE_FALLO: [&str; 4] = [
     "Fondos insuficientes",

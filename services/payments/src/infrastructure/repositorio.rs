@@ -2,7 +2,9 @@
 //! in one transaction (the outbox row rides along), so neither can exist without the other.
 
 use chrono::{DateTime, Utc};
-use platform::outbox;
+use std::collections::HashSet;
+
+use platform::outbox::{self, Pending};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
@@ -72,29 +74,61 @@ impl TryFrom<FilaPago> for Pago {
     }
 }
 
-/// Inserts a new payment unless its `referencia_pago` exists. Returns false on conflict; a
-/// concurrent insert of the same reference waits for the other transaction, so exactly one
-/// of any number of simultaneous duplicates wins.
-pub async fn insertar_si_nuevo(tx: &mut PgConnection, pago: &Pago) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
+/// Inserts, in one statement, the payments whose `referencia_pago` does not exist yet, and
+/// returns the ids of those inserted. A reference held by another transaction makes the insert
+/// wait for it, so exactly one of any number of simultaneous duplicates wins; of two payments
+/// with one reference in `pagos`, the first is inserted.
+pub async fn insertar_si_nuevos(
+    tx: &mut PgConnection,
+    pagos: &[&Pago],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let columna = |f: fn(&Pago) -> String| pagos.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let comisiones = pagos
+        .iter()
+        .map(|p| {
+            p.comision
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+        })
+        .collect::<Result<Vec<Option<serde_json::Value>>, _>>()?;
+    let insertados: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, \
          fecha_creacion, fecha_actualizacion, eventos_emitidos, comision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (referencia_pago) DO NOTHING",
+         SELECT id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, \
+                fecha_actualizacion, eventos_emitidos, comision \
+         FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::text[], \
+                     $6::text[], $7::timestamptz[], $8::timestamptz[], $9::int8[], $10::jsonb[]) \
+              WITH ORDINALITY AS t(id, id_afiliado, monto, moneda, referencia_pago, estado, \
+                                   fecha_creacion, fecha_actualizacion, eventos_emitidos, \
+                                   comision, n) \
+         ORDER BY n \
+         ON CONFLICT (referencia_pago) DO NOTHING RETURNING id",
     )
-    .bind(pago.id)
-    .bind(&pago.id_afiliado)
-    .bind(pago.dinero.monto())
-    .bind(pago.dinero.moneda().code())
-    .bind(&pago.referencia_pago)
-    .bind(pago.estado.code())
-    .bind(pago.fecha_creacion)
-    .bind(pago.fecha_actualizacion)
-    .bind(pago.eventos_emitidos)
-    .bind(pago.comision.as_ref().map(sqlx::types::Json))
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(pagos.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind(columna(|p| p.id_afiliado.clone()))
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.dinero.monto())
+            .collect::<Vec<Decimal>>(),
+    )
+    .bind(columna(|p| p.dinero.moneda().code().to_owned()))
+    .bind(columna(|p| p.referencia_pago.clone()))
+    .bind(columna(|p| p.estado.code().to_owned()))
+    .bind(pagos.iter().map(|p| p.fecha_creacion).collect::<Vec<_>>())
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.fecha_actualizacion)
+            .collect::<Vec<_>>(),
+    )
+    .bind(pagos.iter().map(|p| p.eventos_emitidos).collect::<Vec<_>>())
+    .bind(comisiones)
+    .fetch_all(tx)
+    .await?;
+    Ok(insertados.into_iter().collect())
 }
 
 /// Writes every mutable field of the aggregate.
@@ -117,8 +151,71 @@ pub async fn actualizar(tx: &mut PgConnection, pago: &Pago) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Writes every mutable field of many aggregates in one statement.
+pub async fn actualizar_muchos(tx: &mut PgConnection, pagos: &[&Pago]) -> Result<(), sqlx::Error> {
+    if pagos.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE pagos p SET estado = t.estado, fecha_actualizacion = t.fecha_actualizacion, \
+            fecha_procesamiento = t.fecha_procesamiento, mensaje_error = t.mensaje_error, \
+            referencia_transaccion = t.referencia_transaccion, \
+            motivo_reversion = t.motivo_reversion, eventos_emitidos = t.eventos_emitidos \
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], \
+                     $6::text[], $7::text[], $8::int8[]) \
+              AS t(id, estado, fecha_actualizacion, fecha_procesamiento, mensaje_error, \
+                   referencia_transaccion, motivo_reversion, eventos_emitidos) \
+         WHERE p.id = t.id",
+    )
+    .bind(pagos.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind(pagos.iter().map(|p| p.estado.code()).collect::<Vec<_>>())
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.fecha_actualizacion)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.fecha_procesamiento)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.mensaje_error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.referencia_transaccion.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        pagos
+            .iter()
+            .map(|p| p.motivo_reversion.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(pagos.iter().map(|p| p.eventos_emitidos).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn buscar(pool: &PgPool, id: Uuid) -> Result<Option<Pago>, sqlx::Error> {
     cargar(pool, select_pago!("id = $1"), id).await
+}
+
+/// Loads and row-locks the payments `ids` (those that exist) within `tx`. Locks are taken in
+/// id order, so two transactions locking overlapping sets cannot deadlock.
+pub async fn bloquear_muchos(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<Pago>, sqlx::Error> {
+    cargar_muchos(tx, select_pago!("id = ANY($1) ORDER BY id FOR UPDATE"), ids).await
 }
 
 /// Loads and row-locks a payment for a state change within `tx`.
@@ -126,11 +223,29 @@ pub async fn bloquear(tx: &mut PgConnection, id: Uuid) -> Result<Option<Pago>, s
     cargar(tx, select_pago!("id = $1 FOR UPDATE"), id).await
 }
 
-pub async fn buscar_por_referencia(
+/// The payments holding any of `referencias`.
+pub async fn buscar_por_referencias(
     tx: &mut PgConnection,
-    referencia_pago: &str,
-) -> Result<Option<Pago>, sqlx::Error> {
-    cargar(tx, select_pago!("referencia_pago = $1"), referencia_pago).await
+    referencias: &[&str],
+) -> Result<Vec<Pago>, sqlx::Error> {
+    cargar_muchos(tx, select_pago!("referencia_pago = ANY($1)"), referencias).await
+}
+
+async fn cargar_muchos<'e, B>(
+    executor: impl PgExecutor<'e>,
+    sql: &'static str,
+    valores: B,
+) -> Result<Vec<Pago>, sqlx::Error>
+where
+    B: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'e,
+{
+    sqlx::query_as::<_, FilaPago>(sql)
+        .bind(valores)
+        .fetch_all(executor)
+        .await?
+        .into_iter()
+        .map(Pago::try_from)
+        .collect()
 }
 
 async fn cargar<'e, B>(
@@ -165,6 +280,38 @@ pub async fn registrar_evento(
         data: &evento.datos,
     };
     outbox::record(tx, evento.tipo.topic(), event).await
+}
+
+/// Puts many events in the outbox in one statement, each with its correlation id.
+pub async fn registrar_eventos(
+    tx: &mut PgConnection,
+    eventos: &[(&EventoPago, &str)],
+) -> Result<(), sqlx::Error> {
+    let envelopes = eventos
+        .iter()
+        .map(|(evento, correlation_id)| {
+            outbox::NewEvent {
+                event_type: evento.tipo.nombre(),
+                aggregate_type: AGGREGATE_TYPE,
+                aggregate_id: evento.datos.id_pago.to_string(),
+                aggregate_version: evento.secuencia,
+                occurred_at: evento.ocurrido_en,
+                correlation_id,
+                data: &evento.datos,
+            }
+            .into_envelope()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let filas: Vec<Pending<'_>> = eventos
+        .iter()
+        .zip(&envelopes)
+        .map(|((evento, _), envelope)| Pending {
+            topic: evento.tipo.topic(),
+            message_key: None,
+            envelope,
+        })
+        .collect();
+    outbox::enqueue_many(tx, &filas).await
 }
 
 /// Claims up to `lote` payments stuck before a result for longer than `antiguedad`, touching
@@ -206,6 +353,44 @@ pub async fn trazar(
     .bind(evento)
     .bind(detalle)
     .bind(request_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A trace line to write.
+#[derive(Debug, Clone)]
+pub struct LineaTraza<'a> {
+    pub id_pago: Uuid,
+    pub evento: &'a str,
+    pub detalle: String,
+    pub request_id: &'a str,
+}
+
+/// Appends many trace lines in one statement, in order.
+pub async fn trazar_muchas(
+    tx: &mut PgConnection,
+    lineas: &[LineaTraza<'_>],
+) -> Result<(), sqlx::Error> {
+    if lineas.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO pago_traza (id_pago, evento, detalle, request_id) \
+         SELECT id_pago, evento, detalle, request_id \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+              WITH ORDINALITY AS t(id_pago, evento, detalle, request_id, n) \
+         ORDER BY n",
+    )
+    .bind(lineas.iter().map(|l| l.id_pago).collect::<Vec<_>>())
+    .bind(lineas.iter().map(|l| l.evento).collect::<Vec<_>>())
+    .bind(
+        lineas
+            .iter()
+            .map(|l| l.detalle.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(lineas.iter().map(|l| l.request_id).collect::<Vec<_>>())
     .execute(tx)
     .await?;
     Ok(())
