@@ -105,7 +105,7 @@ e2e: build ## The chart on a real single-node Kubernetes (kubelet, kube-proxy, C
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, a 2-minute soak (prints figures)
-	@$(WITH_INFRA) $(BIN)/bench-payments $(BENCH_ARGS)
+	@$(WITH_INFRA) $(BIN)/bench-payments --binary $(BIN)/aeropartners $(BENCH_ARGS)
 	@$(WITH_INFRA) $(BIN)/bench-reports --binary $(BIN)/aeropartners $(BENCH_REPORTS_ARGS)
 	@$(WITH_INFRA) $(BIN)/bench-collector $(BENCH_COLLECTOR_ARGS)
 	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners --warmup 30 --seconds 90 $(SOAK_ARGS)

@@ -1,7 +1,9 @@
 //! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
 pub mod cluster;
+pub mod cpu;
 pub mod e2e;
+pub mod local_platform;
 pub mod measure;
 pub mod pg;
 pub mod scenario2;

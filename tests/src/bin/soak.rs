@@ -16,9 +16,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -26,10 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use aeropartners_tests::local_platform::{LocalPlatform, SERVICES};
+use anyhow::Context;
 use clap::Parser;
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -48,22 +46,6 @@ struct Args {
     rate: f64,
 }
 
-/// The services of scripts/run.sh and the environment variable that sets each one's port.
-const SERVICES: [(&str, &str); 12] = [
-    ("payments", "PORT_PAYMENTS"),
-    ("payments-worker", "PORT_PAYMENTS_WORKER"),
-    ("campaigns-primary", "PORT_CAMPAIGNS_PRIMARY"),
-    ("campaigns-replica", "PORT_CAMPAIGNS_REPLICA"),
-    ("campaigns-proxy", "PORT_CAMPAIGNS_PROXY"),
-    ("gateway", "PORT_GATEWAY"),
-    ("data-service-v1", "PORT_DATA_SERVICE_V1"),
-    ("data-service-v2", "PORT_DATA_SERVICE_V2"),
-    ("reports-a", "PORT_REPORTS_A"),
-    ("reports-b", "PORT_REPORTS_B"),
-    ("event-collector-a", "PORT_COLLECTOR_A"),
-    ("event-collector-b", "PORT_COLLECTOR_B"),
-];
-
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
@@ -80,12 +62,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::env::var("DATABASE_URL").context("DATABASE_URL (make soak sets it)")?;
     std::env::var("PULSAR_URL").context("PULSAR_URL (make soak sets it)")?;
-    if !args.binary.exists() {
-        bail!(
-            "{} does not exist: run `make build` first",
-            args.binary.display()
-        );
-    }
     let database = testkit::TempDatabase::create().await;
     let result = soak(&args, &database.url).await;
     database.drop_database().await;
@@ -94,74 +70,34 @@ async fn main() -> anyhow::Result<()> {
 
 async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     let log_dir = PathBuf::from("target/soak/run");
-    let _ = std::fs::remove_dir_all(&log_dir);
-    std::fs::create_dir_all(&log_dir)?;
-    let mut ports = BTreeMap::new();
-    let mut command = Command::new("bash");
-    command
-        .arg("scripts/run.sh")
-        .arg(&args.binary)
-        .env("DATABASE_URL", database_url)
-        .env(
-            "PULSAR_TOPIC_PREFIX",
-            format!("soak{}-", Uuid::new_v4().simple()),
-        )
-        .env("RUN_LOG_DIR", &log_dir)
-        // What the chart runs: JSON lines, the format whose span lists grew in issue 7.
-        .env("LOG_FORMAT", "json")
-        // A gateway that answers quickly, so the worker keeps up and backlogs do not pile up.
-        .env("GATEWAY_LATENCY_MIN", "5ms")
-        .env("GATEWAY_LATENCY_MAX", "30ms")
-        // The simulated gateway (an external service in production) lives in the worker's
-        // process and remembers each idempotency key for this long (24 h by default): a short
-        // window lets its records level off within the soak, so the worker's own memory shows.
-        .env("GATEWAY_IDEMPOTENCY_RETENTION", "60s")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    for (name, variable) in SERVICES {
-        let port = testkit::free_port();
-        command.env(variable, port.to_string());
-        ports.insert(name, port);
-    }
-    let mut platform = Platform(command.spawn().context("bash runs scripts/run.sh")?);
-    let group = platform.0.id();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
     let started = Instant::now();
-    for (name, port) in &ports {
-        let url = format!("http://127.0.0.1:{port}/ready");
-        while !client
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            if started.elapsed() > Duration::from_secs(180) || platform.0.try_wait()?.is_some() {
-                let _ = Command::new("kill")
-                    .args(["-INT", "--", &format!("-{group}")])
-                    .status();
-                bail!("{name} did not become ready; see {}", log_dir.display());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let mut platform = LocalPlatform::start(
+        &args.binary,
+        database_url,
+        &log_dir,
+        &[
+            // What the chart runs: JSON lines, the format whose span lists grew in issue 7.
+            ("LOG_FORMAT", "json"),
+            // A gateway that answers quickly, so the worker keeps up and backlogs do not pile up.
+            ("GATEWAY_LATENCY_MIN", "5ms"),
+            ("GATEWAY_LATENCY_MAX", "30ms"),
+            // The simulated gateway (an external service in production) lives in the worker's
+            // process and remembers each idempotency key for this long (24 h by default): a
+            // short window lets its records level off within the soak, so the worker's own
+            // memory shows.
+            ("GATEWAY_IDEMPOTENCY_RETENTION", "60s"),
+        ],
+    )
+    .await?;
     println!(
         "platform ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let pids: BTreeMap<&str, u32> = SERVICES
-        .iter()
-        .map(|(name, _)| {
-            let pid = std::fs::read_to_string(log_dir.join(format!("{name}.pid")))
-                .with_context(|| format!("pid file of {name}"))?;
-            Ok((*name, pid.trim().parse()?))
-        })
-        .collect::<anyhow::Result<_>>()?;
-
-    let gateway = format!("http://127.0.0.1:{}", ports["gateway"]);
+    let pids = platform.pids()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let gateway = platform.url("gateway");
     let mut campaigns = Vec::new();
     for affiliate in 0..AFFILIATES {
         campaigns.push(create_campaign(&client, &gateway, affiliate).await?);
@@ -172,7 +108,7 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let load = tokio::spawn(load(
         client.clone(),
-        ports.clone(),
+        gateway.clone(),
         campaigns,
         args.rate,
         counters.clone(),
@@ -196,23 +132,7 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     load.await?;
 
     // Ctrl-C, as a user would.
-    let asked = Instant::now();
-    Command::new("kill")
-        .args(["-INT", "--", &format!("-{group}")])
-        .status()?;
-    let stop_status = loop {
-        if let Some(status) = platform.0.try_wait()? {
-            break Some(status);
-        }
-        if asked.elapsed() > Duration::from_secs(90) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{group}")])
-                .status();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let stop_seconds = asked.elapsed().as_secs_f64();
+    let (stop_status, stop_seconds) = platform.interrupt(Duration::from_secs(90)).await?;
     let survivors: Vec<&str> = pids
         .iter()
         .filter(|(_, pid)| rss_mb(**pid).is_some())
@@ -222,7 +142,7 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     report(
         args,
         &samples,
-        &log_dir,
+        platform.log_dir(),
         &counters,
         load_started.elapsed(),
         stop_seconds,
@@ -231,31 +151,17 @@ async fn soak(args: &Args, database_url: &str) -> anyhow::Result<()> {
     )
 }
 
-/// scripts/run.sh, stopped with Ctrl-C (SIGINT to its process group) if the soak ends early.
-struct Platform(std::process::Child);
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let group = format!("-{}", self.0.id());
-            let _ = Command::new("kill").args(["-INT", "--", &group]).status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// The open-loop mix: payments at `rate`, a budget change of one of the campaigns per 20
 /// payments, a report read per 4 (the read model in v1 and v2 in turn; legacy reporting every
 /// 16th), all through the gateway.
 async fn load(
     client: reqwest::Client,
-    ports: BTreeMap<&'static str, u16>,
+    gateway: String,
     campaigns: Arc<Vec<String>>,
     rate: f64,
     counters: Arc<Counters>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let gateway = format!("http://127.0.0.1:{}", ports["gateway"]);
     let in_flight = Arc::new(Semaphore::new(256));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
