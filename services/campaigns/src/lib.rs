@@ -94,7 +94,8 @@ pub fn tracking_subscription() -> Subscription {
             .map(|t| (*t).to_owned())
             .collect(),
         name: application::TRACKING_CONSUMER.to_owned(),
-        lanes: 16,
+        // Few lanes, so a busy lane applies many events per transaction.
+        lanes: 4,
         attempts: 5,
         max_redeliveries: 10,
         drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,

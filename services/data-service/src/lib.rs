@@ -99,7 +99,9 @@ pub fn subscription(version: Version) -> Subscription {
     Subscription {
         topics: TOPICS.iter().map(|t| (*t).to_owned()).collect(),
         name: format!("data-service-{}", version.as_str()),
-        lanes: 8,
+        // Few lanes, so a busy lane applies many events per transaction (batches form behind
+        // a busy lane, not behind an idle one).
+        lanes: 2,
         attempts: 5,
         max_redeliveries: 10,
         drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,

@@ -117,7 +117,8 @@ pub fn commissions_subscription() -> Subscription {
     Subscription {
         topics: vec![application::CONVERSIONS_TOPIC.to_owned()],
         name: application::COMMISSIONS_CONSUMER.to_owned(),
-        lanes: 16,
+        // Few lanes, so a busy lane applies many conversions per transaction.
+        lanes: 4,
         attempts: 5,
         max_redeliveries: 10,
         drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
@@ -159,12 +160,17 @@ pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-/// The worker's subscription to `payments.evt.pending`.
+/// Charges in flight per lane of the worker: a lane claims the payments queued in it (up to
+/// 32) in one transaction and records their results in one; fewer, fuller lanes mean fewer
+/// transactions per payment.
+const CHARGES_PER_LANE: usize = 8;
+
+/// The worker's subscription to `payments.evt.pending`, for `concurrency` charges in flight.
 pub fn worker_subscription(concurrency: usize) -> Subscription {
     Subscription {
         topics: vec![TipoEventoPago::PagoPendiente.topic().to_owned()],
         name: application::CONSUMER_NAME.to_owned(),
-        lanes: concurrency,
+        lanes: concurrency.div_ceil(CHARGES_PER_LANE).max(1),
         attempts: 5,
         max_redeliveries: 10,
         drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
@@ -184,6 +190,7 @@ pub async fn run_worker_with(
         broker,
         pasarela,
         worker_subscription(concurrency),
+        concurrency,
         shutdown,
     )
     .await;
@@ -195,16 +202,16 @@ pub async fn run_worker_subscribed(
     broker: LazyBroker,
     pasarela: Arc<dyn PasarelaDePagos>,
     subscription: Subscription,
+    concurrency: usize,
     shutdown: CancellationToken,
 ) {
     let Some(connected) = broker.wait(&shutdown).await else {
         return;
     };
-    // One lane per payment charged at once, and no more charges in flight than lanes however
-    // the lanes batch.
+    // No more charges in flight than `concurrency`, however many payments the lanes claimed.
     let pasarela = Arc::new(PasarelaLimitada::new(
         pasarela,
-        subscription.lanes,
+        concurrency,
         shutdown.clone(),
     ));
     let handler = Arc::new(ProcesadorDePagos::new(pool, pasarela));

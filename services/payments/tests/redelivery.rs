@@ -155,6 +155,7 @@ async fn a_worker_stopped_between_charge_and_commit_never_charges_twice(
             drain_timeout: Duration::from_secs(2),
             ..worker_subscription(4)
         },
+        4,
         first.clone(),
     ));
     eventually("first charge", Duration::from_secs(30), || async {

@@ -132,7 +132,8 @@ pub fn subscription() -> Subscription {
     Subscription {
         topics: TOPICS.iter().map(|t| (*t).to_owned()).collect(),
         name: "reports".to_owned(),
-        lanes: 8,
+        // Few lanes, so a busy lane applies many events per transaction.
+        lanes: 2,
         attempts: 5,
         max_redeliveries: 10,
         drain_timeout: messaging::DEFAULT_DRAIN_TIMEOUT,
