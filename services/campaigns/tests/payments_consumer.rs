@@ -207,3 +207,46 @@ async fn the_consumer_on_the_real_broker_applies_duplicates_once(
     .await;
     assert_eq!(metricas(&pool, &id).await, (20, 20.0));
 }
+
+/// Two busy lanes (or replicas) apply batches of payments of the same affiliates in opposite
+/// orders, at the same time: each batch locks its campaigns in id order first, so neither
+/// deadlocks, and every payment is attributed once however often its batch is redelivered.
+#[sqlx::test(migrations = false)]
+async fn concurrent_batches_over_the_same_campaigns_neither_deadlock_nor_count_twice(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    use platform::{inbox::Transactional, messaging::EventHandler};
+
+    let pool = migrated_pool(o, c).await;
+    let app = app(&pool);
+    let mut campanas = Vec::new();
+    for afiliado in ["af-a", "af-b", "af-c"] {
+        for _ in 0..2 {
+            campanas.push(crear_activa(&app, afiliado, "100000").await);
+        }
+    }
+    let uno: Vec<Envelope> = ["af-a", "af-b", "af-c"]
+        .iter()
+        .cycle()
+        .take(30)
+        .map(|af| pago_exitoso(af, 10.0, "USD"))
+        .collect();
+    let otro: Vec<Envelope> = ["af-c", "af-b", "af-a"]
+        .iter()
+        .cycle()
+        .take(30)
+        .map(|af| pago_exitoso(af, 10.0, "USD"))
+        .collect();
+    let handler = Transactional(AtribucionDePagos::new(pool.clone()));
+    for _ in 0..3 {
+        // The same batches again: a redelivery after a commit whose acknowledgement was lost.
+        let (a, b) = tokio::join!(handler.handle_batch(&uno), handler.handle_batch(&otro));
+        assert!(a.iter().chain(&b).all(Result::is_ok), "{a:?} {b:?}");
+    }
+    // 20 payments of 10 USD per affiliate: 20 conversions and 20 USD of spend on each of its
+    // two campaigns.
+    for campana in &campanas {
+        assert_eq!(metricas(&pool, campana).await, (20, 20.0), "{campana}");
+    }
+}

@@ -6,6 +6,8 @@ use platform::{
     inbox::{self, TransactionalHandler},
     messaging::{Envelope, HandlerError},
 };
+use std::collections::HashSet;
+
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
@@ -40,6 +42,139 @@ struct Campana {
     conversiones: i64,
 }
 
+/// The payment events of a batch, column by column, in batch order.
+#[derive(Default)]
+struct FilasPago {
+    event_ids: Vec<uuid::Uuid>,
+    ids: Vec<String>,
+    afiliados: Vec<String>,
+    montos: Vec<Decimal>,
+    monedas: Vec<String>,
+    estados: Vec<String>,
+    fechas: Vec<chrono::DateTime<chrono::Utc>>,
+    versiones: Vec<i64>,
+}
+
+impl FilasPago {
+    fn push(&mut self, envelope: &Envelope, pago: Pago) -> Result<(), HandlerError> {
+        self.montos.push(decimal(pago.monto, "monto")?);
+        self.event_ids.push(envelope.event_id);
+        self.ids.push(envelope.aggregate_id.clone());
+        self.afiliados.push(pago.id_afiliado);
+        self.monedas.push(pago.moneda);
+        self.estados.push(pago.estado);
+        self.fechas.push(envelope.occurred_at);
+        self.versiones.push(envelope.aggregate_version);
+        Ok(())
+    }
+
+    /// Keeps the events whose inbox row is new.
+    fn retain(&mut self, nuevos: &HashSet<uuid::Uuid>) {
+        let keep: Vec<bool> = self.event_ids.iter().map(|e| nuevos.contains(e)).collect();
+        retain_by(&mut self.event_ids, &keep);
+        retain_by(&mut self.ids, &keep);
+        retain_by(&mut self.afiliados, &keep);
+        retain_by(&mut self.montos, &keep);
+        retain_by(&mut self.monedas, &keep);
+        retain_by(&mut self.estados, &keep);
+        retain_by(&mut self.fechas, &keep);
+        retain_by(&mut self.versiones, &keep);
+    }
+}
+
+/// The campaign events of a batch, column by column, in batch order.
+#[derive(Default)]
+struct FilasCampana {
+    event_ids: Vec<uuid::Uuid>,
+    ids: Vec<String>,
+    afiliados: Vec<String>,
+    estados: Vec<String>,
+    presupuestos: Vec<Decimal>,
+    monedas: Vec<String>,
+    gastos: Vec<Decimal>,
+    conversiones: Vec<i64>,
+    versiones: Vec<i64>,
+}
+
+impl FilasCampana {
+    fn push(&mut self, envelope: &Envelope, c: Campana) -> Result<(), HandlerError> {
+        self.presupuestos
+            .push(decimal(c.presupuesto, "presupuesto")?);
+        self.gastos.push(decimal(c.gasto_actual, "gasto_actual")?);
+        self.event_ids.push(envelope.event_id);
+        self.ids.push(envelope.aggregate_id.clone());
+        self.afiliados.push(c.id_afiliado);
+        self.estados.push(c.estado);
+        self.monedas.push(c.moneda);
+        self.conversiones.push(c.conversiones);
+        self.versiones.push(envelope.aggregate_version);
+        Ok(())
+    }
+
+    /// Keeps the events whose inbox row is new.
+    fn retain(&mut self, nuevos: &HashSet<uuid::Uuid>) {
+        let keep: Vec<bool> = self.event_ids.iter().map(|e| nuevos.contains(e)).collect();
+        retain_by(&mut self.event_ids, &keep);
+        retain_by(&mut self.ids, &keep);
+        retain_by(&mut self.afiliados, &keep);
+        retain_by(&mut self.estados, &keep);
+        retain_by(&mut self.presupuestos, &keep);
+        retain_by(&mut self.monedas, &keep);
+        retain_by(&mut self.gastos, &keep);
+        retain_by(&mut self.conversiones, &keep);
+        retain_by(&mut self.versiones, &keep);
+    }
+}
+
+fn retain_by<T>(column: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    column.retain(|_| flags.next().copied().unwrap_or(false));
+}
+
+/// Each payment's first event of the batch (in batch order) inserts its row; an existing row
+/// takes its state if newer, as one event alone would.
+const INSERTAR_PAGOS: &str = "INSERT INTO pagos (id_pago, id_afiliado, monto, moneda, estado, fecha, version) \
+     SELECT DISTINCT ON (id) id, afiliado, monto, moneda, estado, fecha, version \
+     FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], \
+                 $6::timestamptz[], $7::int8[]) WITH ORDINALITY \
+          AS t(id, afiliado, monto, moneda, estado, fecha, version, n) \
+     ORDER BY id, n \
+     ON CONFLICT (id_pago) DO UPDATE SET estado = EXCLUDED.estado, version = EXCLUDED.version \
+        WHERE pagos.version < EXCLUDED.version";
+
+/// Then each payment's newest event of the batch, if newer than the row.
+const ACTUALIZAR_PAGOS: &str = "UPDATE pagos p SET estado = t.estado, version = t.version \
+     FROM (SELECT DISTINCT ON (id) id, estado, version \
+           FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], \
+                       $6::timestamptz[], $7::int8[]) \
+                AS u(id, afiliado, monto, moneda, estado, fecha, version) \
+           ORDER BY id, version DESC) t \
+     WHERE p.id_pago = t.id AND p.version < t.version";
+
+/// Each campaign's first event of the batch inserts its row; an existing row takes its state
+/// if newer.
+const INSERTAR_CAMPANAS: &str = "INSERT INTO campanas (id_campana, id_afiliado, estado, presupuesto, moneda, gasto, \
+        conversiones, version) \
+     SELECT DISTINCT ON (id) id, afiliado, estado, presupuesto, moneda, gasto, conversiones, version \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::numeric[], \
+                 $7::int8[], $8::int8[]) WITH ORDINALITY \
+          AS t(id, afiliado, estado, presupuesto, moneda, gasto, conversiones, version, n) \
+     ORDER BY id, n \
+     ON CONFLICT (id_campana) DO UPDATE SET estado = EXCLUDED.estado, \
+        presupuesto = EXCLUDED.presupuesto, moneda = EXCLUDED.moneda, gasto = EXCLUDED.gasto, \
+        conversiones = EXCLUDED.conversiones, version = EXCLUDED.version \
+        WHERE campanas.version < EXCLUDED.version";
+
+/// Then each campaign's newest event of the batch, if newer than the row.
+const ACTUALIZAR_CAMPANAS: &str = "UPDATE campanas c SET estado = t.estado, presupuesto = t.presupuesto, \
+        moneda = t.moneda, gasto = t.gasto, conversiones = t.conversiones, version = t.version \
+     FROM (SELECT DISTINCT ON (id) id, estado, presupuesto, moneda, gasto, conversiones, version \
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], \
+                       $6::numeric[], $7::int8[], $8::int8[]) \
+                AS u(id, afiliado, estado, presupuesto, moneda, gasto, conversiones, version) \
+           ORDER BY id, version DESC) t \
+     WHERE c.id_campana = t.id AND c.version < t.version";
+
 pub struct Proyeccion {
     pool: PgPool,
     consumer: String,
@@ -72,6 +207,91 @@ impl TransactionalHandler for Proyeccion {
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A batch in five statements whatever its size: the inbox rows of every event (returning
+    /// the new ones), then per table an insert of each aggregate's first new event and an
+    /// update to its newest, which leaves exactly the rows applying the events one by one in
+    /// order leaves (the first event inserts the row; later ones change the state only when
+    /// newer).
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<()>, HandlerError> {
+        let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
+        let mut pagos = FilasPago::default();
+        let mut campanas = FilasCampana::default();
+        // Parsed before anything is written: a malformed event fails the batch, and alone
+        // it is dead-lettered.
+        for envelope in envelopes {
+            let permanent = |e: serde_json::Error| {
+                HandlerError::Permanent(format!("{}: {e}", envelope.event_type))
+            };
+            match envelope.aggregate_type.as_str() {
+                "Pago" => pagos.push(
+                    envelope,
+                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
+                )?,
+                "Campana" => campanas.push(
+                    envelope,
+                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
+                )?,
+                _ => {}
+            }
+        }
+        let nuevos: HashSet<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (event_id, consumer, event_type) \
+             SELECT e, $2, t FROM unnest($1::uuid[], $3::text[]) AS u(e, t) \
+             ON CONFLICT (event_id, consumer) DO NOTHING RETURNING event_id",
+        )
+        .bind(envelopes.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(&self.consumer)
+        .bind(
+            envelopes
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(transient)?
+        .into_iter()
+        .collect();
+        pagos.retain(&nuevos);
+        campanas.retain(&nuevos);
+        if !pagos.ids.is_empty() {
+            for sql in [INSERTAR_PAGOS, ACTUALIZAR_PAGOS] {
+                sqlx::query(sql)
+                    .bind(&pagos.ids)
+                    .bind(&pagos.afiliados)
+                    .bind(&pagos.montos)
+                    .bind(&pagos.monedas)
+                    .bind(&pagos.estados)
+                    .bind(&pagos.fechas)
+                    .bind(&pagos.versiones)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(transient)?;
+            }
+        }
+        if !campanas.ids.is_empty() {
+            for sql in [INSERTAR_CAMPANAS, ACTUALIZAR_CAMPANAS] {
+                sqlx::query(sql)
+                    .bind(&campanas.ids)
+                    .bind(&campanas.afiliados)
+                    .bind(&campanas.estados)
+                    .bind(&campanas.presupuestos)
+                    .bind(&campanas.monedas)
+                    .bind(&campanas.gastos)
+                    .bind(&campanas.conversiones)
+                    .bind(&campanas.versiones)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(transient)?;
+            }
+        }
+        Ok(vec![(); envelopes.len()])
     }
 
     async fn apply(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {

@@ -286,3 +286,104 @@ async fn v2_serves_the_detailed_reports_only(o: PgPoolOptions, c: PgConnectOptio
         404
     );
 }
+
+/// The set-wise batch gives exactly the rows applying the same deliveries one by one gives:
+/// many histories, shuffled and duplicated, cut into batches of every size, against one event
+/// per transaction (two schemas of one database side by side).
+#[sqlx::test(migrations = false)]
+async fn batches_leave_the_rows_one_event_at_a_time_leaves(o: PgPoolOptions, c: PgConnectOptions) {
+    use platform::{inbox::Transactional, messaging::EventHandler};
+
+    let one_by_one_pool = pool(o.clone(), c.clone(), Version::V1).await;
+    let batched_pool = pool(o, c, Version::V2).await;
+    let one_by_one = Proyeccion::new(one_by_one_pool.clone(), Version::V1);
+    let batched = Transactional(Proyeccion::new(batched_pool.clone(), Version::V2));
+
+    // A small deterministic generator: the test is the same on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        usize::try_from(seed % bound as u64).unwrap()
+    };
+    let estados = ["PENDIENTE", "PROCESANDO", "EXITOSO", "FALLIDO"];
+    let mut history = Vec::new();
+    for p in 0..12 {
+        for version in 1..=4 {
+            history.push(pago(
+                &format!("p{p}"),
+                version,
+                &format!("af-{}", p % 3),
+                10.0 + p as f64,
+                "USD",
+                estados[usize::try_from(version).unwrap() - 1],
+            ));
+        }
+    }
+    for k in 0..4 {
+        for version in 1..=5 {
+            history.push(campana(
+                &format!("c{k}"),
+                version,
+                if version == 1 { "CREATED" } else { "ACTIVE" },
+                1000.0,
+                f64::from(version as i32) * 3.0,
+                version - 1,
+            ));
+        }
+    }
+    // Every event once or twice, in a shuffled order.
+    let mut deliveries: Vec<Envelope> = history
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e.clone(), 1 + next(2)))
+        .collect();
+    for i in (1..deliveries.len()).rev() {
+        deliveries.swap(i, next(i + 1));
+    }
+
+    for envelope in &deliveries {
+        one_by_one.aplicar(envelope).await.unwrap();
+    }
+    let mut rest = deliveries.as_slice();
+    while !rest.is_empty() {
+        let size = (1 + next(17)).min(rest.len());
+        let (batch, tail) = rest.split_at(size);
+        let results = batched.handle_batch(batch).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        rest = tail;
+    }
+
+    let pagos = "SELECT id_pago, id_afiliado, monto::text, moneda, estado, fecha, version \
+                 FROM pagos ORDER BY id_pago";
+    let campanas = "SELECT id_campana, id_afiliado, estado, presupuesto::text, moneda, gasto::text, \
+                    conversiones, version FROM campanas ORDER BY id_campana";
+    type PagoRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        chrono::DateTime<Utc>,
+        i64,
+    );
+    type CampanaRow = (String, String, String, String, String, String, i64, i64);
+    let read_pagos = |pool: PgPool| async move {
+        sqlx::query_as::<_, PagoRow>(pagos)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let read_campanas = |pool: PgPool| async move {
+        sqlx::query_as::<_, CampanaRow>(campanas)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let expected_pagos = read_pagos(one_by_one_pool.clone()).await;
+    assert_eq!(expected_pagos.len(), 12);
+    assert_eq!(read_pagos(batched_pool.clone()).await, expected_pagos);
+    let expected_campanas = read_campanas(one_by_one_pool).await;
+    assert_eq!(expected_campanas.len(), 4);
+    assert_eq!(read_campanas(batched_pool).await, expected_campanas);
+}

@@ -46,6 +46,16 @@ pub trait TransactionalHandler: Send + Sync + 'static {
         envelope: &Envelope,
     ) -> Result<Self::Applied, HandlerError>;
 
+    /// Applies a batch inside `tx`, in order. The default applies each event in turn; a handler
+    /// may first do set-wise work (take its locks in a fixed order, write many rows at once).
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<Self::Applied>, HandlerError> {
+        apply_each(self, tx, envelopes).await
+    }
+
     /// Runs once the transaction holding `envelope`'s effect committed (metrics, progress kept
     /// in memory): never for an effect that was rolled back.
     fn committed(&self, _envelope: &Envelope, _applied: &Self::Applied) {}
@@ -66,6 +76,20 @@ pub trait TransactionalHandler: Send + Sync + 'static {
     }
 }
 
+/// Applies `envelopes` one after the other inside `tx` (what [`TransactionalHandler::apply_batch`]
+/// does by default, and what an override does after its set-wise work).
+pub async fn apply_each<H: TransactionalHandler + ?Sized>(
+    handler: &H,
+    tx: &mut PgConnection,
+    envelopes: &[Envelope],
+) -> Result<Vec<H::Applied>, HandlerError> {
+    let mut applied = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        applied.push(handler.apply(&mut *tx, envelope).await?);
+    }
+    Ok(applied)
+}
+
 /// A [`TransactionalHandler`] as an [`EventHandler`]: one transaction per event, or per batch.
 pub struct Transactional<H>(pub H);
 
@@ -74,10 +98,7 @@ impl<H: TransactionalHandler> Transactional<H> {
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> Result<(), HandlerError> {
         let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
         let mut tx = self.0.pool().begin().await.map_err(transient)?;
-        let mut applied = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            applied.push(self.0.apply(&mut tx, envelope).await?);
-        }
+        let applied = self.0.apply_batch(&mut tx, envelopes).await?;
         tx.commit().await.map_err(transient)?;
         for (envelope, applied) in envelopes.iter().zip(&applied) {
             self.0.committed(envelope, applied);

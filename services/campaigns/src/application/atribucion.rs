@@ -66,11 +66,29 @@ impl TransactionalHandler for AtribucionDePagos {
         &self.pool
     }
 
-    /// One event per transaction: its transaction locks the affiliate's campaigns, and payment
-    /// events are keyed by payment, so batches in two lanes (or two replicas) would lock the
-    /// same campaigns in different orders and deadlock.
+    /// Payment events are keyed by payment, so two lanes' (or replicas') batches may touch the
+    /// same campaigns: [`Self::apply_batch`] locks them all up front, in id order.
     fn max_batch(&self) -> usize {
-        1
+        64
+    }
+
+    /// Locks every active campaign of the batch's affiliates in one statement, in campaign id
+    /// order, before changing any: two batches then take their common locks in the same order
+    /// and cannot deadlock (one waits for the other). Then each event in turn.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<usize>, HandlerError> {
+        let afiliados: Vec<&str> = envelopes
+            .iter()
+            .filter(|e| e.event_type == "PagoExitoso")
+            .filter_map(|e| e.data.get("id_afiliado")?.as_str())
+            .collect();
+        repositorio::bloquear_activas_de_afiliados(&mut *tx, &afiliados)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))?;
+        inbox::apply_each(self, tx, envelopes).await
     }
 
     async fn apply(

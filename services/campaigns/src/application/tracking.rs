@@ -82,14 +82,30 @@ impl Aplicado {
     }
 }
 
-/// Busy, the counter applies the events queued in a lane in one transaction. Events are keyed
-/// by their campaign, so one lane's batch and another's never lock the same campaign.
+/// Busy, the counter applies the events queued in a lane in one transaction.
 #[async_trait::async_trait]
 impl TransactionalHandler for ContadorDeTracking {
     type Applied = Aplicado;
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Locks the batch's campaigns in one statement, in id order, before counting: the
+    /// payments consumer locks campaigns in the same order, so their batches cannot deadlock.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<Aplicado>, HandlerError> {
+        let campanas: Vec<Uuid> = envelopes
+            .iter()
+            .filter_map(|e| e.data.get("id_campana")?.as_str()?.parse().ok())
+            .collect();
+        repositorio::bloquear_campanas(&mut *tx, &campanas)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))?;
+        inbox::apply_each(self, tx, envelopes).await
     }
 
     async fn apply(

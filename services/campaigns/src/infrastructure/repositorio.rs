@@ -155,6 +155,39 @@ pub async fn bloquear_activas_de_afiliado(
     .collect()
 }
 
+/// Row-locks the ACTIVE campaigns of every affiliate in `afiliados`, in id order, and says how
+/// many.
+pub async fn bloquear_activas_de_afiliados(
+    tx: &mut PgConnection,
+    afiliados: &[&str],
+) -> Result<usize, sqlx::Error> {
+    if afiliados.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM campanas WHERE id_afiliado = ANY($1) AND estado = 'ACTIVE' \
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(afiliados)
+    .fetch_all(tx)
+    .await?;
+    Ok(ids.len())
+}
+
+/// Row-locks the campaigns `ids` (those that exist), in id order.
+pub async fn bloquear_campanas(
+    tx: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<(), sqlx::Error> {
+    if !ids.is_empty() {
+        sqlx::query("SELECT 1 FROM campanas WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .execute(tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn una<'e>(
     executor: impl PgExecutor<'e>,
     sql: &'static str,
