@@ -321,7 +321,7 @@ static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
         HistogramVec::new(
             prometheus::HistogramOpts::new(
                 "events_batch_size",
-                "Events handled together by one handle_batch call, by subscription",
+                "Events handled together (1: alone) by a consumer that batches, by subscription",
             )
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             &["subscription"],
@@ -629,6 +629,11 @@ fn spawn_lane(
                 }
             }
             let settled = if deliveries.len() == 1 {
+                if max_batch > 1 {
+                    BATCH_SIZE
+                        .with_label_values(&[subscription.name.as_str()])
+                        .observe(1.0);
+                }
                 let delivery = deliveries.remove(0);
                 let outcome =
                     process(&subscription, handler.as_ref(), &delivery.payload, &stop).await;

@@ -205,6 +205,8 @@ struct Figures {
     reads: Option<Reads>,
     /// Each kind of service started alone (full system only).
     cold_starts: Option<Vec<ColdStart>>,
+    /// (labels, batches, mean size) of every batching queue and consumer, from `/metrics`.
+    batches: Vec<(String, f64, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -390,6 +392,7 @@ async fn run(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::Res
     let payments = u64::try_from(payments_done(scenario, &pool).await? - payments_before)?;
     tokio::time::sleep(STATS_FLUSH).await;
     let commits = commits(&pool).await? - commits_before;
+    let batches = batch_sizes(&client, &stack).await;
 
     let half_rate = peak.throughput / 2.0;
     let half = open_loop(&client, &url, half_rate, Duration::from_secs(args.seconds)).await?;
@@ -437,7 +440,56 @@ async fn run(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::Res
         half,
         reads,
         cold_starts,
+        batches,
     })
+}
+
+/// Mean batch size per queue and subscription, summed over every service's `/metrics`: where
+/// the work was shared by one transaction, and where it was not.
+async fn batch_sizes(client: &reqwest::Client, stack: &Stack) -> Vec<(String, f64, f64)> {
+    let urls: Vec<String> = match stack {
+        Stack::WritePath { gateway, .. } => vec![gateway.clone()],
+        Stack::FullSystem(platform) => SERVICES
+            .iter()
+            .map(|(name, _)| platform.url(name))
+            .collect(),
+    };
+    // (sum, count) per series.
+    let mut totals: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for url in urls {
+        let Ok(answer) = client.get(format!("{url}/metrics")).send().await else {
+            continue;
+        };
+        let Ok(text) = answer.text().await else {
+            continue;
+        };
+        for line in text.lines() {
+            for (metric, part) in [
+                ("aeropartners_events_batch_size_sum", 0),
+                ("aeropartners_events_batch_size_count", 1),
+                ("aeropartners_group_commit_batch_weight_sum", 0),
+                ("aeropartners_group_commit_batch_weight_count", 1),
+            ] {
+                let Some(rest) = line.strip_prefix(metric) else {
+                    continue;
+                };
+                let Some((labels, value)) = rest.rsplit_once(' ') else {
+                    continue;
+                };
+                let value: f64 = value.parse().unwrap_or(0.0);
+                let entry = totals.entry(labels.to_owned()).or_default();
+                if part == 0 {
+                    entry.0 += value;
+                } else {
+                    entry.1 += value;
+                }
+            }
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(labels, (sum, count))| (labels, count, sum / count.max(1.0)))
+        .collect()
 }
 
 /// How long a service takes from exec to answering `/health`, and to `/ready`.
@@ -954,6 +1006,11 @@ fn print_and_save(
         .find(|(scenario, _)| *scenario == Scenario::FullSystem)
         .map(|(_, figures)| figures)
         .context("the full system ran")?;
+    println!();
+    println!("batches formed in the full system (events or payments per transaction):");
+    for (labels, count, mean) in &full.batches {
+        println!("  {labels:<60} {count:>8.0} batches, mean {mean:>6.1}");
+    }
     if let Some(starts) = &full.cold_starts {
         println!();
         println!(
