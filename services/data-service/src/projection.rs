@@ -45,7 +45,6 @@ struct Campana {
 /// The payment events of a batch, column by column, in batch order.
 #[derive(Default)]
 struct FilasPago {
-    event_ids: Vec<uuid::Uuid>,
     ids: Vec<String>,
     afiliados: Vec<String>,
     montos: Vec<Decimal>,
@@ -58,7 +57,6 @@ struct FilasPago {
 impl FilasPago {
     fn push(&mut self, envelope: &Envelope, pago: Pago) -> Result<(), HandlerError> {
         self.montos.push(decimal(pago.monto, "monto")?);
-        self.event_ids.push(envelope.event_id);
         self.ids.push(envelope.aggregate_id.clone());
         self.afiliados.push(pago.id_afiliado);
         self.monedas.push(pago.moneda);
@@ -67,25 +65,11 @@ impl FilasPago {
         self.versiones.push(envelope.aggregate_version);
         Ok(())
     }
-
-    /// Keeps the events whose inbox row is new.
-    fn retain(&mut self, nuevos: &HashSet<uuid::Uuid>) {
-        let keep: Vec<bool> = self.event_ids.iter().map(|e| nuevos.contains(e)).collect();
-        retain_by(&mut self.event_ids, &keep);
-        retain_by(&mut self.ids, &keep);
-        retain_by(&mut self.afiliados, &keep);
-        retain_by(&mut self.montos, &keep);
-        retain_by(&mut self.monedas, &keep);
-        retain_by(&mut self.estados, &keep);
-        retain_by(&mut self.fechas, &keep);
-        retain_by(&mut self.versiones, &keep);
-    }
 }
 
 /// The campaign events of a batch, column by column, in batch order.
 #[derive(Default)]
 struct FilasCampana {
-    event_ids: Vec<uuid::Uuid>,
     ids: Vec<String>,
     afiliados: Vec<String>,
     estados: Vec<String>,
@@ -101,7 +85,6 @@ impl FilasCampana {
         self.presupuestos
             .push(decimal(c.presupuesto, "presupuesto")?);
         self.gastos.push(decimal(c.gasto_actual, "gasto_actual")?);
-        self.event_ids.push(envelope.event_id);
         self.ids.push(envelope.aggregate_id.clone());
         self.afiliados.push(c.id_afiliado);
         self.estados.push(c.estado);
@@ -110,25 +93,6 @@ impl FilasCampana {
         self.versiones.push(envelope.aggregate_version);
         Ok(())
     }
-
-    /// Keeps the events whose inbox row is new.
-    fn retain(&mut self, nuevos: &HashSet<uuid::Uuid>) {
-        let keep: Vec<bool> = self.event_ids.iter().map(|e| nuevos.contains(e)).collect();
-        retain_by(&mut self.event_ids, &keep);
-        retain_by(&mut self.ids, &keep);
-        retain_by(&mut self.afiliados, &keep);
-        retain_by(&mut self.estados, &keep);
-        retain_by(&mut self.presupuestos, &keep);
-        retain_by(&mut self.monedas, &keep);
-        retain_by(&mut self.gastos, &keep);
-        retain_by(&mut self.conversiones, &keep);
-        retain_by(&mut self.versiones, &keep);
-    }
-}
-
-fn retain_by<T>(column: &mut Vec<T>, keep: &[bool]) {
-    let mut flags = keep.iter();
-    column.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
 /// Each payment's first event of the batch (in batch order) inserts its row; an existing row
@@ -220,26 +184,6 @@ impl TransactionalHandler for Proyeccion {
         envelopes: &[Envelope],
     ) -> Result<Vec<()>, HandlerError> {
         let transient = |e: sqlx::Error| HandlerError::Transient(e.into());
-        let mut pagos = FilasPago::default();
-        let mut campanas = FilasCampana::default();
-        // Parsed before anything is written: a malformed event fails the batch, and alone
-        // it is dead-lettered.
-        for envelope in envelopes {
-            let permanent = |e: serde_json::Error| {
-                HandlerError::Permanent(format!("{}: {e}", envelope.event_type))
-            };
-            match envelope.aggregate_type.as_str() {
-                "Pago" => pagos.push(
-                    envelope,
-                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
-                )?,
-                "Campana" => campanas.push(
-                    envelope,
-                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
-                )?,
-                _ => {}
-            }
-        }
         let nuevos: HashSet<uuid::Uuid> = sqlx::query_scalar(
             "INSERT INTO inbox (event_id, consumer, event_type) \
              SELECT e, $2, t FROM unnest($1::uuid[], $3::text[]) AS u(e, t) \
@@ -258,8 +202,30 @@ impl TransactionalHandler for Proyeccion {
         .map_err(transient)?
         .into_iter()
         .collect();
-        pagos.retain(&nuevos);
-        campanas.retain(&nuevos);
+        // The first delivery in the batch of each event whose inbox row is new. A malformed
+        // one fails the batch (its inbox rows roll back with it), and alone it is dead-lettered.
+        let mut pagos = FilasPago::default();
+        let mut campanas = FilasCampana::default();
+        let mut vistos = HashSet::new();
+        for envelope in envelopes {
+            if !nuevos.contains(&envelope.event_id) || !vistos.insert(envelope.event_id) {
+                continue;
+            }
+            let permanent = |e: serde_json::Error| {
+                HandlerError::Permanent(format!("{}: {e}", envelope.event_type))
+            };
+            match envelope.aggregate_type.as_str() {
+                "Pago" => pagos.push(
+                    envelope,
+                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
+                )?,
+                "Campana" => campanas.push(
+                    envelope,
+                    serde_json::from_value(envelope.data.clone()).map_err(permanent)?,
+                )?,
+                _ => {}
+            }
+        }
         if !pagos.ids.is_empty() {
             for sql in [INSERTAR_PAGOS, ACTUALIZAR_PAGOS] {
                 sqlx::query(sql)

@@ -256,12 +256,8 @@ async fn cargar<'e, B>(
 where
     B: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'e,
 {
-    sqlx::query_as::<_, FilaPago>(sql)
-        .bind(valor)
-        .fetch_optional(executor)
-        .await?
-        .map(Pago::try_from)
-        .transpose()
+    // One row at most: the filters are on unique columns.
+    Ok(cargar_muchos(executor, sql, valor).await?.pop())
 }
 
 /// Puts the event in the outbox (same transaction as the state change) and traces it.
