@@ -129,9 +129,34 @@ impl Tabla {
             .map(|(_, e)| *e)
             .collect::<Vec<_>>()
             .join(", ");
+        format!(
+            "INSERT INTO {} ({}) SELECT {expresiones} FROM {from} ON CONFLICT ({}) DO UPDATE SET {}",
+            self.nombre,
+            self.lista(),
+            self.clave,
+            self.sets()
+        )
+    }
+
+    /// The same for a batch: one row per aggregate of the events in CTE `e` (the newest
+    /// event's state, the least of the earliest-value columns), upserted by the same rules.
+    /// Both rules commute, so this leaves what applying the events one at a time leaves.
+    fn upsert_lote(&self) -> String {
+        format!(
+            "INSERT INTO {} ({}) {} ON CONFLICT ({}) DO UPDATE SET {}",
+            self.nombre,
+            self.lista(),
+            self.por_agregado("e"),
+            self.clave,
+            self.sets()
+        )
+    }
+
+    /// The `DO UPDATE SET` of an upsert: newest version wins, earliest-value columns keep the
+    /// least.
+    fn sets(&self) -> String {
         let t = self.nombre;
-        let sets = self
-            .columnas
+        self.columnas
             .iter()
             .filter(|(c, _)| *c != self.clave)
             .map(|(c, _)| {
@@ -144,18 +169,23 @@ impl Tabla {
                 }
             })
             .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "INSERT INTO {t} ({}) SELECT {expresiones} FROM {from} ON CONFLICT ({}) DO UPDATE SET {sets}",
-            self.lista(),
-            self.clave
-        )
+            .join(", ")
     }
 
     /// Rebuild from every stored event: one row per aggregate, the newest event's state and
     /// the earliest event's value for the earliest-value columns.
     fn reconstruir(&self) -> String {
-        let t = self.nombre;
+        format!(
+            "INSERT INTO {} ({}) {}",
+            self.nombre,
+            self.lista(),
+            self.por_agregado("eventos e")
+        )
+    }
+
+    /// One row per aggregate of this table's type among the events of `fuente` (aliased `e`):
+    /// the newest event's columns, and the least over its events of the earliest-value ones.
+    fn por_agregado(&self, fuente: &str) -> String {
         let expresiones = self
             .columnas
             .iter()
@@ -169,10 +199,9 @@ impl Tabla {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "INSERT INTO {t} ({lista}) SELECT DISTINCT ON (e.aggregate_id) {expresiones} \
-             FROM eventos e WHERE e.aggregate_type = '{a}' \
+            "SELECT DISTINCT ON (e.aggregate_id) {expresiones} \
+             FROM {fuente} WHERE e.aggregate_type = '{a}' \
              ORDER BY e.aggregate_id, e.aggregate_version DESC",
-            lista = self.lista(),
             a = self.aggregate_type,
         )
     }
@@ -199,6 +228,26 @@ fn aplicar_sql(aggregate_type: &str) -> String {
     sql
 }
 
+/// One statement per batch, whatever its events: store the new ones (in event id order, so
+/// concurrent batches take their locks in one order), then upsert every table of both versions
+/// from them; it returns the ids of the events that were new.
+fn aplicar_lote_sql() -> String {
+    let mut sql = String::from(
+        "WITH e AS (INSERT INTO eventos (event_id, event_type, aggregate_type, aggregate_id, \
+            aggregate_version, occurred_at, correlation_id, data) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+                              $6::timestamptz[], $7::text[], $8::jsonb[]) ORDER BY 1 \
+         ON CONFLICT (event_id) DO NOTHING \
+         RETURNING event_id, aggregate_type, aggregate_id, aggregate_version, occurred_at, data)",
+    );
+    for (i, tabla) in Version::ALL.iter().flat_map(|v| tablas(*v)).enumerate() {
+        sql.push_str(&format!(", t{i} AS ({})", tabla.upsert_lote()));
+    }
+    sql.push_str(" SELECT event_id FROM e");
+    sql
+}
+
+static APLICAR_LOTE: LazyLock<String> = LazyLock::new(aplicar_lote_sql);
 static APLICAR_PAGO: LazyLock<String> = LazyLock::new(|| aplicar_sql("Pago"));
 static APLICAR_CAMPANA: LazyLock<String> = LazyLock::new(|| aplicar_sql("Campana"));
 
@@ -263,6 +312,17 @@ fn validar(envelope: &Envelope) -> Result<&'static str, String> {
     }
 }
 
+/// The statement that applies `envelope`, or why it can never be applied.
+fn comprobar(envelope: &Envelope) -> Result<&'static str, HandlerError> {
+    if envelope.aggregate_version < 1 {
+        return Err(HandlerError::Permanent(format!(
+            "{}: aggregate_version {} < 1",
+            envelope.event_type, envelope.aggregate_version
+        )));
+    }
+    validar(envelope).map_err(|e| HandlerError::Permanent(format!("{}: {e}", envelope.event_type)))
+}
+
 /// Applies one event to both versions. Returns whether it was new (false: a duplicate, which
 /// changes nothing).
 pub async fn aplicar(pool: &PgPool, envelope: &Envelope) -> Result<bool, HandlerError> {
@@ -274,14 +334,7 @@ async fn aplicar_con<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     envelope: &Envelope,
 ) -> Result<bool, HandlerError> {
-    if envelope.aggregate_version < 1 {
-        return Err(HandlerError::Permanent(format!(
-            "{}: aggregate_version {} < 1",
-            envelope.event_type, envelope.aggregate_version
-        )));
-    }
-    let sql = validar(envelope)
-        .map_err(|e| HandlerError::Permanent(format!("{}: {e}", envelope.event_type)))?;
+    let sql = comprobar(envelope)?;
     let nuevos: i64 = sqlx::query_scalar(sql)
         .bind(envelope.event_id)
         .bind(&envelope.event_type)
@@ -295,6 +348,63 @@ async fn aplicar_con<'e>(
         .await
         .map_err(|e| HandlerError::Transient(e.into()))?;
     Ok(nuevos == 1)
+}
+
+/// Applies a batch of events to both versions in one statement. Says, per event in order,
+/// whether it was new (a duplicate, or a second copy in the batch, changes nothing). A
+/// malformed event refuses the whole batch before anything is written.
+pub async fn aplicar_lote<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    envelopes: &[Envelope],
+) -> Result<Vec<bool>, HandlerError> {
+    for envelope in envelopes {
+        comprobar(envelope)?;
+    }
+    let nuevos: std::collections::HashSet<uuid::Uuid> =
+        sqlx::query_scalar(AssertSqlSafe(APLICAR_LOTE.as_str()))
+            .bind(envelopes.iter().map(|e| e.event_id).collect::<Vec<_>>())
+            .bind(
+                envelopes
+                    .iter()
+                    .map(|e| e.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                envelopes
+                    .iter()
+                    .map(|e| e.aggregate_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                envelopes
+                    .iter()
+                    .map(|e| e.aggregate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                envelopes
+                    .iter()
+                    .map(|e| e.aggregate_version)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+            .bind(
+                envelopes
+                    .iter()
+                    .map(|e| e.correlation_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(envelopes.iter().map(|e| &e.data).collect::<Vec<_>>())
+            .fetch_all(executor)
+            .await
+            .map_err(|e| HandlerError::Transient(e.into()))?
+            .into_iter()
+            .collect();
+    let mut vistos = std::collections::HashSet::new();
+    Ok(envelopes
+        .iter()
+        .map(|e| nuevos.contains(&e.event_id) && vistos.insert(e.event_id))
+        .collect())
 }
 
 /// Rebuilds `version` from the stored events in one transaction. Writers of that version's
@@ -426,6 +536,15 @@ impl TransactionalHandler for Proyeccion {
         envelope: &Envelope,
     ) -> Result<bool, HandlerError> {
         aplicar_con(tx, envelope).await
+    }
+
+    /// The whole batch in one statement (see [`aplicar_lote`]).
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<bool>, HandlerError> {
+        aplicar_lote(tx, envelopes).await
     }
 
     fn committed(&self, envelope: &Envelope, nuevo: &bool) {

@@ -187,17 +187,18 @@ async fn schema_pool(url: &str, schema: &str) -> PgPool {
 }
 
 #[test]
-fn duplicated_shuffled_concurrent_delivery_and_rebuild_equal_the_in_order_tables() {
+fn duplicated_shuffled_concurrent_batched_delivery_and_rebuild_equal_the_in_order_tables() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let db = runtime.block_on(TempDatabase::create());
-    let (en_orden, desordenado) = runtime.block_on(async {
+    let (en_orden, desordenado, en_lotes) = runtime.block_on(async {
         (
             schema_pool(&db.url, "reports_in_order").await,
             schema_pool(&db.url, "reports_shuffled").await,
+            schema_pool(&db.url, "reports_batched").await,
         )
     });
 
@@ -215,6 +216,7 @@ fn duplicated_shuffled_concurrent_delivery_and_rebuild_equal_the_in_order_tables
         runtime.block_on(async {
             vaciar(&en_orden).await;
             vaciar(&desordenado).await;
+            vaciar(&en_lotes).await;
             let historia = historia(&pagos, &campanas);
             for evento in &historia {
                 assert!(projection::aplicar(&en_orden, evento).await.unwrap());
@@ -231,6 +233,24 @@ fn duplicated_shuffled_concurrent_delivery_and_rebuild_equal_the_in_order_tables
             prop_assert_eq!(nuevos, historia.len(), "each event is new exactly once");
             prop_assert_eq!(&tablas(&desordenado).await, &esperado);
 
+            // The same deliveries as a busy consumer applies them: cut into batches of 1 to 9,
+            // each in one statement.
+            let mut tamanos = StdRng::seed_from_u64(semilla ^ 0x5eed);
+            let mut resto = entregas.as_slice();
+            let mut nuevos_en_lotes = 0;
+            while !resto.is_empty() {
+                let (lote, cola) = resto.split_at(tamanos.random_range(1..=9).min(resto.len()));
+                let nuevos = projection::aplicar_lote(&en_lotes, lote).await.unwrap();
+                nuevos_en_lotes += nuevos.iter().filter(|n| **n).count();
+                resto = cola;
+            }
+            prop_assert_eq!(
+                nuevos_en_lotes,
+                historia.len(),
+                "each event is new exactly once"
+            );
+            prop_assert_eq!(&tablas(&en_lotes).await, &esperado, "in batches");
+
             for version in Version::ALL {
                 projection::rebuild(&desordenado, version).await.unwrap();
             }
@@ -241,6 +261,7 @@ fn duplicated_shuffled_concurrent_delivery_and_rebuild_equal_the_in_order_tables
     runtime.block_on(async {
         en_orden.close().await;
         desordenado.close().await;
+        en_lotes.close().await;
         db.drop_database().await;
     });
     if let Err(error) = result {
