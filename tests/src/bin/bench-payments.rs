@@ -49,6 +49,10 @@ struct Args {
     /// Seconds each phase runs.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Runs one scenario and its ceilings only, without the original system (to iterate on
+    /// one path; `make bench` runs everything).
+    #[arg(long, value_enum)]
+    only: Option<Scenario>,
 }
 
 #[tokio::main]
@@ -59,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
 
     let mut scenarios = Vec::new();
     let mut ceilings = None;
-    for scenario in [Scenario::WritePath, Scenario::FullSystem] {
+    let chosen = match args.only {
+        Some(scenario) => vec![scenario],
+        None => vec![Scenario::WritePath, Scenario::FullSystem],
+    };
+    for scenario in chosen {
         let database = testkit::TempDatabase::create().await;
         let result = run(&args, scenario, &database.url).await;
         // The ceilings run on a database with the same schema, once the platform stopped.
@@ -73,14 +81,19 @@ async fn main() -> anyhow::Result<()> {
         database.drop_database().await;
         scenarios.push((scenario, result?));
     }
-    let database = testkit::TempDatabase::create().await;
-    let original = measure_original(&args, &database.url).await;
-    database.drop_database().await;
+    let original = if args.only.is_some() {
+        None
+    } else {
+        let database = testkit::TempDatabase::create().await;
+        let original = measure_original(&args, &database.url).await;
+        database.drop_database().await;
+        Some(original?)
+    };
     print_and_save(
         &args,
         &scenarios,
         &ceilings.context("the ceilings ran")?,
-        &original?,
+        original.as_ref(),
     )
 }
 
@@ -167,7 +180,7 @@ impl Drop for ProcessGroup {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 enum Scenario {
     /// The payments API and its relay behind the gateway: what accepting a payment costs.
@@ -236,6 +249,7 @@ enum Stack {
     WritePath {
         _processes: Processes,
         gateway: String,
+        payments: String,
         pids: Vec<u32>,
     },
     FullSystem(LocalPlatform),
@@ -331,6 +345,7 @@ async fn start(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::R
             Ok(Stack::WritePath {
                 _processes: processes,
                 gateway: format!("http://127.0.0.1:{gateway_port}"),
+                payments: format!("http://127.0.0.1:{payments_port}"),
                 pids,
             })
         }
@@ -448,7 +463,7 @@ async fn run(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::Res
 /// the work was shared by one transaction, and where it was not.
 async fn batch_sizes(client: &reqwest::Client, stack: &Stack) -> Vec<(String, f64, f64)> {
     let urls: Vec<String> = match stack {
-        Stack::WritePath { gateway, .. } => vec![gateway.clone()],
+        Stack::WritePath { payments, .. } => vec![payments.clone()],
         Stack::FullSystem(platform) => SERVICES
             .iter()
             .map(|(name, _)| platform.url(name))
@@ -916,7 +931,7 @@ fn print_and_save(
     args: &Args,
     scenarios: &[(Scenario, Figures)],
     ceilings: &Ceilings,
-    original: &Original,
+    original: Option<&Original>,
 ) -> anyhow::Result<()> {
     let bare = ceilings.bare_accept_tps;
     println!();
@@ -1001,17 +1016,24 @@ fn print_and_save(
         ceilings.bare_accept_notify_tps,
         ceilings.bare_accept_notify_tps / bare * 100.0
     );
+    for (scenario, figures) in scenarios {
+        if figures.batches.is_empty() {
+            continue;
+        }
+        println!();
+        println!(
+            "batches formed in the {} (events or payments per transaction):",
+            scenario.slug().replace('_', " ")
+        );
+        for (labels, count, mean) in &figures.batches {
+            println!("  {labels:<60} {count:>8.0} batches, mean {mean:>6.1}");
+        }
+    }
     let full = scenarios
         .iter()
         .find(|(scenario, _)| *scenario == Scenario::FullSystem)
-        .map(|(_, figures)| figures)
-        .context("the full system ran")?;
-    println!();
-    println!("batches formed in the full system (events or payments per transaction):");
-    for (labels, count, mean) in &full.batches {
-        println!("  {labels:<60} {count:>8.0} batches, mean {mean:>6.1}");
-    }
-    if let Some(starts) = &full.cold_starts {
+        .map(|(_, figures)| figures);
+    if let Some(starts) = full.and_then(|full| full.cold_starts.as_ref()) {
         println!();
         println!(
             "cold start, exec to the first 200 (median of {COLD_START_RUNS}; /ready needs the database and, where required, the broker):"
@@ -1023,30 +1045,33 @@ fn print_and_save(
             );
         }
     }
-    let reads = full.reads.as_ref().context("the reads ran")?;
-    println!();
-    println!(
-        "against the original Python system (FastAPI + SQLAlchemy, {} uvicorn workers, same PostgreSQL, {} clients):",
-        original.workers, args.concurrency
-    );
-    println!(
-        "{:<22} {:>22} {:>22} {:>8}",
-        "", "ours (whole platform)", "original", "ratio"
-    );
-    let comparison: Vec<(&str, &Phase, &Phase)> = vec![
-        ("POST /pagos/", &full.peak, &original.post),
-        ("GET /pagos/{id}", &reads.get_payment, &original.get_payment),
-        ("GET /health", &reads.health, &original.health),
-    ];
-    for (label, ours, theirs) in &comparison {
+    let mut comparison: Vec<(&str, &Phase, &Phase)> = Vec::new();
+    if let (Some(full), Some(original)) = (full, original) {
+        let reads = full.reads.as_ref().context("the reads ran")?;
+        println!();
         println!(
-            "{label:<22} {:>11.0} req/s p99 {:>5.1} {:>11.0} req/s p99 {:>5.1} {:>7.1}×",
-            ours.throughput,
-            ours.p99_ms,
-            theirs.throughput,
-            theirs.p99_ms,
-            ours.throughput / theirs.throughput.max(f64::MIN_POSITIVE)
+            "against the original Python system (FastAPI + SQLAlchemy, {} uvicorn workers, same PostgreSQL, {} clients):",
+            original.workers, args.concurrency
         );
+        println!(
+            "{:<22} {:>22} {:>22} {:>8}",
+            "", "ours (whole platform)", "original", "ratio"
+        );
+        comparison = vec![
+            ("POST /pagos/", &full.peak, &original.post),
+            ("GET /pagos/{id}", &reads.get_payment, &original.get_payment),
+            ("GET /health", &reads.health, &original.health),
+        ];
+        for (label, ours, theirs) in &comparison {
+            println!(
+                "{label:<22} {:>11.0} req/s p99 {:>5.1} {:>11.0} req/s p99 {:>5.1} {:>7.1}×",
+                ours.throughput,
+                ours.p99_ms,
+                theirs.throughput,
+                theirs.p99_ms,
+                ours.throughput / theirs.throughput.max(f64::MIN_POSITIVE)
+            );
+        }
     }
 
     let report = serde_json::json!({
