@@ -1,7 +1,7 @@
 //! Creating payments, exactly once per `referencia_pago`, many per transaction: the API puts
 //! each request on a group-commit queue and the payments that queued together are inserted,
-//! traced and put in the outbox by one transaction (one commit, one outbox NOTIFY), each
-//! request answered after that commit.
+//! traced and put in the outbox by one statement (one round trip, one commit, one outbox
+//! NOTIFY), each request answered after that commit.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::ErrorPagos;
 use crate::{
     domain::{EventoPago, NuevoPago, Pago},
-    infrastructure::repositorio::{self, LineaTraza},
+    infrastructure::repositorio::{self, LineaTraza, PagoNuevo},
 };
 
 /// How a create request ended.
@@ -77,16 +77,15 @@ impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePa
     }
 }
 
-/// Creates every payment of `lote` in one transaction and answers each request in order.
+/// Creates every payment of `lote` and answers each request in order. The new payments, their
+/// trace lines and their events are one statement, which commits on its own: one round trip
+/// for the whole batch.
 async fn crear_lote(
     pool: &PgPool,
     lote: &[SolicitudCreacion],
 ) -> Result<Vec<Result<Creacion, ErrorPagos>>, ErrorPagos> {
-    let mut tx = pool.begin().await?;
-    let creaciones = crear_lote_en(&mut tx, lote).await?;
-    // Refused duplicates commit too: their trace lines record the attempts.
-    tx.commit().await?;
-    Ok(creaciones)
+    let mut conn = pool.acquire().await?;
+    crear_lote_en(&mut conn, lote).await
 }
 
 /// Creates one payment inside the caller's transaction (a consumer commits it together with
@@ -110,8 +109,12 @@ pub async fn crear_pago_en(
 /// duplicates, batches and replicas: the unique index arbitrates, a conflicting insert waits
 /// for the transaction that holds the reference, and the losers read the winner. Within a
 /// batch, the first request with a reference wins and later ones are its duplicates.
+///
+/// On a connection outside a transaction, the new payments commit before the duplicates are
+/// looked up and traced (a crash in between loses only the trace line of an attempt that was
+/// never answered); inside the caller's transaction, everything commits together.
 async fn crear_lote_en(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     lote: &[SolicitudCreacion],
 ) -> Result<Vec<Result<Creacion, ErrorPagos>>, ErrorPagos> {
     let ahora = super::ahora();
@@ -119,8 +122,21 @@ async fn crear_lote_en(
         .iter()
         .map(|s| Pago::crear(Uuid::new_v4(), s.solicitud.clone(), ahora))
         .collect();
-    let pagos: Vec<&Pago> = candidatos.iter().map(|(pago, _)| pago).collect();
-    let insertados: HashSet<Uuid> = repositorio::insertar_si_nuevos(&mut *tx, &pagos).await?;
+    let nuevos: Vec<PagoNuevo<'_>> = lote
+        .iter()
+        .zip(&candidatos)
+        .map(|(solicitud, (pago, evento))| PagoNuevo {
+            pago,
+            traza: LineaTraza {
+                id_pago: pago.id,
+                evento: "PAGO_RECIBIDO",
+                detalle: detalle_recibido(pago),
+                request_id: solicitud.request_id.as_str(),
+            },
+            evento,
+        })
+        .collect();
+    let insertados: HashSet<Uuid> = repositorio::insertar_si_nuevos(&mut *conn, &nuevos).await?;
 
     let repetidas: Vec<&str> = lote
         .iter()
@@ -131,26 +147,18 @@ async fn crear_lote_en(
     let existentes: HashMap<String, Pago> = if repetidas.is_empty() {
         HashMap::new()
     } else {
-        repositorio::buscar_por_referencias(&mut *tx, &repetidas)
+        repositorio::buscar_por_referencias(&mut *conn, &repetidas)
             .await?
             .into_iter()
             .map(|pago| (pago.referencia_pago.clone(), pago))
             .collect()
     };
 
-    let mut trazas = Vec::with_capacity(lote.len());
-    let mut eventos = Vec::new();
+    let mut trazas_repetidas = Vec::new();
     let mut creaciones = Vec::with_capacity(lote.len());
-    for (solicitud, (pago, evento)) in lote.iter().zip(&candidatos) {
+    for (solicitud, (pago, _)) in lote.iter().zip(&candidatos) {
         let request_id = solicitud.request_id.as_str();
         if insertados.contains(&pago.id) {
-            trazas.push(LineaTraza {
-                id_pago: pago.id,
-                evento: "PAGO_RECIBIDO",
-                detalle: detalle_recibido(pago),
-                request_id,
-            });
-            eventos.push((evento, request_id));
             tracing::debug!(id_pago = %pago.id, %request_id, "payment accepted");
             creaciones.push(Ok(Creacion::Creado(pago.clone())));
             continue;
@@ -175,7 +183,7 @@ async fn crear_lote_en(
                     )),
                 )
             };
-        trazas.push(LineaTraza {
+        trazas_repetidas.push(LineaTraza {
             id_pago: existente.id,
             evento: evento_traza,
             detalle: detalle.to_owned(),
@@ -185,8 +193,7 @@ async fn crear_lote_en(
             "duplicate payment request");
         creaciones.push(resultado);
     }
-    repositorio::trazar_muchas(&mut *tx, &trazas).await?;
-    repositorio::registrar_eventos(&mut *tx, &eventos).await?;
+    repositorio::trazar_muchas(&mut *conn, &trazas_repetidas).await?;
     Ok(creaciones)
 }
 

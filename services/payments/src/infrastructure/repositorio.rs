@@ -2,9 +2,12 @@
 //! in one transaction (the outbox row rides along), so neither can exist without the other.
 
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::LazyLock};
 
-use platform::outbox::{self, Pending};
+use platform::{
+    messaging::Envelope,
+    outbox::{self, Pending},
+};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
@@ -74,14 +77,54 @@ impl TryFrom<FilaPago> for Pago {
     }
 }
 
-/// Inserts, in one statement, the payments whose `referencia_pago` does not exist yet, and
-/// returns the ids of those inserted. A reference held by another transaction makes the insert
-/// wait for it, so exactly one of any number of simultaneous duplicates wins; of two payments
-/// with one reference in `pagos`, the first is inserted.
+/// A payment to insert if its `referencia_pago` is new, with what is written along with it.
+pub struct PagoNuevo<'a> {
+    pub pago: &'a Pago,
+    /// The trace line of its acceptance.
+    pub traza: LineaTraza<'a>,
+    /// The event it emits, and the request it came from.
+    pub evento: &'a EventoPago,
+}
+
+/// Inserts, in one statement, the payments whose `referencia_pago` does not exist yet, each
+/// with its trace line and its outbox row (one round trip: on a connection outside a
+/// transaction it commits on its own, and all or nothing), and returns the ids of those
+/// inserted. A reference held by another transaction makes the insert wait for it, so exactly
+/// one of any number of simultaneous duplicates wins; of two payments with one reference in
+/// `nuevos`, the first is inserted. A payment not inserted leaves no row at all.
 pub async fn insertar_si_nuevos(
-    tx: &mut PgConnection,
-    pagos: &[&Pago],
+    conn: &mut PgConnection,
+    nuevos: &[PagoNuevo<'_>],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH nuevos AS ( \
+                INSERT INTO pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, \
+                                   fecha_creacion, fecha_actualizacion, eventos_emitidos, comision) \
+                SELECT id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, \
+                       fecha_actualizacion, eventos_emitidos, comision \
+                FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::text[], \
+                            $6::text[], $7::timestamptz[], $8::timestamptz[], $9::int8[], \
+                            $10::jsonb[]) \
+                     WITH ORDINALITY AS t(id, id_afiliado, monto, moneda, referencia_pago, estado, \
+                                          fecha_creacion, fecha_actualizacion, eventos_emitidos, \
+                                          comision, n) \
+                ORDER BY n \
+                ON CONFLICT (referencia_pago) DO NOTHING RETURNING id), \
+             trazas AS ( \
+                INSERT INTO pago_traza (id_pago, evento, detalle, request_id) \
+                SELECT l.id_pago, l.evento, l.detalle, l.request_id \
+                FROM unnest($1::uuid[], $11::text[], $12::text[], $13::text[]) \
+                     WITH ORDINALITY AS l(id_pago, evento, detalle, request_id, n) \
+                WHERE l.id_pago IN (SELECT id FROM nuevos) \
+                ORDER BY l.n), \
+             eventos AS ({} {} WHERE u.aggregate_id IN (SELECT id::text FROM nuevos)) \
+             SELECT id FROM nuevos",
+            outbox::Columns::INSERT_COLUMNS,
+            outbox::Columns::select_sql(14, "u"),
+        )
+    });
+    let pagos: Vec<&Pago> = nuevos.iter().map(|n| n.pago).collect();
     let columna = |f: fn(&Pago) -> String| pagos.iter().map(|p| f(p)).collect::<Vec<_>>();
     let comisiones = pagos
         .iter()
@@ -93,41 +136,50 @@ pub async fn insertar_si_nuevos(
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))
         })
         .collect::<Result<Vec<Option<serde_json::Value>>, _>>()?;
-    let insertados: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO pagos (id, id_afiliado, monto, moneda, referencia_pago, estado, \
-         fecha_creacion, fecha_actualizacion, eventos_emitidos, comision) \
-         SELECT id, id_afiliado, monto, moneda, referencia_pago, estado, fecha_creacion, \
-                fecha_actualizacion, eventos_emitidos, comision \
-         FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::text[], \
-                     $6::text[], $7::timestamptz[], $8::timestamptz[], $9::int8[], $10::jsonb[]) \
-              WITH ORDINALITY AS t(id, id_afiliado, monto, moneda, referencia_pago, estado, \
-                                   fecha_creacion, fecha_actualizacion, eventos_emitidos, \
-                                   comision, n) \
-         ORDER BY n \
-         ON CONFLICT (referencia_pago) DO NOTHING RETURNING id",
-    )
-    .bind(pagos.iter().map(|p| p.id).collect::<Vec<_>>())
-    .bind(columna(|p| p.id_afiliado.clone()))
-    .bind(
-        pagos
-            .iter()
-            .map(|p| p.dinero.monto())
-            .collect::<Vec<Decimal>>(),
-    )
-    .bind(columna(|p| p.dinero.moneda().code().to_owned()))
-    .bind(columna(|p| p.referencia_pago.clone()))
-    .bind(columna(|p| p.estado.code().to_owned()))
-    .bind(pagos.iter().map(|p| p.fecha_creacion).collect::<Vec<_>>())
-    .bind(
-        pagos
-            .iter()
-            .map(|p| p.fecha_actualizacion)
-            .collect::<Vec<_>>(),
-    )
-    .bind(pagos.iter().map(|p| p.eventos_emitidos).collect::<Vec<_>>())
-    .bind(comisiones)
-    .fetch_all(tx)
-    .await?;
+    let eventos: Vec<(&EventoPago, &str)> = nuevos
+        .iter()
+        .map(|n| (n.evento, n.traza.request_id))
+        .collect();
+    let envelopes = envelopes(&eventos)?;
+    let columnas_outbox = outbox::Columns::new(&pendientes(&eventos, &envelopes))?;
+    let consulta = sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.as_str()))
+        .bind(pagos.iter().map(|p| p.id).collect::<Vec<_>>())
+        .bind(columna(|p| p.id_afiliado.clone()))
+        .bind(
+            pagos
+                .iter()
+                .map(|p| p.dinero.monto())
+                .collect::<Vec<Decimal>>(),
+        )
+        .bind(columna(|p| p.dinero.moneda().code().to_owned()))
+        .bind(columna(|p| p.referencia_pago.clone()))
+        .bind(columna(|p| p.estado.code().to_owned()))
+        .bind(pagos.iter().map(|p| p.fecha_creacion).collect::<Vec<_>>())
+        .bind(
+            pagos
+                .iter()
+                .map(|p| p.fecha_actualizacion)
+                .collect::<Vec<_>>(),
+        )
+        .bind(pagos.iter().map(|p| p.eventos_emitidos).collect::<Vec<_>>())
+        .bind(comisiones)
+        .bind(nuevos.iter().map(|n| n.traza.evento).collect::<Vec<_>>())
+        .bind(
+            nuevos
+                .iter()
+                .map(|n| n.traza.detalle.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nuevos
+                .iter()
+                .map(|n| n.traza.request_id)
+                .collect::<Vec<_>>(),
+        );
+    let insertados: Vec<Uuid> = columnas_outbox
+        .bind_scalar(consulta)
+        .fetch_all(conn)
+        .await?;
     Ok(insertados.into_iter().collect())
 }
 
@@ -283,7 +335,13 @@ pub async fn registrar_eventos(
     tx: &mut PgConnection,
     eventos: &[(&EventoPago, &str)],
 ) -> Result<(), sqlx::Error> {
-    let envelopes = eventos
+    let envelopes = envelopes(eventos)?;
+    outbox::enqueue_many(tx, &pendientes(eventos, &envelopes)).await
+}
+
+/// The envelope of each event, with its correlation id.
+fn envelopes(eventos: &[(&EventoPago, &str)]) -> Result<Vec<Envelope>, sqlx::Error> {
+    eventos
         .iter()
         .map(|(evento, correlation_id)| {
             outbox::NewEvent {
@@ -297,17 +355,23 @@ pub async fn registrar_eventos(
             }
             .into_envelope()
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let filas: Vec<Pending<'_>> = eventos
+        .collect()
+}
+
+/// The outbox rows of `envelopes`, on each event's topic, keyed by the payment.
+fn pendientes<'a>(
+    eventos: &[(&'a EventoPago, &str)],
+    envelopes: &'a [Envelope],
+) -> Vec<Pending<'a>> {
+    eventos
         .iter()
-        .zip(&envelopes)
+        .zip(envelopes)
         .map(|((evento, _), envelope)| Pending {
             topic: evento.tipo.topic(),
             message_key: None,
             envelope,
         })
-        .collect();
-    outbox::enqueue_many(tx, &filas).await
+        .collect()
 }
 
 /// Claims up to `lote` payments stuck before a result for longer than `antiguedad`, touching
