@@ -96,12 +96,23 @@ test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, c
 	$(MAKE) --no-print-directory build-shared-check || status=1; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
+	$(MAKE) --no-print-directory postman-test || { status=1; echo "postman: FAILED"; }; \
 	$(MAKE) --no-print-directory e2e || { status=1; echo "e2e: FAILED"; }; \
 	exit $$status
 
 .PHONY: e2e
 e2e: build ## The chart on a real single-node Kubernetes (kubelet, kube-proxy, CoreDNS): smoke test, scenarios #2 and #9, Degraded, operator restart, helm upgrade
 	@scripts/e2e.sh run
+
+.PHONY: postman
+postman: ## Run the Postman collection (newman) against the platform `make run` started (POSTMAN_ENV=kind for helm on kind)
+	@curl -fsS -o /dev/null --max-time 2 http://127.0.0.1:8000/health || { \
+		echo "nothing answers on http://127.0.0.1:8000: start the platform first (make run, or helm install on kind)"; exit 1; }
+	@scripts/postman.sh run $(POSTMAN_ARGS)
+
+.PHONY: postman-test
+postman-test: build ## The Postman collection against a platform of its own (fresh database, free ports); part of make test
+	@$(WITH_INFRA) $(BIN)/postman --binary $(BIN)/aeropartners
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, a 2-minute soak (prints figures)
