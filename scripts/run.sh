@@ -67,6 +67,40 @@ export AFFILIATES_FILE=${AFFILIATES_FILE:-${repo_root}/config/afiliados.demo.yam
 
 local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 
+# check_ports: refuses to start when a service's port is already taken (a `make run` still
+# running in another terminal, or another program), naming the service, the variable that
+# moves it and, where `ss` can tell, the process holding it. Without this, the service would
+# exit at once and be restarted every second until the readiness timeout.
+check_ports() {
+	local taken=0 entry name variable port holder
+	for entry in \
+		"gateway PORT_GATEWAY ${gateway_port}" \
+		"payments PORT_PAYMENTS ${payments_port}" \
+		"payments-worker PORT_PAYMENTS_WORKER ${worker_port}" \
+		"campaigns-primary PORT_CAMPAIGNS_PRIMARY ${primary_port}" \
+		"campaigns-replica PORT_CAMPAIGNS_REPLICA ${replica_port}" \
+		"campaigns-proxy PORT_CAMPAIGNS_PROXY ${proxy_port}" \
+		"data-service-v1 PORT_DATA_SERVICE_V1 ${data_v1_port}" \
+		"data-service-v2 PORT_DATA_SERVICE_V2 ${data_v2_port}" \
+		"reports-a PORT_REPORTS_A ${reports_a_port}" \
+		"reports-b PORT_REPORTS_B ${reports_b_port}" \
+		"event-collector-a PORT_COLLECTOR_A ${collector_a_port}" \
+		"event-collector-b PORT_COLLECTOR_B ${collector_b_port}"; do
+		read -r name variable port <<<"${entry}"
+		# A connection that succeeds means something listens there.
+		if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+			holder=
+			if command -v ss >/dev/null; then
+				holder=$(ss -Hltnp "sport = :${port}" 2>/dev/null | grep -o 'users:(("[^"]*",pid=[0-9]*' | head -n1 |
+					sed -E 's/users:\(\("([^"]*)",pid=([0-9]*)/ (held by \1, pid \2)/') || true
+			fi
+			warn "[run] port ${port} for ${name} is taken${holder}; stop that program, or move ${name}: ${variable}=<free port> make run"
+			taken=1
+		fi
+	done
+	((taken == 0)) || exit 1
+}
+
 # running PID: the process exists and has not exited. `kill -0` alone also succeeds for a
 # zombie, i.e. a service that has exited but was not reaped yet.
 running() {
@@ -97,7 +131,8 @@ supervise() {
 			status=0
 			wait "${child}" || status=$?
 			[[ -n ${stopping} ]] && break
-			warn "[run] ${name} exited (status ${status}); restarting it in 1 s"
+			# Its last log line usually says why (a port taken, a bad setting).
+			warn "[run] ${name} exited (status ${status}); restarting it in 1 s. Its last log line: $(tail -n1 "${log_dir}/${name}.log" 2>/dev/null | cut -c1-300)"
 			sleep 1
 		done
 		# `wait` returns as soon as the trap fires: give the service its drain time.
@@ -136,6 +171,8 @@ trap 'stop; exit 130' INT
 trap 'stop; exit 143' TERM
 trap 'stop; exit 129' HUP
 trap stop EXIT
+
+check_ports
 
 "${bin}" migrate >>"${log_dir}/migrate.log" 2>&1 || {
 	warn "[run] migrations failed; see ${log_dir}/migrate.log"
