@@ -6,6 +6,7 @@ pub mod e2e;
 pub mod local_platform;
 pub mod measure;
 pub mod pg;
+pub mod progress;
 pub mod scenario2;
 pub mod scenario3;
 pub mod scenario9;

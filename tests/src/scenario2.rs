@@ -205,6 +205,8 @@ pub(crate) struct Workload {
     known: Arc<Mutex<Known>>,
     consumed: Arc<Mutex<Vec<Envelope>>>,
     checker: tokio::task::JoinHandle<()>,
+    /// What the load sent and what failed so far, for the live progress line.
+    pub(crate) counters: crate::progress::Counters,
 }
 
 /// Whether every acknowledged write is committed and every committed change reached a
@@ -266,6 +268,7 @@ impl Workload {
             known: Arc::default(),
             consumed,
             checker,
+            counters: crate::progress::Counters::default(),
         })
     }
 
@@ -293,10 +296,13 @@ impl Workload {
                 self.affiliate.clone(),
             );
             let sent_at = started.elapsed();
+            let counters = self.counters.clone();
+            counters.sent();
             in_flight.push(tokio::spawn(async move {
                 let sent = Instant::now();
                 let (ok, backend, write, create_key) =
                     one_request(&client, &proxy, n, &known, &affiliate).await;
+                counters.answered(ok);
                 Sample {
                     sent_at,
                     latency: sent.elapsed(),
@@ -487,7 +493,23 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             stop.cancel();
         })
     };
+    let (kill_at, down_for) = (config.kill_at, config.down_for);
+    let live = crate::progress::Live::start(
+        "scenario-2",
+        Some(config.duration),
+        workload.counters.clone(),
+        move |elapsed| {
+            if elapsed < kill_at {
+                None
+            } else if elapsed < kill_at + down_for {
+                Some("primary killed".to_owned())
+            } else {
+                Some("primary restarted".to_owned())
+            }
+        },
+    );
     let samples = workload.drive(config.rate, started, stop).await?;
+    live.finish().await;
     timer.await?;
     let (killed, restarted, primary_again) = killer.await?;
 

@@ -466,21 +466,34 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     let answers = Arc::new(Mutex::new(Answers::default()));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    // Every send is retried until answered, so the line counts sends done, not failures.
+    let counters = crate::progress::Counters::sends_only();
+    let live = crate::progress::Live::start("scenario-3", None, counters.clone(), {
+        let done = done.clone();
+        move |_| {
+            Some(format!(
+                "{} of {total} sends answered",
+                done.load(Ordering::Relaxed)
+            ))
+        }
+    });
     let mut clients = Vec::new();
     for _ in 0..config.clients {
-        let (queue, answers, done, stack, eventos, client) = (
+        let (queue, answers, done, stack, eventos, client, counters) = (
             queue.clone(),
             answers.clone(),
             done.clone(),
             stack.clone(),
             eventos.clone(),
             client.clone(),
+            counters.clone(),
         );
         let seed = config.seed;
         clients.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().unwrap().pop();
                 let Some((n, envio)) = next else { return };
+                counters.sent();
                 send_one(
                     &client,
                     &stack,
@@ -527,6 +540,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     for c in clients {
         c.await?;
     }
+    live.finish().await;
     let duration = started.elapsed();
     let answers = Arc::try_unwrap(answers)
         .map_err(|_| anyhow::anyhow!("clients still running"))?

@@ -531,14 +531,30 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
     let stop = CancellationToken::new();
     let epoch = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let counters = crate::progress::Counters::default();
+    let switches_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let live = crate::progress::Live::start(
+        "scenario-9",
+        // Planned: the switches wait for propagation too, so the run may take a little longer.
+        Some(config.warmup + config.pause * config.switches as u32 + config.cooldown),
+        counters.clone(),
+        {
+            let (switches_done, switches) = (switches_done.clone(), config.switches);
+            move |_| {
+                let done = switches_done.load(std::sync::atomic::Ordering::Relaxed);
+                (done > 0).then(|| format!("{done} / {switches} switches"))
+            }
+        },
+    );
     let load = {
-        let (client, gateway, samples, stop, rate, legacy_every) = (
+        let (client, gateway, samples, stop, rate, legacy_every, counters) = (
             client.clone(),
             target.gateway.clone(),
             samples.clone(),
             stop.clone(),
             config.rate,
             config.legacy_every,
+            counters.clone(),
         );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -552,9 +568,12 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
                 }
                 n += 1;
                 let (client, gateway, samples) = (client.clone(), gateway.clone(), samples.clone());
+                let counters = counters.clone();
+                counters.sent();
                 tasks.spawn(async move {
                     let sent_at = epoch.elapsed();
                     let mut sample = one_request(&client, &gateway, n, legacy_every).await;
+                    counters.answered(sample.ok && !sample.mismatched);
                     sample.sent_at = sent_at;
                     samples.lock().unwrap().push(sample);
                 });
@@ -622,6 +641,7 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
     for i in 0..config.switches {
         let version = if i % 2 == 0 { "v2" } else { "v1" };
         switch(target, &client, version).await?;
+        switches_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let at = Instant::now();
         accepted.push((at, version));
         // Wait (a liveness bound, not a measurement) until every replica serves it.
@@ -649,6 +669,7 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
     tokio::time::sleep(config.cooldown).await;
     stop.cancel();
     load.await?;
+    live.finish().await;
     let (payments_sent, payments_failed) = payments.await?;
     for prober in probers {
         prober.await?;
