@@ -3,9 +3,10 @@
 # Kubernetes (scripts/k8s-node.sh), then used and broken by target/debug/e2e-kubernetes.
 #
 #   scripts/e2e.sh [run]    node up, PostgreSQL + Pulsar, image, CRDs, helm install, smoke
-#                           test and scenarios, then everything down again
+#                           test, the Postman collection and scenarios, then everything down
 #   scripts/e2e.sh install  the same up to an installed, Ready release, left running
-#   scripts/e2e.sh scenarios  the smoke test and scenarios against what `install` left
+#   scripts/e2e.sh scenarios  the smoke test, the Postman collection and scenarios against
+#                             what `install` left
 #   scripts/e2e.sh down     stop what `install` left running
 #
 # PostgreSQL and Pulsar run outside the cluster but inside the node's network namespace
@@ -143,6 +144,9 @@ down() {
 }
 
 scenarios() {
+	# The Postman part runs newman inside the node's network namespace, which has no way out:
+	# install it (npm ci, once) from here.
+	"${SCRIPT_DIR}/postman.sh" install
 	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	# shellcheck disable=SC1091
 	source "${E2E_DIR}/infra/env"

@@ -74,6 +74,39 @@ pub struct Smoke {
     pub checks: Vec<(String, String)>,
 }
 
+/// Whether the Postman collection passed against the chart's Services.
+#[derive(Debug)]
+pub struct Postman {
+    pub passed: bool,
+    pub status: String,
+}
+
+/// The Postman collection, with its kind environment pointed at this cluster's Services (a
+/// kind cluster maps the same Services to the host ports the environment names).
+pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
+    let mut args = vec!["scripts/postman.sh".to_owned(), "run".to_owned()];
+    for (variable, service) in [
+        ("base_url", "gateway"),
+        ("proxy_url", "campaigns-proxy"),
+        ("collector_url", "event-collector"),
+        ("data_v1_url", "data-service-v1"),
+        ("data_v2_url", "data-service-v2"),
+    ] {
+        args.push("--env-var".to_owned());
+        args.push(format!("{variable}={}", cluster.service_url(service)?));
+    }
+    println!("\nThe Postman collection against the chart's Services:");
+    let status = std::process::Command::new("bash")
+        .args(&args)
+        .env("POSTMAN_ENV", "kind")
+        .status()
+        .context("bash runs scripts/postman.sh")?;
+    Ok(Postman {
+        passed: status.success(),
+        status: status.to_string(),
+    })
+}
+
 /// Each user-facing Service answers as a user would use it.
 pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let http = client()?;
@@ -1031,6 +1064,17 @@ impl Targets for Smoke {
     /// Every check of the smoke test is an error when it fails, so a report is a pass.
     fn missed(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+impl Targets for Postman {
+    fn missed(&self) -> Vec<String> {
+        unless(
+            self.passed,
+            format!("the Postman collection failed ({})", self.status),
+        )
+        .into_iter()
+        .collect()
     }
 }
 

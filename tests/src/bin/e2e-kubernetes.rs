@@ -13,6 +13,7 @@ use aeropartners_tests::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Smoke,
+    Postman,
     Scenario2,
     Scenario9,
     Degraded,
@@ -51,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let mut missed = Vec::new();
     if runs(Part::Smoke) {
         missed.extend(e2e::smoke(&cluster).await?.missed());
+    }
+    if runs(Part::Postman) {
+        missed.extend(e2e::postman(&cluster)?.missed());
     }
     if runs(Part::Scenario2) {
         missed.extend(e2e::scenario_2(&cluster, args.rate).await?.missed());
