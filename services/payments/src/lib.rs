@@ -141,6 +141,7 @@ pub async fn run_commissions(
 
 /// Runs the API, the outbox relay and the commission consumer until `shutdown`.
 pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    application::registrar_metricas();
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
     let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
@@ -185,6 +186,7 @@ pub async fn run_worker_with(
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
+    application::registrar_metricas();
     run_worker_subscribed(
         pool,
         broker,

@@ -338,6 +338,22 @@ static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+static LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    telemetry::histogram_vec(
+        "events_consume_lag_seconds",
+        "From an event's occurred_at to its consumer having applied it, by subscription",
+        &["subscription"],
+    )
+});
+
+/// Records how long after `occurred_at` its event was applied (a clock behind the producer's
+/// counts as no lag).
+fn observe_lag(subscription: &Subscription, occurred_at: DateTime<Utc>) {
+    let lag = (Utc::now() - occurred_at).to_std().unwrap_or_default();
+    LAG.with_label_values(&[subscription.name.as_str()])
+        .observe(lag.as_secs_f64());
+}
+
 enum Outcome {
     Ack,
     Nack,
@@ -686,6 +702,7 @@ async fn process_batch(
             match results.next() {
                 Some(Ok(())) => {
                     applied += 1;
+                    observe_lag(subscription, envelope.occurred_at);
                     settled.push((delivery, Outcome::Ack));
                 }
                 Some(Err(error)) => {
@@ -762,6 +779,7 @@ async fn handle_with_retries(
     stop: &CancellationToken,
 ) -> Outcome {
     let attempt = || async { handler.handle(envelope.clone()).await };
+    let occurred_at = envelope.occurred_at;
     let result = attempt
         .retry(
             ExponentialBuilder::default()
@@ -778,6 +796,7 @@ async fn handle_with_retries(
             CONSUMED
                 .with_label_values(&[subscription.name.as_str(), "ok"])
                 .inc();
+            observe_lag(subscription, occurred_at);
             Outcome::Ack
         }
         Err(HandlerError::Transient(error)) if stop.is_cancelled() => {

@@ -434,4 +434,22 @@ async fn queued_messages_are_handled_in_batches_in_key_order_and_a_refused_one_a
         batches.iter().any(|size| *size > 1) && batches.iter().all(|size| *size <= 16),
         "batches of queued messages, none above the limit: {batches:?}"
     );
+    // Every applied event's lag was observed, in a batch or alone: as many as were acked.
+    let metrics = platform::telemetry::render();
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+            .parse()
+            .unwrap()
+    };
+    let lags = value(r#"aeropartners_events_consume_lag_seconds_count{subscription="batch-test"}"#);
+    let acked =
+        value(r#"aeropartners_events_consumed_total{outcome="ok",subscription="batch-test"}"#);
+    assert_eq!(lags, acked, "one lag per applied event");
+    assert!(
+        lags > (KEYS * VERSIONS as usize) as u64,
+        "{lags} lags observed"
+    );
 }

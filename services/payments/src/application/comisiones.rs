@@ -126,7 +126,10 @@ impl TransactionalHandler for Comisiones {
         }
     }
 
-    fn committed(&self, _envelope: &Envelope, (_, outcome): &(Efecto, &'static str)) {
+    fn committed(&self, _envelope: &Envelope, (efecto, outcome): &(Efecto, &'static str)) {
         COMISIONES.with_label_values(&[outcome]).inc();
+        if matches!(efecto, Efecto::Creada(_)) {
+            super::contar_transiciones(crate::domain::EstadoPago::Pendiente, 1);
+        }
     }
 }

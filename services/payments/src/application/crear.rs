@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::ErrorPagos;
 use crate::{
-    domain::{EventoPago, NuevoPago, Pago},
+    domain::{EstadoPago, EventoPago, NuevoPago, Pago},
     infrastructure::repositorio::{self, LineaTraza, PagoNuevo},
 };
 
@@ -54,7 +54,10 @@ impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePa
         lote: &[SolicitudCreacion],
     ) -> Result<Vec<Result<Creacion, ErrorPagos>>, StoreError> {
         match crear_lote(&self.pool, lote).await {
-            Ok(creaciones) => Ok(creaciones),
+            Ok(creaciones) => {
+                contar_creados(&creaciones);
+                Ok(creaciones)
+            }
             // Nothing of the batch was stored. One bad request must not fail the others, so
             // each gets a transaction of its own (the rare path: a batch fails on a database
             // error, which then most likely fails every request alike).
@@ -65,7 +68,10 @@ impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePa
                 for solicitud in lote {
                     creaciones.push(
                         match crear_lote(&self.pool, std::slice::from_ref(solicitud)).await {
-                            Ok(mut una) => una.pop().unwrap_or(Err(ErrorPagos::NoEncontrado)),
+                            Ok(mut una) => {
+                                contar_creados(&una);
+                                una.pop().unwrap_or(Err(ErrorPagos::NoEncontrado))
+                            }
                             Err(error) => Err(error),
                         },
                     );
@@ -75,6 +81,15 @@ impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePa
             Err(error) => Ok(vec![Err(error)]),
         }
     }
+}
+
+/// Counts the new payments of a committed batch (replays and refusals created none).
+fn contar_creados(creaciones: &[Result<Creacion, ErrorPagos>]) {
+    let creados = creaciones
+        .iter()
+        .filter(|c| matches!(c, Ok(Creacion::Creado(_))))
+        .count();
+    super::contar_transiciones(EstadoPago::Pendiente, creados);
 }
 
 /// Creates every payment of `lote` and answers each request in order. The new payments, their

@@ -228,6 +228,7 @@ impl ProcesadorDePagos {
         repositorio::actualizar_muchos(&mut tx, &iniciados).await?;
         repositorio::trazar_muchas(&mut tx, &trazas).await?;
         tx.commit().await?;
+        super::contar_transiciones(EstadoPago::Procesando, iniciados.len());
         if por_cobrar.is_empty() {
             return Ok(HashMap::new());
         }
@@ -302,6 +303,10 @@ impl ProcesadorDePagos {
         let eventos: Vec<(&EventoPago, &str)> = eventos.iter().map(|(e, r)| (e, *r)).collect();
         repositorio::registrar_eventos(&mut tx, &eventos).await?;
         tx.commit().await?;
+        for estado in [EstadoPago::Exitoso, EstadoPago::Fallido] {
+            let n = terminados.iter().filter(|p| p.estado == estado).count();
+            super::contar_transiciones(estado, n);
+        }
         Ok(fallidos)
     }
 }

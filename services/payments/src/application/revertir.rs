@@ -2,7 +2,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ErrorPagos;
-use crate::{domain::Pago, infrastructure::repositorio};
+use crate::{
+    domain::{EstadoPago, Pago},
+    infrastructure::repositorio,
+};
 
 /// `EXITOSO → REVERSADO`. A repeated reversal returns the same reverted payment and emits no
 /// second event.
@@ -29,6 +32,7 @@ pub async fn revertir_pago(
             .await?;
             repositorio::registrar_evento(&mut tx, &evento, request_id).await?;
             tx.commit().await?;
+            super::contar_transiciones(EstadoPago::Reversado, 1);
         }
         None => tx.rollback().await?,
     }
