@@ -22,7 +22,7 @@ use kube::{
         watcher,
     },
 };
-use prometheus::{HistogramVec, IntCounterVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -58,6 +58,19 @@ static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "operator_reconcile_duration_seconds",
         "Time one reconciliation took",
         &["outcome"],
+    )
+});
+
+static DEGRADED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    platform::telemetry::register(
+        IntGaugeVec::new(
+            prometheus::Opts::new(
+                "operator_report_version_degraded",
+                "1 while a ReportVersion is Degraded (its switch waited past the deadline), else 0",
+            ),
+            &["namespace", "name"],
+        )
+        .expect("valid metric"),
     )
 });
 
@@ -142,6 +155,9 @@ async fn reconcile_inner(rv: &ReportVersion, ctx: &Context) -> Result<Action, Er
         now: Timestamp::now(),
     };
     let decision = decide(&observed, ctx.progress_deadline);
+    DEGRADED
+        .with_label_values(&[namespace.as_str(), rv.name_any().as_str()])
+        .set(i64::from(crate::decide::is_degraded(&decision.status)));
     if rv.status.as_ref() != Some(&decision.status) {
         let api: Api<ReportVersion> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = serde_json::json!({

@@ -215,6 +215,11 @@ fn condition<'a>(status: &'a ReportVersionStatus, kind: &str) -> Option<&'a Cond
     status.conditions.iter().find(|c| c.type_ == kind)
 }
 
+/// Whether `status` says `Degraded`.
+pub fn is_degraded(status: &ReportVersionStatus) -> bool {
+    condition(status, DEGRADED).is_some_and(|c| c.status == "True")
+}
+
 /// Sets a condition; `lastTransitionTime` moves only when its status flips (metav1 semantics).
 fn set(
     status: &mut ReportVersionStatus,

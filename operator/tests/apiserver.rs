@@ -323,12 +323,23 @@ async fn a_target_that_never_becomes_ready_degrades_and_keeps_the_old_version() 
         active(rv) == Some(Version::V1)
     })
     .await;
+    let degraded_gauge = format!(
+        "aeropartners_operator_report_version_degraded{{name=\"reports\",namespace=\"{ns}\"}} "
+    );
+    let gauge = || {
+        platform::telemetry::render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&degraded_gauge).map(str::to_owned))
+    };
+    assert_eq!(gauge().as_deref(), Some("0"), "Ready: not degraded");
     set_version(&client, &ns, "v2").await; // no data-service-v2 at all
     let rv = until(&client, &ns, "Degraded", |rv| {
         condition(rv, "Degraded").as_deref() == Some("True")
     })
     .await;
     assert_eq!(active(&rv), Some(Version::V1));
+    // The alert on a Degraded switch reads this gauge.
+    assert_eq!(gauge().as_deref(), Some("1"), "Degraded shows on /metrics");
 }
 
 #[tokio::test]
