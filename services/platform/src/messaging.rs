@@ -374,6 +374,12 @@ pub async fn run_consumer(
     handler: Arc<dyn EventHandler>,
     shutdown: CancellationToken,
 ) {
+    // This subscription's series exist from the start (at 0), so dashboards and alerts see a
+    // consumer before its first event, and a rate has a starting point.
+    let name = subscription.name.as_str();
+    CONSUMED.with_label_values(&[name, "ok"]).inc_by(0);
+    LAG.with_label_values(&[name]);
+    BATCH_SIZE.with_label_values(&[name]);
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         match consume_once(&broker, &subscription, handler.clone(), &shutdown).await {

@@ -333,6 +333,11 @@ impl Relay {
 
     /// Runs until `shutdown`; never gives up on an event.
     pub async fn run(self, shutdown: CancellationToken) {
+        // This schema's series exist from the start (at 0) for dashboards and alerts.
+        let schema = self.schema.as_str();
+        PUBLISHED.with_label_values(&[schema]).inc_by(0);
+        PUBLISH_FAILURES.with_label_values(&[schema]).inc_by(0);
+        LAG.with_label_values(&[schema]);
         let channel = format!("{}_outbox", self.schema);
         let mut listener = None;
         let mut gauge_refreshed: Option<tokio::time::Instant> = None;

@@ -32,11 +32,23 @@ use crate::{
 
 static RESULTADOS: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(
     || {
-        platform::telemetry::counter_vec(
+        let counter = platform::telemetry::counter_vec(
             "collector_events_total",
             "Events received by the collector, by outcome (aceptado, descartado, duplicado, conflicto, limitado, rechazado)",
             &["resultado"],
-        )
+        );
+        // Every outcome from 0, so a share (limitado / all) exists before the first 429.
+        for resultado in [
+            "aceptado",
+            "descartado",
+            "duplicado",
+            "conflicto",
+            "limitado",
+            "rechazado",
+        ] {
+            counter.with_label_values(&[resultado]).inc_by(0);
+        }
+        counter
     },
 );
 
@@ -69,6 +81,7 @@ pub struct ApiState {
 struct CollectorDoc;
 
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    std::sync::LazyLock::force(&RESULTADOS);
     OpenApiRouter::with_openapi(CollectorDoc::openapi())
         .routes(routes!(recibir))
         .routes(routes!(recibir_lote))
