@@ -153,6 +153,7 @@ scenarios() {
 	local extra=()
 	read -r -a extra <<<"${E2E_ARGS:-}"
 	(cd "${REPO_ROOT}" && node env DATABASE_URL="${DATABASE_URL}" PULSAR_URL="${PULSAR_URL}" \
+		PULSAR_ADMIN_URL="${PULSAR_ADMIN_URL}" \
 		"${TARGET_DIR}/debug/e2e-kubernetes" --namespace "${NAMESPACE}" --release "${RELEASE}" \
 		--chart "${REPO_ROOT}/charts/aeropartners" "${extra[@]}")
 }

@@ -293,3 +293,97 @@ fn the_values_schema_rejects_a_misspelt_key_and_bad_values() {
         assert!(stderr.contains(complaint), "--set {set}: {stderr}");
     }
 }
+
+/// With the monitoring options on, the chart renders a Grafana dashboard ConfigMap per file of
+/// `dashboards/` (its JSON intact, with the sidecar's label) and a PrometheusRule carrying the
+/// rule groups of `rules/`. (`make e2e` checks every metric they query is served.)
+#[test]
+fn the_dashboards_and_alerting_rules_render() {
+    let rendered = ok(
+        &run(
+            "helm",
+            &[
+                "template",
+                "aeropartners",
+                CHART,
+                "--kube-version",
+                KUBE_VERSION,
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "prometheusRule.labels.release=prometheus",
+            ],
+            None,
+        ),
+        "helm template with the PrometheusRule",
+    );
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&rendered).unwrap();
+    let dashboard_files = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/aeropartners/dashboards"
+    ))
+    .unwrap()
+    .count();
+    let dashboards: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(
+        dashboards.len(),
+        dashboard_files,
+        "one ConfigMap per dashboard"
+    );
+    for config_map in &dashboards {
+        for (file, json) in config_map["data"].as_object().unwrap() {
+            let dashboard: serde_json::Value = serde_json::from_str(json.as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(
+                dashboard["panels"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty()),
+                "{file} has panels"
+            );
+            assert!(
+                dashboard["uid"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("aeropartners-"))
+            );
+        }
+    }
+    let rule = documents
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    for alert in [
+        "AeropartnersErrorBudgetFastBurn",
+        "AeropartnersOutboxLagHigh",
+        "AeropartnersDeadLetters",
+        "AeropartnersReportVersionDegraded",
+    ] {
+        assert!(alerts.contains(&alert), "{alert} in {alerts:?}");
+    }
+    // Off by default: a cluster without the Prometheus Operator's CRDs installs the chart.
+    let default = ok(
+        &run(
+            "helm",
+            &[
+                "template",
+                "aeropartners",
+                CHART,
+                "--kube-version",
+                KUBE_VERSION,
+            ],
+            None,
+        ),
+        "helm template",
+    );
+    assert!(!default.contains("kind: PrometheusRule"));
+}

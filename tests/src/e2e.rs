@@ -107,6 +107,123 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
     })
 }
 
+/// What the chart's dashboards and alerting rules query, against what the release serves.
+#[derive(Debug, Serialize)]
+pub struct Observability {
+    /// Metric names the dashboards and rules query.
+    pub queried: usize,
+    /// `/metrics` endpoints read: every Ready pod of the release, and the broker's.
+    pub endpoints: usize,
+    /// Queried names no endpoint serves.
+    pub missing: Vec<String>,
+}
+
+/// Every metric the chart's Grafana dashboards and PrometheusRule query is served by some
+/// `/metrics` of the release (its pods, the operator's included) or by the broker. Run after
+/// the Postman collection, so every path has answered at least once.
+pub async fn observability(cluster: &Cluster) -> anyhow::Result<Observability> {
+    let mut queried = std::collections::BTreeSet::new();
+    let dashboards = cluster.chart.join("dashboards");
+    let mut files = vec![cluster.chart.join("rules/aeropartners.rules.yaml")];
+    for entry in std::fs::read_dir(&dashboards).context("the chart's dashboards")? {
+        files.push(entry?.path());
+    }
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        queried.extend(metric_names(&text));
+    }
+
+    let http = client()?;
+    let mut served = std::collections::BTreeSet::new();
+    let mut endpoints = Vec::new();
+    let pods = cluster.json(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app.kubernetes.io/instance={}", cluster.release),
+    ])?;
+    for pod in pods["items"].as_array().context("a pod list")? {
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let port = pod["spec"]["containers"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "http")
+            .and_then(|p| p["containerPort"].as_i64());
+        if let (true, Some(ip), Some(port)) = (ready, pod["status"]["podIP"].as_str(), port) {
+            endpoints.push(format!("http://{ip}:{port}/metrics"));
+        }
+    }
+    if let Ok(admin) = std::env::var("PULSAR_ADMIN_URL") {
+        endpoints.push(format!("{}/metrics/", admin.trim_end_matches('/')));
+    }
+    for endpoint in &endpoints {
+        let text = http
+            .get(endpoint)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        served.extend(served_names(&text));
+    }
+    let report = Observability {
+        queried: queried.len(),
+        endpoints: endpoints.len(),
+        missing: queried.difference(&served).cloned().collect(),
+    };
+    println!(
+        "
+Dashboards and alerting rules against /metrics:"
+    );
+    println!(
+        "  {} metric names queried, {} endpoints read, missing: {}",
+        report.queried,
+        report.endpoints,
+        if report.missing.is_empty() {
+            "none".to_owned()
+        } else {
+            report.missing.join(", ")
+        }
+    );
+    Ok(report)
+}
+
+/// The metric names in a dashboard's or a rule file's text: every token of ours or the
+/// broker's (`aeropartners_…`, `pulsar_…`).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("aeropartners_") || t.starts_with("pulsar_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names a Prometheus text exposition serves: each sample's, and for a histogram or a
+/// summary its `_bucket`, `_sum` and `_count` series.
+fn served_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some("histogram" | "summary")) = (parts.next(), parts.next()) {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty())
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
 /// Each user-facing Service answers as a user would use it.
 pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let http = client()?;
@@ -1067,6 +1184,17 @@ impl Targets for Smoke {
     }
 }
 
+impl Targets for Observability {
+    fn missed(&self) -> Vec<String> {
+        self.missing
+            .iter()
+            .map(|name| {
+                format!("dashboards or alerting rules query {name}, which no /metrics serves")
+            })
+            .collect()
+    }
+}
+
 impl Targets for Postman {
     fn missed(&self) -> Vec<String> {
         unless(
@@ -1182,5 +1310,41 @@ impl Targets for Operations {
         .into_iter()
         .flatten()
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod observability_tests {
+    use super::{metric_names, served_names};
+
+    #[test]
+    fn queried_names_are_the_tokens_of_ours_and_the_brokers() {
+        let names = metric_names(
+            r#"{"expr": "sum by (le) (rate(aeropartners_http_request_duration_seconds_bucket[5m])) / pulsar_msg_backlog{topic=~\".*-DLQ\"}"}"#,
+        );
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            [
+                "aeropartners_http_request_duration_seconds_bucket",
+                "pulsar_msg_backlog"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_histogram_serves_its_bucket_sum_and_count() {
+        let served = served_names(
+            "# HELP aeropartners_x_seconds x\n# TYPE aeropartners_x_seconds histogram\n\
+             aeropartners_x_seconds_bucket{le=\"1\"} 0\naeropartners_y_total 3\n",
+        );
+        for name in [
+            "aeropartners_x_seconds_bucket",
+            "aeropartners_x_seconds_sum",
+            "aeropartners_x_seconds_count",
+            "aeropartners_y_total",
+        ] {
+            assert!(served.contains(name), "{name}");
+        }
+        assert!(!served.contains("aeropartners_z_total"));
     }
 }

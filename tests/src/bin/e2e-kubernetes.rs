@@ -14,6 +14,7 @@ use aeropartners_tests::{
 enum Part {
     Smoke,
     Postman,
+    Observability,
     Scenario2,
     Scenario9,
     Degraded,
@@ -55,6 +56,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(Part::Postman) {
         missed.extend(e2e::postman(&cluster)?.missed());
+    }
+    // Before the scenarios restart pods (and their counters), right after the Postman traffic.
+    if runs(Part::Observability) {
+        missed.extend(e2e::observability(&cluster).await?.missed());
     }
     if runs(Part::Scenario2) {
         missed.extend(e2e::scenario_2(&cluster, args.rate).await?.missed());
