@@ -299,24 +299,12 @@ fn the_values_schema_rejects_a_misspelt_key_and_bad_values() {
 /// rule groups of `rules/`. (`make e2e` checks every metric they query is served.)
 #[test]
 fn the_dashboards_and_alerting_rules_render() {
-    let rendered = ok(
-        &run(
-            "helm",
-            &[
-                "template",
-                "aeropartners",
-                CHART,
-                "--kube-version",
-                KUBE_VERSION,
-                "--set",
-                "prometheusRule.enabled=true",
-                "--set",
-                "prometheusRule.labels.release=prometheus",
-            ],
-            None,
-        ),
-        "helm template with the PrometheusRule",
-    );
+    let rendered = template(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.labels.release=prometheus",
+    ]);
     let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&rendered).unwrap();
     let dashboard_files = std::fs::read_dir(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -371,19 +359,22 @@ fn the_dashboards_and_alerting_rules_render() {
         assert!(alerts.contains(&alert), "{alert} in {alerts:?}");
     }
     // Off by default: a cluster without the Prometheus Operator's CRDs installs the chart.
-    let default = ok(
-        &run(
-            "helm",
-            &[
-                "template",
-                "aeropartners",
-                CHART,
-                "--kube-version",
-                KUBE_VERSION,
-            ],
-            None,
-        ),
-        "helm template",
-    );
+    let default = template(&[]);
     assert!(!default.contains("kind: PrometheusRule"));
+}
+
+/// `helm template` of the chart with `extra` arguments.
+fn template(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "aeropartners",
+        CHART,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend(extra);
+    ok(
+        &run("helm", &args, None),
+        &format!("helm template {extra:?}"),
+    )
 }
