@@ -381,7 +381,7 @@ ensure_pulsar_dist() {
 	mkdir -p "${CACHE_DIR}"
 	local tarball=${HOME}/.m2/repository/org/apache/pulsar/pulsar-server-distribution/${PULSAR_VERSION}/pulsar-server-distribution-${PULSAR_VERSION}-bin.tar.gz
 	if [[ ! -f "${tarball}" ]]; then
-		log "fetching ${PULSAR_ARTIFACT} from Maven Central"
+		log "fetching ${PULSAR_ARTIFACT} from Maven Central (about 250 MB, once; kept in ~/.m2)"
 		mvn -q -B dependency:get -Dartifact="${PULSAR_ARTIFACT}" -Dtransitive=false >&2 ||
 			die "mvn dependency:get ${PULSAR_ARTIFACT} failed"
 	fi
