@@ -528,3 +528,87 @@ async fn operational_endpoints_answer(o: PgPoolOptions, c: PgConnectOptions) {
     let docs = call(&app, "GET", "/docs/", None, &[]).await;
     assert_eq!(docs.status, 200);
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_latest_payments_list_newest_first_filters_and_pages_without_gaps(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let app = app_without_broker(&pool);
+    // Five payments created concurrently: group commit gives some of them one fecha_creacion,
+    // so the pages must break ties (by id) to neither skip nor repeat one.
+    let creados = futures::future::join_all((0..5).map(|n| {
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                "POST",
+                "/pagos/",
+                Some(&pago_json(&format!("lista-{n}"), "10")),
+                &[],
+            )
+            .await
+        }
+    }))
+    .await;
+    assert!(creados.iter().all(|a| a.status == 200));
+    sqlx::query("UPDATE pagos SET estado = 'FALLIDO' WHERE referencia_pago = 'lista-3'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let mut vistos = Vec::new();
+    let mut url = "/pagos?limite=2".to_owned();
+    let mut paginas = 0;
+    loop {
+        let pagina = call(&app, "GET", &url, None, &[]).await;
+        assert_eq!(pagina.status, 200, "{:?}", pagina.body);
+        paginas += 1;
+        let pagos = pagina.body["pagos"].as_array().unwrap();
+        assert!(pagos.len() <= 2);
+        for pago in pagos {
+            vistos.push((
+                chrono::DateTime::parse_from_rfc3339(pago["fecha_creacion"].as_str().unwrap())
+                    .unwrap(),
+                pago["id_pago"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match pagina.body["siguiente"].as_str() {
+            Some(cursor) => url = format!("/pagos/?limite=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paginas, 3, "2 + 2 + 1");
+    assert_eq!(vistos.len(), 5, "every payment once: {vistos:?}");
+    let mut ordenados = vistos.clone();
+    ordenados.sort_by(|a, b| b.cmp(a));
+    assert_eq!(vistos, ordenados, "newest first, ties by id");
+
+    let fallidos = call(&app, "GET", "/pagos?estado=FALLIDO", None, &[]).await;
+    assert_eq!(fallidos.status, 200);
+    let fallidos = fallidos.body["pagos"].as_array().unwrap();
+    assert_eq!(fallidos.len(), 1);
+    assert_eq!(fallidos[0]["referencia_pago"], "lista-3");
+    assert!(
+        call(&app, "GET", "/pagos?limite=100", None, &[]).await.body["siguiente"].is_null(),
+        "a short page is the last"
+    );
+
+    for (url, campo) in [
+        ("/pagos?limite=0", "limite"),
+        ("/pagos?limite=101", "limite"),
+        ("/pagos?limite=dos", "limite"),
+        ("/pagos?estado=pagado", "estado"),
+        ("/pagos?cursor=ayer", "cursor"),
+        ("/pagos?pagina=2", "pagina"),
+    ] {
+        let answer = call(&app, "GET", url, None, &[]).await;
+        assert_eq!(answer.status, 400, "{url}");
+        assert_eq!(
+            answer.body["errors"][0]["field"], campo,
+            "{url}: {:?}",
+            answer.body
+        );
+    }
+}

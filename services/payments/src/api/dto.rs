@@ -61,6 +61,14 @@ impl PagoCreado {
     }
 }
 
+/// Answer of `GET /pagos`: the latest payments, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ListaPagos {
+    pub pagos: Vec<PagoDetalle>,
+    /// Pass it as `cursor` for the next (older) page; `null` on the last page.
+    pub siguiente: Option<String>,
+}
+
 /// Answer of `GET /pagos/{id_pago}` and `PATCH …/revertir`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PagoDetalle {

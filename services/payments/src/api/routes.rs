@@ -1,6 +1,8 @@
+use std::collections::HashMap;
+
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use platform::{
@@ -17,10 +19,10 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::dto::{CrearPagoBody, PagoCreado, PagoDetalle, RevertirBody};
+use super::dto::{CrearPagoBody, ListaPagos, PagoCreado, PagoDetalle, RevertirBody};
 use crate::{
     application::{ColaCreacion, Creacion, ErrorPagos, SolicitudCreacion, revertir_pago},
-    domain::NuevoPago,
+    domain::{EstadoPago, NuevoPago},
     infrastructure::repositorio::{self, EntradaTraza},
 };
 
@@ -43,7 +45,7 @@ struct PagosDoc;
 /// The `/pagos` routes and their OpenAPI document.
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(PagosDoc::openapi())
-        .routes(routes!(crear))
+        .routes(routes!(crear, listar))
         .routes(routes!(estadisticas_outbox))
         .routes(routes!(obtener))
         .routes(routes!(eventos))
@@ -160,6 +162,100 @@ async fn crear(
         },
     )
     .await
+}
+
+/// The latest payments, newest first, optionally of one state or affiliate (the operations
+/// console's live list). Paged with the answer's `siguiente`.
+#[utoipa::path(
+    get, path = "/pagos", tag = "pagos",
+    params(
+        ("estado" = Option<String>, Query, description = "PENDIENTE, PROCESANDO, EXITOSO, FALLIDO o REVERSADO"),
+        ("id_afiliado" = Option<String>, Query),
+        ("limite" = Option<i64>, Query, description = "1..100, por defecto 20"),
+        ("cursor" = Option<String>, Query, description = "El `siguiente` de la página anterior"),
+    ),
+    responses(
+        (status = 200, body = ListaPagos),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn listar(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ListaPagos>, Problem> {
+    let mut errores = Vec::new();
+    for nombre in params.keys() {
+        if !["estado", "id_afiliado", "limite", "cursor"].contains(&nombre.as_str()) {
+            errores.push(FieldError::new(
+                nombre.clone(),
+                "parámetro desconocido; use estado, id_afiliado, limite y cursor",
+            ));
+        }
+    }
+    let estado = params.get("estado").and_then(|raw| {
+        let estado = EstadoPago::from_code(raw);
+        if estado.is_none() {
+            errores.push(FieldError::new(
+                "estado",
+                format!(
+                    "'{raw}' no es un estado; use PENDIENTE, PROCESANDO, EXITOSO, FALLIDO o REVERSADO"
+                ),
+            ));
+        }
+        estado
+    });
+    let limite = match params.get("limite").map(|raw| raw.parse::<i64>()) {
+        None => 20,
+        Some(Ok(limite)) if (1..=100).contains(&limite) => limite,
+        Some(_) => {
+            errores.push(FieldError::new("limite", "debe ser un entero de 1 a 100"));
+            20
+        }
+    };
+    let antes_de = params.get("cursor").and_then(|raw| {
+        let cursor = leer_cursor(raw);
+        if cursor.is_none() {
+            errores.push(FieldError::new(
+                "cursor",
+                "no es un cursor de esta API; use el `siguiente` de la página anterior",
+            ));
+        }
+        cursor
+    });
+    if !errores.is_empty() {
+        return Err(Problem::validation(errores));
+    }
+    let filtro = repositorio::FiltroRecientes {
+        estado,
+        id_afiliado: params.get("id_afiliado").cloned(),
+        antes_de,
+    };
+    let pagos = repositorio::recientes(&state.pool, &filtro, limite)
+        .await
+        .map_err(ErrorPagos::from)?;
+    let siguiente = (pagos.len() as i64 == limite)
+        .then(|| pagos.last())
+        .flatten()
+        .map(|ultimo| {
+            format!(
+                "{}_{}",
+                ultimo
+                    .fecha_creacion
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                ultimo.id
+            )
+        });
+    Ok(Json(ListaPagos {
+        pagos: pagos.iter().map(PagoDetalle::from).collect(),
+        siguiente,
+    }))
+}
+
+/// `<fecha_creacion RFC 3339>_<id>`, as `siguiente` writes it.
+fn leer_cursor(raw: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let (fecha, id) = raw.rsplit_once('_')?;
+    let fecha = chrono::DateTime::parse_from_rfc3339(fecha).ok()?;
+    Some((fecha.with_timezone(&chrono::Utc), Uuid::parse_str(id).ok()?))
 }
 
 /// A payment's current state.

@@ -261,6 +261,40 @@ pub async fn buscar(pool: &PgPool, id: Uuid) -> Result<Option<Pago>, sqlx::Error
     cargar(pool, select_pago!("id = $1"), id).await
 }
 
+/// Which payments [`recientes`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct FiltroRecientes {
+    pub estado: Option<EstadoPago>,
+    pub id_afiliado: Option<String>,
+    /// Only payments older than this `(fecha_creacion, id)`: the previous page's last one.
+    pub antes_de: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// The latest payments matching `filtro`, newest first (ties on `fecha_creacion`, which a
+/// group-committed batch shares, broken by id), at most `limite`.
+pub async fn recientes(
+    pool: &PgPool,
+    filtro: &FiltroRecientes,
+    limite: i64,
+) -> Result<Vec<Pago>, sqlx::Error> {
+    let (antes_fecha, antes_id) = filtro.antes_de.unzip();
+    sqlx::query_as::<_, FilaPago>(select_pago!(
+        "($1::text IS NULL OR estado = $1) AND ($2::text IS NULL OR id_afiliado = $2) \
+         AND ($3::timestamptz IS NULL OR (fecha_creacion, id) < ($3, $4)) \
+         ORDER BY fecha_creacion DESC, id DESC LIMIT $5"
+    ))
+    .bind(filtro.estado.map(EstadoPago::code))
+    .bind(filtro.id_afiliado.as_deref())
+    .bind(antes_fecha)
+    .bind(antes_id)
+    .bind(limite)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Pago::try_from)
+    .collect()
+}
+
 /// Loads and row-locks the payments `ids` (those that exist) within `tx`. Locks are taken in
 /// id order, so two transactions locking overlapping sets cannot deadlock.
 pub async fn bloquear_muchos(
