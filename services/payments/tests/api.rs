@@ -501,6 +501,22 @@ async fn outbox_statistics_partition_the_rows(o: PgPoolOptions, c: PgConnectOpti
     assert_eq!(b["eventos_fallidos"], 1);
     let lag = b["lag_ms_p99"].as_f64().unwrap();
     assert!((lag - 5.0).abs() < 0.01, "{lag}");
+    // Three wait: the oldest of them, created a minute ago (say, a broker outage), has its age.
+    sqlx::query("UPDATE outbox SET created_at = clock_timestamp() - interval '1 minute' WHERE id = (SELECT min(id) FROM outbox WHERE published_at IS NULL)")
+        .execute(&pool).await.unwrap();
+    let age = call(&app, "GET", "/pagos/outbox/estadisticas", None, &[])
+        .await
+        .body["pendiente_mas_antiguo_ms"]
+        .as_f64()
+        .unwrap();
+    assert!((60_000.0..70_000.0).contains(&age), "{age}");
+    // Once every event is published, nothing waits.
+    sqlx::query("UPDATE outbox SET published_at = clock_timestamp()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stats = call(&app, "GET", "/pagos/outbox/estadisticas", None, &[]).await;
+    assert_eq!(stats.body["pendiente_mas_antiguo_ms"], 0.0);
 }
 
 #[sqlx::test(migrations = false)]

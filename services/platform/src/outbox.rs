@@ -224,15 +224,25 @@ pub struct OutboxStats {
     pub eventos_fallidos: i64,
     /// 99th percentile of commit-to-publish delay over the last 10 000 published events.
     pub lag_ms_p99: f64,
+    /// Age of the oldest event not yet published (0 when every one is). It grows while the
+    /// broker is unreachable, when `lag_ms_p99`, computed over published events, stands still.
+    pub pendiente_mas_antiguo_ms: f64,
 }
 
 pub async fn stats(pool: &PgPool) -> Result<OutboxStats, sqlx::Error> {
-    let (total, published, pending, failed, lag): (i64, i64, i64, i64, Option<f64>) =
-        sqlx::query_as(
+    let (total, published, pending, failed, oldest, lag): (
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<f64>,
+        Option<f64>,
+    ) = sqlx::query_as(
             "SELECT count(*), \
                     count(*) FILTER (WHERE published_at IS NOT NULL), \
                     count(*) FILTER (WHERE published_at IS NULL AND attempts = 0), \
                     count(*) FILTER (WHERE published_at IS NULL AND attempts > 0), \
+                    extract(epoch FROM clock_timestamp() - min(created_at) FILTER (WHERE published_at IS NULL))::float8 * 1000, \
                     (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY lag_ms) FROM ( \
                         SELECT extract(epoch FROM published_at - created_at)::float8 * 1000 AS lag_ms \
                         FROM outbox WHERE published_at IS NOT NULL \
@@ -247,6 +257,7 @@ pub async fn stats(pool: &PgPool) -> Result<OutboxStats, sqlx::Error> {
         eventos_pendientes: pending,
         eventos_fallidos: failed,
         lag_ms_p99: lag.unwrap_or(0.0),
+        pendiente_mas_antiguo_ms: oldest.unwrap_or(0.0).max(0.0),
     })
 }
 
