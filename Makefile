@@ -40,8 +40,12 @@ infra-down: ## Stop the PostgreSQL and Pulsar this project started
 # it: build-shared-check).
 BUILD := cargo build --locked --workspace --bins
 BIN := target/debug
-build: infra-up ## Build the `aeropartners` binary, the benchmarks and the scenario runners
+build: infra-up console ## Build the `aeropartners` binary, the benchmarks and the scenario runners
 	$(BUILD)
+
+.PHONY: console
+console: ## Build the operations console (npm: vite, preact, uPlot) that the gateway embeds; a no-op when up to date
+	@scripts/console.sh build
 
 .PHONY: run
 run: build ## Start the whole platform on this machine: gateway on :8000 (Ctrl-C stops it)
@@ -52,7 +56,7 @@ fmt-check:
 	cargo fmt --all -- --check
 
 .PHONY: lint
-lint: infra-up
+lint: infra-up console
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 .PHONY: shellcheck
@@ -89,7 +93,7 @@ crds-check: ## Fail when a committed CRD differs from what the Rust types genera
 		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
 
 .PHONY: test
-test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar, then make e2e
+test: infra-up k8s-up console fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar, the Postman collection and the console in a browser, then make e2e
 	@mkdir -p target
 	@$(WITH_INFRA) $(WITH_K8S) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
@@ -97,6 +101,7 @@ test: infra-up k8s-up fmt-check shellcheck lint crds-check ## fmt, shellcheck, c
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
 	$(MAKE) --no-print-directory postman-test || { status=1; echo "postman: FAILED"; }; \
+	$(MAKE) --no-print-directory console-test || { status=1; echo "console: FAILED"; }; \
 	$(MAKE) --no-print-directory e2e || { status=1; echo "e2e: FAILED"; }; \
 	exit $$status
 
@@ -113,6 +118,10 @@ postman: ## Run the Postman collection (newman) against the platform `make run` 
 .PHONY: postman-test
 postman-test: build ## The Postman collection against a platform of its own (fresh database, free ports); part of make test
 	@$(WITH_INFRA) $(BIN)/postman --binary $(BIN)/aeropartners
+
+.PHONY: console-test
+console-test: build ## The operations console in Debian's chromium (playwright-core) against a platform of its own; screenshots in target/console/; part of make test
+	@$(WITH_INFRA) $(BIN)/console --binary $(BIN)/aeropartners
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, a 2-minute soak (prints figures)

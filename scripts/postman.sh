@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 readonly POSTMAN_DIR=postman
 readonly NEWMAN="${POSTMAN_DIR}/node_modules/.bin/newman"
+# shellcheck source=scripts/npm-lib.sh
+source scripts/npm-lib.sh
 
 log() { printf '[postman] %s\n' "$*" >&2; }
 die() {
@@ -22,16 +24,7 @@ die() {
 	exit 1
 }
 
-install() {
-	command -v npm >/dev/null || die "npm not found: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"
-	# npm ci records the lockfile it installed in node_modules/.package-lock.json: reinstall
-	# only when the lockfile changed since.
-	if [[ -x "${NEWMAN}" && "${POSTMAN_DIR}/node_modules/.package-lock.json" -nt "${POSTMAN_DIR}/package-lock.json" ]]; then
-		return
-	fi
-	log "installing newman from the npm registry into ${POSTMAN_DIR}/node_modules (about 10 s, once)"
-	npm ci --prefix "${POSTMAN_DIR}" --no-audit --no-fund --ignore-scripts --loglevel=error >&2
-}
+install() { npm_ci_once "${POSTMAN_DIR}" "newman (about 10 s)"; }
 
 run() {
 	install

@@ -67,6 +67,27 @@ export AFFILIATES_FILE=${AFFILIATES_FILE:-${repo_root}/config/afiliados.demo.yam
 
 local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 
+# console_health: the readiness endpoints the console's health view shows, name=URL,...
+# (every service below, and the broker through its admin API).
+console_health() {
+	local entries=(
+		"payments=$(local_url "${payments_port}")/ready"
+		"payments-worker=$(local_url "${worker_port}")/ready"
+		"campaigns-primary=$(local_url "${primary_port}")/ready"
+		"campaigns-replica=$(local_url "${replica_port}")/ready"
+		"campaigns-proxy=$(local_url "${proxy_port}")/ready"
+		"reports-a=$(local_url "${reports_a_port}")/ready"
+		"reports-b=$(local_url "${reports_b_port}")/ready"
+		"event-collector-a=$(local_url "${collector_a_port}")/ready"
+		"event-collector-b=$(local_url "${collector_b_port}")/ready"
+		"data-service-v1=$(local_url "${data_v1_port}")/ready"
+		"data-service-v2=$(local_url "${data_v2_port}")/ready"
+		"pulsar=${PULSAR_ADMIN_URL:-http://127.0.0.1:8081}/admin/v2/brokers/health"
+	)
+	local IFS=,
+	printf '%s' "${entries[*]}"
+}
+
 # check_ports: refuses to start when a service's port is already taken (a `make run` still
 # running in another terminal, or another program), naming the service, the variable that
 # moves it and, where `ss` can tell, the process holding it. Without this, the service would
@@ -199,7 +220,9 @@ supervise gateway gateway --listen "127.0.0.1:${gateway_port}" \
 	--docs "payments=$(local_url "${payments_port}")/openapi.json" \
 	--docs "campaigns=$(local_url "${primary_port}")/openapi.json" \
 	--docs "reports=${reports_a}/openapi.json" \
-	--docs "event-collector=${collector_a}/openapi.json"
+	--docs "event-collector=${collector_a}/openapi.json" \
+	--console-replica "${reports_a}/api/reports,${reports_b}/api/reports" \
+	--console-health "$(console_health)"
 supervise data-service-v1 data-service --version v1 --listen "127.0.0.1:${data_v1_port}"
 supervise data-service-v2 data-service --version v2 --listen "127.0.0.1:${data_v2_port}"
 # Two reports replicas share the projection's subscription and follow one version row.
@@ -252,6 +275,7 @@ Aeropartners is running, every service ready after $((SECONDS - started)) s (log
 
   Service              URL
   gateway (API)        $(local_url "${gateway_port}")      docs: $(local_url "${gateway_port}")/docs
+  console              $(local_url "${gateway_port}")/console   (payments, campaigns, reports and the v1/v2 switch, collector, health)
   payments             $(local_url "${payments_port}")/pagos
   payments-worker      $(local_url "${worker_port}")/ready
   campaigns primary    $(local_url "${primary_port}")/campaigns

@@ -62,6 +62,8 @@ async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
             format!("campaigns={campaigns_url}/openapi.json"),
         ],
         upstream_timeout: Duration::from_secs(5),
+        console_replicas: vec![],
+        console_health: vec![],
     };
     let app = gateway::app(&gateway_config).await.unwrap();
 
@@ -147,6 +149,8 @@ async fn is_unready_until_every_services_document_is_merged() {
             format!("campaigns=http://127.0.0.1:{campaigns_port}/openapi.json"),
         ],
         upstream_timeout: Duration::from_secs(5),
+        console_replicas: vec![],
+        console_health: vec![],
     };
     tokio::spawn(gateway::run(gateway_config, shutdown.clone()));
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
@@ -234,6 +238,8 @@ async fn a_route_with_replicas_balances_and_skips_a_refusing_one() {
         )],
         docs: vec![],
         upstream_timeout: Duration::from_secs(5),
+        console_replicas: vec![],
+        console_health: vec![],
     };
     let app = gateway::app(&config).await.unwrap();
     let mut seen = std::collections::BTreeMap::new();
@@ -314,6 +320,8 @@ fn gateway_to(upstream: &str, timeout: Duration) -> gateway::Config {
         routes: vec![format!("/pagos={upstream}/pagos")],
         docs: vec![],
         upstream_timeout: timeout,
+        console_replicas: vec![],
+        console_health: vec![],
     }
 }
 
@@ -381,4 +389,123 @@ async fn a_cut_request_is_retried_only_when_repeating_it_is_safe() {
         1,
         "a timeout is not multiplied"
     );
+}
+
+/// The operations console: its page and assets from the binary (with validators and a cache
+/// policy), and its two reads: the version each reports replica serves (here two stand-in
+/// replicas and one that is down) and every service's readiness (the real payments service,
+/// and one that does not answer).
+#[tokio::test]
+async fn serves_the_console_and_its_replica_and_health_views() {
+    let shutdown = CancellationToken::new();
+    let (database, payments_url, _) = payments_served(&shutdown).await;
+    let mut replicas = Vec::new();
+    for (name, active) in [("reports-x", "v1"), ("reports-y", "v2")] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        replicas.push(format!(
+            "http://{}/api/reports",
+            listener.local_addr().unwrap()
+        ));
+        let app = axum::Router::new().route(
+            "/api/reports/version",
+            axum::routing::get(move || async move {
+                axum::Json(serde_json::json!({"replica": name, "active": active, "desired": "v2"}))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let dead = format!("http://127.0.0.1:{}", testkit::free_port());
+    replicas.push(format!("{dead}/api/reports"));
+    let config = gateway::Config {
+        http: http_config(),
+        routes: vec![],
+        docs: vec![],
+        upstream_timeout: Duration::from_secs(5),
+        console_replicas: replicas,
+        console_health: vec![
+            format!("payments={payments_url}/ready"),
+            format!("gone={dead}/ready"),
+        ],
+    };
+    let app = gateway::app(&config).await.unwrap();
+
+    let page = call(&app, "GET", "/console/", None, &[]).await;
+    assert_eq!(
+        page.status, 200,
+        "the console is embedded (`make console` builds it before cargo): {:?}",
+        page.body
+    );
+    assert_eq!(page.headers["content-type"], "text/html");
+    assert_eq!(page.headers["cache-control"], "no-cache");
+    let html = page.body.as_str().unwrap().to_owned();
+    assert!(html.contains(r#"<div id="app">"#), "{html}");
+    let again = call(
+        &app,
+        "GET",
+        "/console",
+        None,
+        &[("if-none-match", page.headers["etag"].to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(again.status, 304, "unchanged since the validator");
+
+    let script = html
+        .split('"')
+        .find(|part| part.starts_with("/console/assets/") && part.ends_with(".js"))
+        .expect("the page loads its script from /console/assets/");
+    let asset = call(&app, "GET", script, None, &[]).await;
+    assert_eq!(asset.status, 200);
+    assert_eq!(asset.headers["content-type"], "text/javascript");
+    assert!(
+        asset.headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(
+        call(&app, "GET", "/console/assets/nada.js", None, &[])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(&app, "GET", "/console/api/nada", None, &[])
+            .await
+            .status,
+        404
+    );
+
+    let answer = call(&app, "GET", "/console/api/replicas", None, &[]).await;
+    assert_eq!(answer.status, 200);
+    let replicas = answer.body["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert_eq!(replicas[0]["version"]["replica"], "reports-x");
+    assert_eq!(replicas[1]["version"]["active"], "v2");
+    assert!(replicas[2]["version"].is_null());
+    assert!(
+        replicas[2]["error"].is_string(),
+        "why it is not shown: {:?}",
+        replicas[2]
+    );
+
+    let salud = call(&app, "GET", "/console/api/salud", None, &[])
+        .await
+        .body;
+    assert_eq!(salud["todos_listos"], false, "{salud}");
+    let servicios = salud["servicios"].as_array().unwrap();
+    assert_eq!(servicios[0]["nombre"], "payments");
+    assert_eq!(servicios[0]["listo"], true, "{salud}");
+    assert_eq!(servicios[0]["codigo"], 200);
+    assert!(
+        servicios[0]["detalle"]["checks"].is_array(),
+        "the service's own answer: {salud}"
+    );
+    assert_eq!(servicios[1]["listo"], false);
+    assert!(
+        servicios[1]["codigo"].is_null(),
+        "no answer at all: {salud}"
+    );
+
+    shutdown.cancel();
+    database.drop_database().await;
 }

@@ -21,6 +21,8 @@ use platform::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub mod console;
+
 /// `aeropartners gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -48,6 +50,29 @@ pub struct Config {
         "event-collector=http://127.0.0.1:8090/openapi.json".to_owned(),
     ])]
     pub docs: Vec<String>,
+    /// The reports replicas whose version the console shows: base URLs of `/api/reports`. A
+    /// host name resolving to several addresses (a headless Service) stands for each pod.
+    #[arg(long = "console-replica", env = "GATEWAY_CONSOLE_REPLICAS", value_delimiter = ',', default_values_t = [
+        "http://127.0.0.1:8020/api/reports".to_owned(),
+        "http://127.0.0.1:8021/api/reports".to_owned(),
+    ])]
+    pub console_replicas: Vec<String>,
+    /// The readiness endpoints the console shows, `name=URL`.
+    #[arg(long = "console-health", env = "GATEWAY_CONSOLE_HEALTH", value_delimiter = ',', default_values_t = [
+        "payments=http://127.0.0.1:8010/ready".to_owned(),
+        "payments-worker=http://127.0.0.1:8011/ready".to_owned(),
+        "campaigns-primary=http://127.0.0.1:8001/ready".to_owned(),
+        "campaigns-replica=http://127.0.0.1:8002/ready".to_owned(),
+        "campaigns-proxy=http://127.0.0.1:8080/ready".to_owned(),
+        "reports-a=http://127.0.0.1:8020/ready".to_owned(),
+        "reports-b=http://127.0.0.1:8021/ready".to_owned(),
+        "event-collector-a=http://127.0.0.1:8090/ready".to_owned(),
+        "event-collector-b=http://127.0.0.1:8091/ready".to_owned(),
+        "data-service-v1=http://127.0.0.1:9001/ready".to_owned(),
+        "data-service-v2=http://127.0.0.1:9002/ready".to_owned(),
+        "pulsar=http://127.0.0.1:8081/admin/v2/brokers/health".to_owned(),
+    ])]
+    pub console_health: Vec<String>,
     /// Timeout of one forwarded request.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = platform::config::parse_duration)]
     pub upstream_timeout: Duration,
@@ -122,6 +147,7 @@ impl Routes {
 
 struct Gateway {
     routes: Routes,
+    console: console::ConsoleTargets,
     client: reqwest::Client,
     docs: Vec<(String, String)>,
     /// The last document fetched from each entry of `docs` (same order); `None` until the
@@ -334,8 +360,20 @@ fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
                 .collect(),
         })
         .collect();
+    let console = console::ConsoleTargets {
+        replicas: config
+            .console_replicas
+            .iter()
+            .map(|url| {
+                reqwest::Url::parse(url)
+                    .map_err(|e| anyhow::anyhow!("console replica `{url}` is not a URL: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        health: parse_pairs(&config.console_health, "console health target")?,
+    };
     Ok(Arc::new(Gateway {
         routes: Routes::new(routes),
+        console,
         client: reqwest::Client::builder()
             .timeout(config.upstream_timeout)
             .connect_timeout(Duration::from_secs(2))
@@ -352,7 +390,11 @@ fn app_for(gateway: Arc<Gateway>, http_config: &HttpConfig) -> http::App {
         .route("/openapi.json", get(openapi))
         // Every other path is a candidate for a route (static routes above win over this one).
         .route("/{*path}", axum::routing::any(forward))
-        .with_state(gateway.clone());
+        .with_state(gateway.clone())
+        .merge(console::router(
+            gateway.console.clone(),
+            gateway.client.clone(),
+        ));
     http::app_with_health(
         router,
         Docs::Served,

@@ -628,3 +628,121 @@ async fn the_latest_payments_list_newest_first_filters_and_pages_without_gaps(
         );
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn payments_per_minute_count_each_minute_by_state_with_empty_minutes_zero(
+    o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = migrated_pool(o, c).await;
+    let app = app_without_broker(&pool);
+    for referencia in ["minuto-a", "minuto-b", "minuto-c", "antiguo"] {
+        let creado = call(
+            &app,
+            "POST",
+            "/pagos/",
+            Some(&pago_json(referencia, "10")),
+            &[],
+        )
+        .await;
+        assert_eq!(creado.status, 200);
+    }
+    // One payment failed; one was created two minutes ago; one before the window.
+    sqlx::query(
+        "UPDATE pagos SET estado = CASE referencia_pago WHEN 'minuto-b' THEN 'FALLIDO' ELSE estado END, \
+         fecha_creacion = CASE referencia_pago \
+             WHEN 'minuto-c' THEN date_trunc('minute', now()) - interval '2 minutes' \
+             WHEN 'antiguo' THEN now() - interval '2 hours' ELSE fecha_creacion END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let answer = call(
+        &app,
+        "GET",
+        "/pagos/estadisticas/por-minuto?minutos=5",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let minutos = answer.body["minutos"].as_array().unwrap();
+    assert_eq!(
+        minutos.len(),
+        5,
+        "every minute of the window, empty ones too"
+    );
+    let total: i64 = minutos.iter().map(|m| m["total"].as_i64().unwrap()).sum();
+    assert_eq!(total, 3, "the payment two hours old is outside the window");
+    // Looked up by minute, not position: the window moves if a minute turns during the test.
+    let minuto_de = |referencia: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT date_trunc('minute', fecha_creacion) FROM pagos WHERE referencia_pago = $1",
+            )
+            .bind(referencia)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let en = |minuto: chrono::DateTime<chrono::Utc>| {
+        minutos
+            .iter()
+            .find(|m| {
+                chrono::DateTime::parse_from_rfc3339(m["minuto"].as_str().unwrap()).unwrap()
+                    == minuto
+            })
+            .unwrap_or_else(|| panic!("{minuto} not in {minutos:?}"))
+    };
+    let (a, b, c) = (
+        minuto_de("minuto-a").await,
+        minuto_de("minuto-b").await,
+        minuto_de("minuto-c").await,
+    );
+    assert_eq!(en(b)["por_estado"]["FALLIDO"], 1, "{}", en(b));
+    assert!(
+        en(a)["por_estado"]["PENDIENTE"].as_i64().unwrap() >= 1,
+        "{}",
+        en(a)
+    );
+    assert_eq!(
+        en(a)["por_estado"]["EXITOSO"],
+        0,
+        "every state present: {}",
+        en(a)
+    );
+    assert_eq!(en(c)["total"], 1, "two minutes before: {}", en(c));
+    for par in minutos.windows(2) {
+        let (a, b) = (
+            chrono::DateTime::parse_from_rfc3339(par[0]["minuto"].as_str().unwrap()).unwrap(),
+            chrono::DateTime::parse_from_rfc3339(par[1]["minuto"].as_str().unwrap()).unwrap(),
+        );
+        assert_eq!(
+            b - a,
+            chrono::TimeDelta::minutes(1),
+            "oldest first, one minute apart"
+        );
+    }
+    assert_eq!(
+        call(&app, "GET", "/pagos/estadisticas/por-minuto", None, &[])
+            .await
+            .body["minutos"]
+            .as_array()
+            .unwrap()
+            .len(),
+        30,
+        "30 minutes by default"
+    );
+    for url in [
+        "/pagos/estadisticas/por-minuto?minutos=0",
+        "/pagos/estadisticas/por-minuto?minutos=1441",
+        "/pagos/estadisticas/por-minuto?minutos=diez",
+        "/pagos/estadisticas/por-minuto?horas=1",
+    ] {
+        let answer = call(&app, "GET", url, None, &[]).await;
+        assert_eq!(answer.status, 400, "{url}: {:?}", answer.body);
+    }
+}

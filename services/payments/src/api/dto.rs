@@ -69,6 +69,23 @@ pub struct ListaPagos {
     pub siguiente: Option<String>,
 }
 
+/// Answer of `GET /pagos/estadisticas/por-minuto`: every minute of the window, oldest first,
+/// with zero-filled counts, so a chart needs no gap handling.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PagosPorMinuto {
+    pub minutos: Vec<MinutoDePagos>,
+}
+
+/// The payments created in one minute, by their current state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MinutoDePagos {
+    /// The minute's start (UTC).
+    pub minuto: chrono::DateTime<chrono::Utc>,
+    /// PENDIENTE, PROCESANDO, EXITOSO, FALLIDO and REVERSADO, each present (0 when none).
+    pub por_estado: std::collections::BTreeMap<String, i64>,
+    pub total: i64,
+}
+
 /// Answer of `GET /pagos/{id_pago}` and `PATCH …/revertir`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PagoDetalle {

@@ -5,6 +5,7 @@ use axum::{
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
+use chrono::DurationRound;
 use platform::{
     group_commit::GroupCommitError,
     http::{
@@ -19,7 +20,9 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::dto::{CrearPagoBody, ListaPagos, PagoCreado, PagoDetalle, RevertirBody};
+use super::dto::{
+    CrearPagoBody, ListaPagos, MinutoDePagos, PagoCreado, PagoDetalle, PagosPorMinuto, RevertirBody,
+};
 use crate::{
     application::{ColaCreacion, Creacion, ErrorPagos, SolicitudCreacion, revertir_pago},
     domain::{EstadoPago, NuevoPago},
@@ -47,6 +50,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(PagosDoc::openapi())
         .routes(routes!(crear, listar))
         .routes(routes!(estadisticas_outbox))
+        .routes(routes!(por_minuto))
         .routes(routes!(obtener))
         .routes(routes!(eventos))
         .routes(routes!(revertir))
@@ -315,6 +319,68 @@ async fn estadisticas_outbox(State(state): State<ApiState>) -> Result<Json<Outbo
     Ok(Json(
         outbox::stats(&state.pool).await.map_err(ErrorPagos::from)?,
     ))
+}
+
+/// Payments created per minute over the last `minutos` minutes (the current one included), by
+/// their current state: the operations console's chart.
+#[utoipa::path(
+    get, path = "/pagos/estadisticas/por-minuto", tag = "pagos",
+    params(("minutos" = Option<i64>, Query, description = "1..1440, por defecto 30")),
+    responses(
+        (status = 200, body = PagosPorMinuto),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn por_minuto(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<PagosPorMinuto>, Problem> {
+    let mut errores: Vec<FieldError> = params
+        .keys()
+        .filter(|nombre| nombre.as_str() != "minutos")
+        .map(|nombre| FieldError::new(nombre.clone(), "parámetro desconocido; use minutos"))
+        .collect();
+    let minutos = match params.get("minutos").map(|raw| raw.parse::<i64>()) {
+        None => 30,
+        Some(Ok(minutos)) if (1..=1440).contains(&minutos) => minutos,
+        Some(_) => {
+            errores.push(FieldError::new("minutos", "debe ser un entero de 1 a 1440"));
+            30
+        }
+    };
+    if !errores.is_empty() {
+        return Err(Problem::validation(errores));
+    }
+    let ahora = chrono::Utc::now();
+    let este_minuto = ahora
+        .duration_trunc(chrono::TimeDelta::minutes(1))
+        .unwrap_or(ahora);
+    let desde = este_minuto - chrono::TimeDelta::minutes(minutos - 1);
+    let filas = repositorio::por_minuto(&state.pool, desde)
+        .await
+        .map_err(ErrorPagos::from)?;
+    let mut minutos: Vec<MinutoDePagos> = (0..minutos)
+        .map(|i| MinutoDePagos {
+            minuto: desde + chrono::TimeDelta::minutes(i),
+            por_estado: EstadoPago::ALL
+                .iter()
+                .map(|estado| (estado.code().to_owned(), 0))
+                .collect(),
+            total: 0,
+        })
+        .collect();
+    for (minuto, estado, cuantos) in filas {
+        let indice = (minuto - desde).num_minutes();
+        // A payment created after `ahora` (a clock step between the two reads) falls outside.
+        if let Some(slot) = usize::try_from(indice)
+            .ok()
+            .and_then(|i| minutos.get_mut(i))
+        {
+            *slot.por_estado.entry(estado).or_default() += cuantos;
+            slot.total += cuantos;
+        }
+    }
+    Ok(Json(PagosPorMinuto { minutos }))
 }
 
 /// Revert a successful payment. Repeating the call returns the same reverted payment.

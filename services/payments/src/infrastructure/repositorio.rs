@@ -295,6 +295,21 @@ pub async fn recientes(
     .collect()
 }
 
+/// How many payments were created in each minute since `desde`, by their current state:
+/// `(minute, state code, count)`, oldest minute first; minutes with none are absent.
+pub async fn por_minuto(
+    pool: &PgPool,
+    desde: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT date_trunc('minute', fecha_creacion) AS minuto, estado, count(*) \
+         FROM pagos WHERE fecha_creacion >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(desde)
+    .fetch_all(pool)
+    .await
+}
+
 /// Loads and row-locks the payments `ids` (those that exist) within `tx`. Locks are taken in
 /// id order, so two transactions locking overlapping sets cannot deadlock.
 pub async fn bloquear_muchos(
