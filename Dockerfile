@@ -7,6 +7,14 @@ FROM rust:1.95-bookworm AS chef
 RUN cargo install cargo-chef --locked
 WORKDIR /src
 
+# The operations console (services/gateway/console), which the gateway embeds at compile time.
+FROM node:20-bookworm-slim AS console
+WORKDIR /console
+COPY services/gateway/console/package.json services/gateway/console/package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY services/gateway/console/ ./
+RUN npm run build
+
 FROM chef AS planner
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
@@ -18,6 +26,7 @@ RUN apt-get update \
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p aeropartners
 COPY . .
+COPY --from=console /console/dist services/gateway/console/dist
 RUN cargo build --release --locked -p aeropartners \
  && cp target/release/aeropartners /aeropartners
 

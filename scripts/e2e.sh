@@ -58,6 +58,7 @@ start_infra() {
 	PG_PORT=${DATABASE_URL##*:}
 	PG_PORT=${PG_PORT%%/*}
 	PULSAR_PORT=${PULSAR_URL##*:}
+	PULSAR_ADMIN_PORT=${PULSAR_ADMIN_URL##*:}
 }
 
 # external_service NAME PORT NODE_PORT: a selector-less Service NAME.infra:PORT whose
@@ -103,6 +104,7 @@ external_services() {
 		EOF
 		external_service postgres 5432 "${PG_PORT}"
 		external_service pulsar 6650 "${PULSAR_PORT}"
+		external_service pulsar-admin 8080 "${PULSAR_ADMIN_PORT}"
 	} | node kubectl apply -f - >/dev/null
 }
 

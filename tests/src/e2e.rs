@@ -451,10 +451,83 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
         "report through the gateway".into(),
         format!("in {active} (the active version), counts the payment"),
     ));
+    checks.push((
+        "console".into(),
+        console_sees_every_replica(cluster, &http, &gateway).await?,
+    ));
     let smoke = Smoke { checks };
     print_rows("Smoke test of the installed chart", &smoke.checks);
     write_json("e2e-smoke.json", &smoke)?;
     Ok(smoke)
+}
+
+/// The console in the pod: its page, every reports pod found through the headless Service
+/// (each answering with the version it serves), and every service's readiness.
+async fn console_sees_every_replica(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    gateway: &str,
+) -> anyhow::Result<String> {
+    let page = http.get(format!("{gateway}/console/")).send().await?;
+    anyhow::ensure!(
+        page.status() == 200 && page.text().await?.contains(r#"<div id="app">"#),
+        "the gateway pod does not serve the console"
+    );
+    let reports: Vec<String> = cluster
+        .pods(&format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/name=reports",
+            cluster.release
+        ))?
+        .into_iter()
+        .filter(|p| p.ready && !p.deleting)
+        .map(|p| p.ip)
+        .collect();
+    let replicas: serde_json::Value = http
+        .get(format!("{gateway}/console/api/replicas"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let answering: Vec<&str> = replicas["replicas"]
+        .as_array()
+        .context("a replica list")?
+        .iter()
+        .filter(|r| r["version"]["active"].is_string())
+        .filter_map(|r| r["url"].as_str())
+        .collect();
+    anyhow::ensure!(
+        reports.iter().all(|ip| answering
+            .iter()
+            .any(|url| url.contains(&format!("//{ip}:")))),
+        "the console shows {answering:?}, the ready reports pods are {reports:?}"
+    );
+    let salud: serde_json::Value = http
+        .get(format!("{gateway}/console/api/salud"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let servicios = salud["servicios"].as_array().context("a service list")?;
+    let not_ready: Vec<&str> = servicios
+        .iter()
+        .filter(|s| s["listo"] != true)
+        .filter_map(|s| s["nombre"].as_str())
+        .collect();
+    anyhow::ensure!(
+        not_ready.is_empty(),
+        "the console's health view says not ready: {not_ready:?}"
+    );
+    anyhow::ensure!(
+        servicios.iter().any(|s| s["nombre"] == "pulsar"),
+        "the console's health view lacks the broker (externalPulsar.adminUrl)"
+    );
+    Ok(format!(
+        "page served; {} reports pods each with its version; {} services and the broker ready",
+        answering.len(),
+        servicios.len() - 1
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -182,3 +182,19 @@ spec:
     matchLabels:
       {{- include "aeropartners.selectorLabels" $labels | nindent 6 }}
 {{- end -}}
+
+{{/* The readiness endpoints the console's health view shows (gateway --console-health):
+every Service's /ready and the broker's health, name=URL,... */}}
+{{- define "aeropartners.consoleHealth" -}}
+{{- $v := .Values -}}
+{{- $targets := list -}}
+{{- range $name, $key := dict "payments" "payments" "payments-worker" "paymentsWorker" "campaigns" "campaigns" "campaigns-proxy" "campaignsProxy" "reports" "reports" "event-collector" "eventCollector" "data-service-v1" "dataServiceV1" "data-service-v2" "dataServiceV2" -}}
+{{- $targets = append $targets (printf "%s=http://%s:%v/ready" $name $name (index $v $key).port) -}}
+{{- end -}}
+{{- if $v.pulsar.enabled -}}
+{{- $targets = append $targets "pulsar=http://pulsar:8080/admin/v2/brokers/health" -}}
+{{- else if $v.externalPulsar.adminUrl -}}
+{{- $targets = append $targets (printf "pulsar=%s/admin/v2/brokers/health" (trimSuffix "/" $v.externalPulsar.adminUrl)) -}}
+{{- end -}}
+{{- join "," $targets -}}
+{{- end -}}

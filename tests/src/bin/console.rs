@@ -20,20 +20,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    std::env::var("DATABASE_URL").context("DATABASE_URL (make sets it)")?;
-    let database = testkit::TempDatabase::create().await;
-    let platform = LocalPlatform::start(
-        &args.binary,
-        &database.url,
-        &PathBuf::from("target/console/logs"),
-        // The simulated payment gateway answers fast, so the page sees a payment's final state
-        // within the test's patience whatever the machine's load.
-        &[
-            ("GATEWAY_LATENCY_MIN", "20ms"),
-            ("GATEWAY_LATENCY_MAX", "300ms"),
-        ],
-    )
-    .await?;
+    let (platform, database) =
+        LocalPlatform::start_on_fresh_database(&args.binary, &PathBuf::from("target/console/logs"))
+            .await?;
     let status = Command::new("bash")
         .args(["scripts/console.sh", "test"])
         .env("CONSOLE_URL", platform.url("gateway"))

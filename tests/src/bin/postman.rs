@@ -19,20 +19,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    std::env::var("DATABASE_URL").context("DATABASE_URL (make sets it)")?;
-    let database = testkit::TempDatabase::create().await;
-    let platform = LocalPlatform::start(
-        &args.binary,
-        &database.url,
-        &PathBuf::from("target/postman/logs"),
-        &[
-            // Payments reach their final state in well under a second; the collection still
-            // waits for them as it does against `make run`, whose gateway takes 2 to 8 s.
-            ("GATEWAY_LATENCY_MIN", "20ms"),
-            ("GATEWAY_LATENCY_MAX", "300ms"),
-        ],
-    )
-    .await?;
+    let (platform, database) =
+        LocalPlatform::start_on_fresh_database(&args.binary, &PathBuf::from("target/postman/logs"))
+            .await?;
     let status = Command::new("bash")
         .arg("scripts/postman.sh")
         .arg("run")
