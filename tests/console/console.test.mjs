@@ -97,6 +97,8 @@ test("a payment created on the page reaches a final state, with its trace", asyn
   const id = (await chosen.locator("dd code").first().innerText()).trim();
   await page.getByLabel("Filtrar por estado").selectOption(final);
   await page.locator(`[data-testid="lista-pagos"] tr[data-id="${id}"]`).waitFor();
+  // The per-minute chart counts it (asked again when the payment was created).
+  await page.waitForFunction(() => parseInt(document.querySelector('[data-testid="pagos-en-ventana"]')?.textContent ?? "0", 10) >= 1);
   await screenshot("pagos");
 });
 

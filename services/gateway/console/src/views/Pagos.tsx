@@ -2,7 +2,7 @@ import { useMemo, useState } from "preact/hooks";
 import { call, ESTADOS_PAGO, get, type EntradaTraza, type Pago, type PagosPorMinuto } from "../api";
 import { Badge, Chart, COLORES, Failure, Panel } from "../components";
 import { corto, fechaDe, horaDe, monto } from "../format";
-import { usePoll } from "../hooks";
+import { type Polled, usePoll } from "../hooks";
 
 const FINALES = ["EXITOSO", "FALLIDO", "REVERSADO"];
 
@@ -16,10 +16,17 @@ export function Pagos() {
   const [estado, setEstado] = useState("");
   const [elegido, setElegido] = useState<string>();
   const lista = usePoll(() => get<{ pagos: Pago[] }>(`/pagos?limite=20${estado ? `&estado=${estado}` : ""}`), 2000, [estado]);
+  const porMinuto = usePoll(() => get<PagosPorMinuto>("/pagos/estadisticas/por-minuto?minutos=30"), 10_000);
   return (
     <div class="grid">
-      <NuevoPago onCreado={(id) => { setElegido(id); lista.refresh(); }} />
-      <PorMinuto />
+      <NuevoPago
+        onCreado={(id) => {
+          setElegido(id);
+          lista.refresh();
+          porMinuto.refresh();
+        }}
+      />
+      <PorMinuto datos={porMinuto} />
       <Panel
         title="Últimos pagos"
         testid="lista-pagos"
@@ -107,8 +114,7 @@ function NuevoPago({ onCreado }: { onCreado: (id: string) => void }) {
   );
 }
 
-function PorMinuto() {
-  const datos = usePoll(() => get<PagosPorMinuto>("/pagos/estadisticas/por-minuto?minutos=30"), 10_000);
+function PorMinuto({ datos }: { datos: Polled<PagosPorMinuto> }) {
   const { x, series } = useMemo(() => {
     const minutos = datos.data?.minutos ?? [];
     return {
@@ -117,7 +123,11 @@ function PorMinuto() {
     };
   }, [datos.data]);
   return (
-    <Panel title="Pagos por minuto (últimos 30), por estado actual">
+    <Panel
+      title="Pagos por minuto (últimos 30), por estado actual"
+      testid="pagos-por-minuto"
+      actions={datos.data && <span data-testid="pagos-en-ventana">{datos.data.minutos.reduce((n, m) => n + m.total, 0)} pagos</span>}
+    >
       <Failure error={datos.error} />
       <Chart title="" x={x} series={series} unit="pagos/min" />
     </Panel>
