@@ -51,6 +51,10 @@ capabilities:
   valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: RUST_LOG}}
 - name: PULSAR_URL
   valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: PULSAR_URL}}
+{{- range $key := list "RETENTION_OUTBOX" "RETENTION_INBOX" "RETENTION_INTERVAL" }}
+- name: {{ $key }}
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $ }}-config, key: {{ $key }}}}
+{{- end }}
 - name: DATABASE_URL
   valueFrom: {secretKeyRef: {name: {{ include "aeropartners.databaseSecret" . }}, key: DATABASE_URL}}
 - name: MIGRATE_ON_START

@@ -7,7 +7,7 @@ pub mod application;
 pub mod domain;
 pub mod infrastructure;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
@@ -17,6 +17,7 @@ use platform::{
     inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
     outbox::Relay,
+    retention::{Retention, RetentionConfig, Rule},
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub pulsar: PulsarConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
@@ -48,7 +51,7 @@ pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 /// The complete campaigns HTTP application (used by the binary and by the tests).
 pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
     let state = api::ApiState {
-        idempotency: IdempotencyStore::new(pool.clone(), "campaigns", http.request_timeout * 2),
+        idempotency: IdempotencyStore::new(pool.clone(), "campaigns"),
         pool: pool.clone(),
     };
     let (router, openapi) = api::router(state);
@@ -128,12 +131,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         broker.clone(),
         shutdown.clone(),
     ));
-    let purge = IdempotencyStore::new(pool.clone(), "campaigns", Duration::ZERO)
-        .spawn_purge(shutdown.clone());
+    let retention = Retention::new(
+        pool.clone(),
+        SCHEMA,
+        Rule::platform_tables(&config.retention),
+    )
+    .spawn(config.retention.retention_interval, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
-    let _ = tokio::join!(relay, consumer, tracking, purge);
+    let _ = tokio::join!(relay, consumer, tracking, retention);
     Ok(())
 }

@@ -15,6 +15,7 @@ use platform::{
     http::{self, ContextReadiness, Docs},
     inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
+    retention::{Retention, RetentionConfig, Rule},
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub pulsar: PulsarConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
 }
 
 pub async fn database(config: &DatabaseConfig, version: Version) -> anyhow::Result<PgPool> {
@@ -125,10 +128,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         })
     };
+    let retention = Retention::new(
+        pool.clone(),
+        config.version.schema(),
+        Rule::platform_tables(&config.retention),
+    )
+    .spawn(config.retention.retention_interval, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, config.version, &config.http);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
-    let _ = consumer.await;
+    let _ = tokio::join!(consumer, retention);
     Ok(())
 }

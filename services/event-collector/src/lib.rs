@@ -18,6 +18,7 @@ use platform::{
     http::{self, ContextReadiness, DependencyStatus, Readiness},
     messaging::LazyBroker,
     outbox::Relay,
+    retention::{Retention, RetentionConfig, Rule, parse_horizon},
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,8 @@ pub struct Config {
     #[command(flatten)]
     pub pulsar: PulsarConfig,
     #[command(flatten)]
+    pub retention: RetentionConfig,
+    #[command(flatten)]
     pub collector: CollectorConfig,
 }
 
@@ -54,7 +57,7 @@ pub struct CollectorConfig {
     pub affiliates_file: Option<PathBuf>,
     /// How long an event's dedup key (and the event) is kept: a duplicate within this horizon is
     /// recognised by every replica.
-    #[arg(long, env = "DEDUP_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "DEDUP_RETENTION", default_value = "7d", value_parser = parse_horizon)]
     pub dedup_retention: Duration,
     /// Events that may wait for (or be in) a write transaction at once; beyond that the answer
     /// is 503. Bounds the collector's memory in events, whatever mix of singles and batches.
@@ -228,32 +231,33 @@ pub fn app(
     )
 }
 
-/// Deletes events and used signatures past their horizons, once an hour.
-async fn purgar(pool: PgPool, retencion: Duration, shutdown: CancellationToken) {
-    loop {
-        match consultas::purgar(&pool, retencion).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(events = n, "purged events past the dedup horizon"),
-            Err(error) => tracing::warn!(%error, "purging old events failed; will try again"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
+/// The collector's tables and how long each keeps its rows: the platform's, plus the events
+/// themselves (their dedup keys) and the used webhook signatures (until each expires).
+pub fn retention_rules(config: &Config) -> Vec<Rule> {
+    let mut rules = Rule::platform_tables(&config.retention);
+    rules.push(Rule {
+        table: "eventos",
+        key: "id_evento",
+        aged_by: "recibido_en",
+        horizon: config.collector.dedup_retention,
+    });
+    rules.push(Rule {
+        table: "firmas_usadas",
+        key: "firma",
+        aged_by: "caduca_en",
+        horizon: Duration::ZERO,
+    });
+    rules
 }
 
-/// Runs the API, the writers, the outbox relay and the purge until `shutdown`.
+/// Runs the API, the writers, the outbox relay and the retention job until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let directorio = config.collector.directorio()?;
     let pool = database(&config.database).await?;
     let broker = LazyBroker::connect_in_background(config.pulsar.clone(), shutdown.clone());
     let relay = Relay::spawn(pool.clone(), broker.clone(), SCHEMA, shutdown.clone());
-    let purge = tokio::spawn(purgar(
-        pool.clone(),
-        config.collector.dedup_retention,
-        shutdown.clone(),
-    ));
+    let retention = Retention::new(pool.clone(), SCHEMA, retention_rules(&config))
+        .spawn(config.retention.retention_interval, shutdown.clone());
     // The writers outlive the HTTP server's drain: every request still in flight is answered.
     let writers = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
@@ -268,7 +272,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     writers.cancel();
-    let _ = tokio::join!(relay, purge);
+    let _ = tokio::join!(relay, retention);
     if let Ok(handle) = Arc::try_unwrap(escritores) {
         let _ = handle.await;
     }

@@ -17,6 +17,7 @@ use platform::{
     inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
     outbox::Relay,
+    retention::{Retention, RetentionConfig, Rule},
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,8 @@ pub struct ApiConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub pulsar: PulsarConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
     /// Share of a tracked conversion's value paid to its affiliate as a commission payment.
     #[arg(long, env = "COMMISSION_RATE", default_value = "0.10")]
     pub commission_rate: rust_decimal::Decimal,
@@ -103,7 +106,7 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
         CancellationToken::new(),
     );
     let state = api::ApiState {
-        idempotency: IdempotencyStore::new(pool.clone(), "pagos", http.request_timeout * 2),
+        idempotency: IdempotencyStore::new(pool.clone(), "pagos"),
         pool: pool.clone(),
         creacion,
     };
@@ -151,13 +154,18 @@ pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::
         config.commission_rate,
         shutdown.clone(),
     ));
-    let purge =
-        IdempotencyStore::new(pool.clone(), "pagos", Duration::ZERO).spawn_purge(shutdown.clone());
+    // The worker shares this schema; the API, always deployed, keeps it trimmed for both.
+    let retention = Retention::new(
+        pool.clone(),
+        SCHEMA,
+        Rule::platform_tables(&config.retention),
+    )
+    .spawn(config.retention.retention_interval, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(pool, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
-    let _ = tokio::join!(relay, purge, commissions);
+    let _ = tokio::join!(relay, retention, commissions);
     Ok(())
 }
 

@@ -37,24 +37,34 @@ type Existing = (
     sqlx::types::Json<Vec<(String, String)>>,
 );
 
+/// How long a claim outlives the last sign of life of the request holding it. The request
+/// renews it every third of that while it runs, however long it runs; a request that died with
+/// its process stops renewing, and a retry with the same key and body may run after at most
+/// this long (it used to wait for twice the request timeout: 60 s).
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
     pool: PgPool,
     scope: &'static str,
     /// How long a key is remembered (API.md: at least 24 h).
     retention: Duration,
-    /// How long a claim protects an unfinished request; after that a crashed request's key can
-    /// be claimed again by a retry with the same body.
-    lock_timeout: Duration,
+    /// How long a claim protects an unfinished request past its last renewal; after that a
+    /// crashed request's key can be claimed again by a retry with the same body.
+    claim_lease: Duration,
 }
 
 impl IdempotencyStore {
-    pub fn new(pool: PgPool, scope: &'static str, lock_timeout: Duration) -> Self {
+    pub fn new(pool: PgPool, scope: &'static str) -> Self {
+        Self::with_claim_lease(pool, scope, DEFAULT_CLAIM_LEASE)
+    }
+
+    pub fn with_claim_lease(pool: PgPool, scope: &'static str, claim_lease: Duration) -> Self {
         Self {
             pool,
             scope,
             retention: Duration::from_secs(24 * 3600),
-            lock_timeout,
+            claim_lease,
         }
     }
 
@@ -89,7 +99,7 @@ impl IdempotencyStore {
             .bind(self.scope)
             .bind(key)
             .bind(fingerprint)
-            .bind(interval(self.lock_timeout))
+            .bind(interval(self.claim_lease))
             .bind(interval(self.retention))
             .fetch_optional(&self.pool)
             .await?;
@@ -154,32 +164,29 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Forgets expired keys every ten minutes until `shutdown`.
-    pub fn spawn_purge(
-        self,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(600)) => {}
-                }
-                if let Err(error) = self.purge_expired().await {
-                    tracing::warn!(%error, "cannot purge expired idempotency keys");
-                }
+    /// Keeps the claim on `key` alive for as long as this future is polled: it extends the
+    /// lease every third of its length. Run it beside the request (`select!`); when the request
+    /// ends, or its process dies, the renewals stop and the lease runs out on its own.
+    pub async fn keep_claimed(&self, key: &str) -> std::convert::Infallible {
+        let period = self.claim_lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            let renewed = sqlx::query(
+                "UPDATE idempotency_keys SET locked_until = now() + $3::interval \
+                 WHERE scope = $1 AND key = $2 AND response_status IS NULL",
+            )
+            .bind(self.scope)
+            .bind(key)
+            .bind(interval(self.claim_lease))
+            .execute(&self.pool)
+            .await;
+            if let Err(error) = renewed {
+                // The next renewal may still make it within the lease; if none does, a retry
+                // may run beside this request, which the payment's own reference still
+                // deduplicates.
+                tracing::warn!(%error, "cannot renew an idempotency claim");
             }
-        })
-    }
-
-    /// Forgets expired keys.
-    pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        Ok(
-            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        }
     }
 }
 

@@ -11,5 +11,6 @@ pub mod idempotency;
 pub mod inbox;
 pub mod messaging;
 pub mod outbox;
+pub mod retention;
 pub mod shutdown;
 pub mod telemetry;

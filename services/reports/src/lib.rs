@@ -26,6 +26,7 @@ use platform::{
     http::{self, ContextReadiness, DependencyStatus, Readiness},
     inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
+    retention::{Retention, RetentionConfig, Rule},
 };
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::sync::watch;
@@ -82,6 +83,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub pulsar: PulsarConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
     /// Where the active version comes from.
     #[arg(
         long,
@@ -296,10 +299,16 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
         &config.data_service_v2,
         config.data_service_timeout,
     )?);
+    let retention = Retention::new(
+        pool.clone(),
+        SCHEMA,
+        Rule::platform_tables(&config.retention),
+    )
+    .spawn(config.retention.retention_interval, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let app = app(state, datos, broker, &config.http);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
-    let _ = tokio::join!(consumer, seguidor);
+    let _ = tokio::join!(consumer, seguidor, retention);
     Ok(())
 }

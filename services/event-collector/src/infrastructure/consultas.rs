@@ -267,29 +267,3 @@ pub async fn pendientes_de_publicar(pool: &PgPool) -> Result<(i64, f64), sqlx::E
     .fetch_one(pool)
     .await
 }
-
-/// Deletes events and used signatures older than their horizons, a chunk at a time so a large
-/// purge never holds long locks. Returns how many events it deleted.
-pub async fn purgar(pool: &PgPool, retencion: std::time::Duration) -> Result<u64, sqlx::Error> {
-    let horizonte = chrono::TimeDelta::from_std(retencion).unwrap_or(chrono::TimeDelta::MAX);
-    let limite = Utc::now() - horizonte;
-    let mut borrados = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM eventos WHERE id_evento IN ( \
-                 SELECT id_evento FROM eventos WHERE recibido_en < $1 LIMIT 5000)",
-        )
-        .bind(limite)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        borrados += n;
-        if n < 5000 {
-            break;
-        }
-    }
-    sqlx::query("DELETE FROM firmas_usadas WHERE caduca_en < clock_timestamp()")
-        .execute(pool)
-        .await?;
-    Ok(borrados)
-}

@@ -140,7 +140,14 @@ where
             ));
         }
     }
-    let reply = match handler().await {
+    // The claim lives as long as the handler runs, renewed in the background; a handler that
+    // ends (or a process that dies) lets it lapse.
+    let outcome = tokio::select! {
+        biased;
+        outcome = handler() => outcome,
+        never = store.keep_claimed(&key) => match never {},
+    };
+    let reply = match outcome {
         Ok(reply) => reply,
         Err(problem) if problem.status.is_client_error() => {
             JsonReply::new(problem.status, &problem)?
