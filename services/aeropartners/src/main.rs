@@ -2,7 +2,7 @@
 //! Each subcommand is a thin shell around a bounded context's `run_*` function.
 
 use clap::{Parser, Subcommand};
-use platform::{config::DatabaseConfig, shutdown, telemetry};
+use platform::{config::DatabaseConfig, messaging::dead_letter, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,8 @@ enum Command {
     Operator(operator::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
+    /// Dead letters: list what waits in the `-DLQ` topics, replay it to its subscription.
+    Dlq(dead_letter::cli::DlqArgs),
 }
 
 #[tokio::main]
@@ -58,6 +60,12 @@ async fn main() -> anyhow::Result<()> {
         Command::DataService(config) => data_service::run(config, shutdown).await,
         Command::Reports(args) => reports::run(args, shutdown).await,
         Command::EventCollector(config) => event_collector::run(config, shutdown).await,
+        Command::Dlq(args) => dead_letter::cli::run(args)
+            .await
+            .map(|report| {
+                println!("{report}");
+            })
+            .map_err(anyhow::Error::from),
         Command::Migrate(mut config) => {
             config.migrate_on_start = true;
             async {

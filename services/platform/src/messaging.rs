@@ -16,8 +16,7 @@ use futures::{FutureExt, StreamExt};
 use prometheus::{HistogramVec, IntCounterVec};
 use pulsar::{
     ConnectionRetryOptions, ConsumerOptions, OperationRetryOptions, Producer, ProducerOptions,
-    Pulsar, SubType, TokioExecutor, consumer::DeadLetterPolicy, consumer::InitialPosition,
-    proto::MessageIdData,
+    Pulsar, SubType, TokioExecutor, consumer::InitialPosition, proto::MessageIdData,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -29,6 +28,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{config::PulsarConfig, telemetry};
+
+pub mod dead_letter;
+
+use dead_letter::{DeadLetterer, FailureCounts, REPLAY_FOR, Rejected};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MessagingError {
@@ -60,6 +63,16 @@ pub struct Envelope {
 pub struct Keyed<'a> {
     pub key: &'a str,
     pub envelope: &'a Envelope,
+}
+
+/// A message as it goes on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub payload: Vec<u8>,
+    pub key: String,
+    pub properties: Vec<(String, String)>,
+    /// Milliseconds since the epoch (the event's `occurred_at`); 0 for none.
+    pub event_time: u64,
 }
 
 /// A connected Pulsar client plus the naming rules for topics.
@@ -163,6 +176,41 @@ impl Broker {
         topic: &str,
         messages: &[Keyed<'_>],
     ) -> Result<(), MessagingError> {
+        let outgoing = messages
+            .iter()
+            .map(|Keyed { key, envelope }| {
+                Ok(Outgoing {
+                    payload: serde_json::to_vec(envelope)?,
+                    key: (*key).to_owned(),
+                    properties: vec![
+                        ("event_id".to_owned(), envelope.event_id.to_string()),
+                        ("event_type".to_owned(), envelope.event_type.clone()),
+                    ],
+                    event_time: u64::try_from(envelope.occurred_at.timestamp_millis())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, MessagingError>>()?;
+        self.send(topic, outgoing).await
+    }
+
+    /// Publishes messages as they are (payload, key, properties) to a fully qualified topic
+    /// and waits until the broker has stored every one: dead letters and their replays.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        messages: Vec<Outgoing>,
+    ) -> Result<(), MessagingError> {
+        let result = tokio::time::timeout(OPERATION_TIMEOUT * 2, self.send(topic, messages))
+            .await
+            .unwrap_or(Err(MessagingError::Timeout(OPERATION_TIMEOUT * 2)));
+        if result.is_err() {
+            self.producers.lock().await.remove(topic);
+        }
+        result
+    }
+
+    async fn send(&self, topic: &str, messages: Vec<Outgoing>) -> Result<(), MessagingError> {
         let mut receipts = Vec::with_capacity(messages.len());
         {
             let mut producers = self.producers.lock().await;
@@ -182,19 +230,18 @@ impl Broker {
                 producers.insert(topic.to_owned(), producer);
             }
             let producer = producers.get_mut(topic).expect("inserted above");
-            for Keyed { key, envelope } in messages {
-                let receipt = producer
+            for message in messages {
+                let mut builder = producer
                     .create_message()
-                    .with_content(serde_json::to_vec(envelope)?)
-                    .with_key((*key).to_owned())
-                    .with_property("event_id", envelope.event_id.to_string())
-                    .with_property("event_type", envelope.event_type.clone())
-                    .event_time(
-                        u64::try_from(envelope.occurred_at.timestamp_millis()).unwrap_or_default(),
-                    )
-                    .send_non_blocking()
-                    .await?;
-                receipts.push(receipt);
+                    .with_content(message.payload)
+                    .with_key(message.key);
+                if message.event_time > 0 {
+                    builder = builder.event_time(message.event_time);
+                }
+                for (name, value) in message.properties {
+                    builder = builder.with_property(name, value);
+                }
+                receipts.push(builder.send_non_blocking().await?);
             }
         }
         for receipt in receipts {
@@ -304,7 +351,8 @@ pub struct Subscription {
     pub lanes: usize,
     /// In-process attempts (with exponential backoff) before the message is handed back.
     pub attempts: usize,
-    /// Broker redeliveries before the message goes to `<topic>-DLQ`.
+    /// Redeliveries (after the first delivery) of a message that keeps failing before it goes
+    /// to `<topic>-DLQ` (see [`dead_letter`]).
     pub max_redeliveries: usize,
     /// On shutdown, how long the messages already being handled may take to finish. Queued
     /// messages are not started: they go back to the broker (and to another replica) at once.
@@ -333,7 +381,7 @@ static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
 static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     telemetry::counter_vec(
         "events_consumed_total",
-        "Events taken from Pulsar by subscription and outcome (ok, returned, released, undecodable)",
+        "Events taken from Pulsar by subscription and outcome (ok, returned, released, undecodable, rejected, replay_for_other)",
         &["subscription", "outcome"],
     )
 });
@@ -356,7 +404,11 @@ fn observe_lag(subscription: &Subscription, occurred_at: DateTime<Utc>) {
 
 enum Outcome {
     Ack,
-    Nack,
+    /// Failed (why): back to the broker for a redelivery, or to the DLQ once it has failed
+    /// more than `max_redeliveries` times.
+    Nack(String),
+    /// Can never be applied (why): to the DLQ at once.
+    DeadLetter(String),
     /// Neither: the consumer is stopping, so the message goes back to the broker on close.
     Release,
 }
@@ -365,6 +417,8 @@ struct Delivery {
     topic: String,
     id: MessageIdData,
     payload: Vec<u8>,
+    key: String,
+    properties: Vec<(String, String)>,
 }
 
 /// Consumes until `shutdown`, recreating the consumer whenever the broker goes away.
@@ -380,9 +434,28 @@ pub async fn run_consumer(
     CONSUMED.with_label_values(&[name, "ok"]).inc_by(0);
     LAG.with_label_values(&[name]);
     BATCH_SIZE.with_label_values(&[name]);
+    let topics: Vec<String> = subscription
+        .topics
+        .iter()
+        .map(|t| broker.topic(t))
+        .collect();
+    dead_letter::register(name, &topics);
+    let mut settler = Settler {
+        dead_letterer: DeadLetterer::new(broker.clone(), name),
+        failures: FailureCounts::default(),
+        max_redeliveries: subscription.max_redeliveries,
+    };
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume_once(&broker, &subscription, handler.clone(), &shutdown).await {
+        match consume_once(
+            &broker,
+            &subscription,
+            handler.clone(),
+            &mut settler,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(subscription = %subscription.name, %error, ?backoff,
@@ -403,6 +476,7 @@ async fn consume_once(
     broker: &Broker,
     subscription: &Subscription,
     handler: Arc<dyn EventHandler>,
+    settler: &mut Settler,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
     let topics: Vec<String> = subscription
@@ -410,7 +484,7 @@ async fn consume_once(
         .iter()
         .map(|t| broker.topic(t))
         .collect();
-    let mut builder = broker
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = broker
         .client()
         .consumer()
         .with_topics(&topics)
@@ -423,16 +497,9 @@ async fn consume_once(
             durable: Some(true),
             receiver_queue_size: Some(1000),
             ..ConsumerOptions::default()
-        });
-    if let [topic] = topics.as_slice() {
-        builder = builder.with_dead_letter_policy(DeadLetterPolicy {
-            // The crate dead-letters a message on arrival once its redelivery count reaches
-            // this value, so +1 lets it be processed after `max_redeliveries` redeliveries.
-            max_redeliver_count: subscription.max_redeliveries + 1,
-            dead_letter_topic: format!("{topic}-DLQ"),
-        });
-    }
-    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = builder.build().await?;
+        })
+        .build()
+        .await?;
     tracing::info!(subscription = %subscription.name, ?topics, "consumer subscribed");
 
     // Unbounded on purpose: a lane must never wait to report an outcome, or a full lane queue
@@ -460,6 +527,7 @@ async fn consume_once(
         &mut consumer,
         &lanes,
         &mut outcomes_rx,
+        settler,
         &subscription.name,
         shutdown,
     )
@@ -470,6 +538,7 @@ async fn consume_once(
     drain(
         &mut consumer,
         &mut outcomes_rx,
+        settler,
         lane_tasks,
         subscription,
         result.is_ok(),
@@ -508,6 +577,7 @@ async fn pump(
     consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
     lanes: &[mpsc::Sender<Delivery>],
     outcomes: &mut mpsc::UnboundedReceiver<Settlement>,
+    settler: &mut Settler,
     subscription: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), MessagingError> {
@@ -520,7 +590,7 @@ async fn pump(
             // Shutdown first, then outcomes (acknowledge what is done before taking more).
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            Some(settlement) = outcomes.recv() => settle(consumer, settlement).await?,
+            Some(settlement) = outcomes.recv() => settler.settle(consumer, settlement).await?,
             _ = idle_check.tick() => {
                 tokio::time::timeout(OPERATION_TIMEOUT, consumer.check_connection())
                     .await
@@ -534,11 +604,32 @@ async fn pump(
                     None => return Err(MessagingError::Broker(pulsar::Error::Custom("consumer stream ended".into()))),
                 };
                 let key = message.key().unwrap_or_default();
+                let properties: Vec<(String, String)> = message
+                    .payload
+                    .metadata
+                    .properties
+                    .iter()
+                    .map(|p| (p.key.clone(), p.value.clone()))
+                    .collect();
+                // A dead letter replayed for another subscription of this topic: not ours.
+                if properties
+                    .iter()
+                    .any(|(name, value)| name == REPLAY_FOR && value != subscription)
+                {
+                    CONSUMED.with_label_values(&[subscription, "replay_for_other"]).inc();
+                    consumer
+                        .ack_with_id(&message.topic, message.message_id.id.clone())
+                        .await
+                        .map_err(pulsar::Error::Consumer)?;
+                    continue;
+                }
                 let lane = &lanes[lane_for(&key, lanes.len())];
                 let delivery = Delivery {
                     topic: message.topic.clone(),
                     id: message.message_id.id.clone(),
                     payload: message.payload.data,
+                    key,
+                    properties,
                 };
                 // A full lane must not keep shutdown waiting: the message is simply not
                 // acknowledged and comes back on close.
@@ -560,6 +651,7 @@ async fn pump(
 async fn drain(
     consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
     outcomes: &mut mpsc::UnboundedReceiver<Settlement>,
+    settler: &mut Settler,
     mut lane_tasks: JoinSet<()>,
     subscription: &Subscription,
     connected: bool,
@@ -572,7 +664,7 @@ async fn drain(
                 // Every lane has ended (each holds a sender until it returns).
                 None => break,
                 Some(settlement) if connected => {
-                    if let Err(error) = settle(consumer, settlement).await {
+                    if let Err(error) = settler.settle(consumer, settlement).await {
                         tracing::debug!(subscription = %subscription.name, %error,
                             "acknowledgement during drain failed; the message will be redelivered");
                     }
@@ -594,26 +686,95 @@ async fn drain(
     while lane_tasks.join_next().await.is_some() {}
 }
 
-async fn settle(
-    consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
-    (topic, id, outcome): Settlement,
-) -> Result<(), MessagingError> {
-    match outcome {
-        Outcome::Ack => consumer
-            .ack_with_id(&topic, id)
-            .await
-            .map_err(pulsar::Error::Consumer)?,
-        Outcome::Nack => consumer
-            .nack_with_id(&topic, id)
-            .await
-            .map_err(pulsar::Error::Consumer)?,
-        Outcome::Release => {}
+/// What becomes of handled messages: acknowledged, returned for a redelivery, or moved to
+/// the dead-letter topic. Lives as long as the subscription's runner, across reconnections.
+struct Settler {
+    dead_letterer: DeadLetterer,
+    failures: FailureCounts,
+    max_redeliveries: usize,
+}
+
+impl Settler {
+    async fn settle(
+        &mut self,
+        consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+        (delivery, outcome): Settlement,
+    ) -> Result<(), MessagingError> {
+        let Delivery { topic, id, .. } = &delivery;
+        match outcome {
+            Outcome::Ack => {
+                self.failures.forget(topic, id);
+                ack(consumer, topic, id).await?;
+            }
+            Outcome::Release => {}
+            Outcome::Nack(reason) => {
+                let deliveries = self.failures.failed(topic, id);
+                if deliveries as usize > self.max_redeliveries {
+                    self.dead_letter(consumer, &delivery, &reason, deliveries)
+                        .await?;
+                } else {
+                    consumer
+                        .nack_with_id(topic, id.clone())
+                        .await
+                        .map_err(pulsar::Error::Consumer)?;
+                }
+            }
+            Outcome::DeadLetter(reason) => {
+                let deliveries = self.failures.failed(topic, id);
+                self.dead_letter(consumer, &delivery, &reason, deliveries)
+                    .await?;
+            }
+        }
+        Ok(())
     }
+
+    async fn dead_letter(
+        &mut self,
+        consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+        delivery: &Delivery,
+        reason: &str,
+        deliveries: u32,
+    ) -> Result<(), MessagingError> {
+        let rejected = Rejected {
+            topic: &delivery.topic,
+            payload: &delivery.payload,
+            key: &delivery.key,
+            properties: &delivery.properties,
+            reason,
+            deliveries,
+        };
+        match self.dead_letterer.dead_letter(rejected).await {
+            Ok(()) => {
+                self.failures.forget(&delivery.topic, &delivery.id);
+                ack(consumer, &delivery.topic, &delivery.id).await
+            }
+            Err(error) => {
+                // Not moved: it comes back, and the move is tried again then.
+                tracing::warn!(topic = %delivery.topic, %error, "cannot publish to the dead-letter topic; returning the message");
+                consumer
+                    .nack_with_id(&delivery.topic, delivery.id.clone())
+                    .await
+                    .map_err(pulsar::Error::Consumer)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn ack(
+    consumer: &mut pulsar::Consumer<Vec<u8>, TokioExecutor>,
+    topic: &str,
+    id: &MessageIdData,
+) -> Result<(), MessagingError> {
+    consumer
+        .ack_with_id(topic, id.clone())
+        .await
+        .map_err(pulsar::Error::Consumer)?;
     Ok(())
 }
 
-/// A handled message on its way back to the broker: topic, id and what to tell the broker.
-type Settlement = (String, MessageIdData, Outcome);
+/// A handled message on its way back to the broker, with what to tell the broker.
+type Settlement = (Delivery, Outcome);
 
 fn lane_for(key: &str, lanes: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -663,11 +824,8 @@ fn spawn_lane(
             } else {
                 process_batch(&subscription, handler.as_ref(), deliveries, &stop).await
             };
-            for (delivery, outcome) in settled {
-                if outcomes
-                    .send((delivery.topic, delivery.id, outcome))
-                    .is_err()
-                {
+            for settlement in settled {
+                if outcomes.send(settlement).is_err() {
                     return;
                 }
             }
@@ -758,8 +916,8 @@ fn decode(subscription: &Subscription, payload: &[u8]) -> Result<Envelope, Outco
         CONSUMED
             .with_label_values(&[subscription.name.as_str(), "undecodable"])
             .inc();
-        // Redeliveries cannot fix it; the dead-letter policy moves it aside.
-        Outcome::Nack
+        // Redeliveries cannot fix it: straight to the dead-letter topic.
+        Outcome::DeadLetter(format!("not an event envelope: {error}"))
     })
 }
 
@@ -812,12 +970,19 @@ async fn handle_with_retries(
                 .inc();
             Outcome::Release
         }
-        Err(error) => {
+        Err(HandlerError::Permanent(reason)) => {
+            tracing::error!(%reason, "event handler refused the event for good");
+            CONSUMED
+                .with_label_values(&[subscription.name.as_str(), "rejected"])
+                .inc();
+            Outcome::DeadLetter(reason)
+        }
+        Err(HandlerError::Transient(error)) => {
             tracing::error!(%error, "event handler gave up; returning the message to the broker");
             CONSUMED
                 .with_label_values(&[subscription.name.as_str(), "returned"])
                 .inc();
-            Outcome::Nack
+            Outcome::Nack(format!("{error:#}"))
         }
     }
 }
