@@ -718,6 +718,12 @@ cmd_test_deps() {
 
 cmd_pulsar_stop() { stop_pulsar; }
 
+# The fault matrix's database restart: a fast shutdown (clients cut), then a start.
+cmd_pg_restart() {
+	stop_postgres
+	start_postgres
+}
+
 cmd_pulsar_start() {
 	if pulsar_running; then
 		log "pulsar already running (pid $(read_pidfile "${PULSAR_PIDFILE}"))"
@@ -763,7 +769,7 @@ usage() {
 main() {
 	local cmd=${1:-}
 	case "${cmd}" in
-	deps | test-deps | up | down | pulsar-stop | pulsar-start | status) ;;
+	deps | test-deps | up | down | pulsar-stop | pulsar-start | pg-restart | status) ;;
 	-h | --help | help)
 		usage
 		return 0
@@ -788,6 +794,7 @@ main() {
 	down) cmd_down ;;
 	pulsar-stop) cmd_pulsar_stop ;;
 	pulsar-start) cmd_pulsar_start ;;
+	pg-restart) cmd_pg_restart ;;
 	status) cmd_status ;;
 	esac
 }

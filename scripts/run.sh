@@ -11,11 +11,11 @@
 #   RUN_READY_TIMEOUT  seconds to wait for every /ready before giving up (default: 180)
 #   RUN_STOP_TIMEOUT   seconds a service may take to drain after SIGTERM before it is
 #                      killed (default: 40; the services drain within 25 s)
-#   PORT_GATEWAY PORT_PAYMENTS PORT_PAYMENTS_WORKER PORT_CAMPAIGNS_PRIMARY
-#   PORT_CAMPAIGNS_REPLICA PORT_CAMPAIGNS_PROXY PORT_DATA_SERVICE_V1 PORT_DATA_SERVICE_V2
-#   PORT_REPORTS_A PORT_REPORTS_B PORT_COLLECTOR_A PORT_COLLECTOR_B
-#                      the listening ports (defaults: 8000 8010 8011 8001 8002 8080 9001 9002
-#                      8020 8021 8090 8091)
+#   PORT_GATEWAY PORT_PAYMENTS PORT_PAYMENTS_B PORT_PAYMENTS_WORKER PORT_PAYMENTS_WORKER_B
+#   PORT_CAMPAIGNS_PRIMARY PORT_CAMPAIGNS_REPLICA PORT_CAMPAIGNS_PROXY PORT_DATA_SERVICE_V1
+#   PORT_DATA_SERVICE_V2 PORT_REPORTS_A PORT_REPORTS_B PORT_COLLECTOR_A PORT_COLLECTOR_B
+#                      the listening ports (defaults: 8000 8010 8012 8011 8013 8001 8002 8080
+#                      9001 9002 8020 8021 8090 8091)
 #   AFFILIATES_FILE    the collector's affiliates (default: config/afiliados.demo.yaml)
 #
 # How Ctrl-C works here: a terminal sends SIGINT to its whole foreground process group. The
@@ -52,7 +52,9 @@ mkdir -p "${log_dir}"
 
 gateway_port=${PORT_GATEWAY:-8000}
 payments_port=${PORT_PAYMENTS:-8010}
+payments_b_port=${PORT_PAYMENTS_B:-8012}
 worker_port=${PORT_PAYMENTS_WORKER:-8011}
+worker_b_port=${PORT_PAYMENTS_WORKER_B:-8013}
 primary_port=${PORT_CAMPAIGNS_PRIMARY:-8001}
 replica_port=${PORT_CAMPAIGNS_REPLICA:-8002}
 proxy_port=${PORT_CAMPAIGNS_PROXY:-8080}
@@ -72,7 +74,9 @@ local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 console_health() {
 	local entries=(
 		"payments=$(local_url "${payments_port}")/ready"
+		"payments-b=$(local_url "${payments_b_port}")/ready"
 		"payments-worker=$(local_url "${worker_port}")/ready"
+		"payments-worker-b=$(local_url "${worker_b_port}")/ready"
 		"campaigns-primary=$(local_url "${primary_port}")/ready"
 		"campaigns-replica=$(local_url "${replica_port}")/ready"
 		"campaigns-proxy=$(local_url "${proxy_port}")/ready"
@@ -97,7 +101,9 @@ check_ports() {
 	for entry in \
 		"gateway PORT_GATEWAY ${gateway_port}" \
 		"payments PORT_PAYMENTS ${payments_port}" \
+		"payments-b PORT_PAYMENTS_B ${payments_b_port}" \
 		"payments-worker PORT_PAYMENTS_WORKER ${worker_port}" \
+		"payments-worker-b PORT_PAYMENTS_WORKER_B ${worker_b_port}" \
 		"campaigns-primary PORT_CAMPAIGNS_PRIMARY ${primary_port}" \
 		"campaigns-replica PORT_CAMPAIGNS_REPLICA ${replica_port}" \
 		"campaigns-proxy PORT_CAMPAIGNS_PROXY ${proxy_port}" \
@@ -200,8 +206,12 @@ check_ports
 	exit 1
 }
 
+# Two of each payments process, as the chart runs them: the gateway fails over between the
+# APIs, and the workers share the pending payments' subscription.
 supervise payments payments --listen "127.0.0.1:${payments_port}"
+supervise payments-b payments --listen "127.0.0.1:${payments_b_port}"
 supervise payments-worker payments-worker --listen "127.0.0.1:${worker_port}"
+supervise payments-worker-b payments-worker --listen "127.0.0.1:${worker_b_port}"
 supervise campaigns-primary campaigns --listen "127.0.0.1:${primary_port}"
 supervise campaigns-replica campaigns --listen "127.0.0.1:${replica_port}"
 supervise campaigns-proxy campaigns-proxy --listen "127.0.0.1:${proxy_port}" \
@@ -211,7 +221,7 @@ reports_b=$(local_url "${reports_b_port}")
 collector_a=$(local_url "${collector_a_port}")
 collector_b=$(local_url "${collector_b_port}")
 supervise gateway gateway --listen "127.0.0.1:${gateway_port}" \
-	--route "/pagos=$(local_url "${payments_port}")/pagos" \
+	--route "/pagos=$(local_url "${payments_port}")/pagos|$(local_url "${payments_b_port}")/pagos" \
 	--route "/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
 	--route "/api/campaigns=$(local_url "${proxy_port}")/api/campaigns" \
 	--route "/api/reports=${reports_a}/api/reports|${reports_b}/api/reports" \
@@ -240,7 +250,7 @@ for replica in a b; do
 done
 
 # Every service's /ready, in the order of `names`.
-ports=("${payments_port}" "${worker_port}" "${primary_port}" "${replica_port}" "${proxy_port}"
+ports=("${payments_port}" "${payments_b_port}" "${worker_port}" "${worker_b_port}" "${primary_port}" "${replica_port}" "${proxy_port}"
 	"${gateway_port}" "${data_v1_port}" "${data_v2_port}" "${reports_a_port}" "${reports_b_port}"
 	"${collector_a_port}" "${collector_b_port}")
 waiting=("${!names[@]}")
@@ -276,8 +286,8 @@ Aeropartners is running, every service ready after $((SECONDS - started)) s (log
   Service              URL
   gateway (API)        $(local_url "${gateway_port}")      docs: $(local_url "${gateway_port}")/docs
   console              $(local_url "${gateway_port}")/console   (payments, campaigns, reports and the v1/v2 switch, collector, health)
-  payments             $(local_url "${payments_port}")/pagos
-  payments-worker      $(local_url "${worker_port}")/ready
+  payments a / b       $(local_url "${payments_port}")/pagos   $(local_url "${payments_b_port}")/pagos
+  payments-worker a/b  $(local_url "${worker_port}")/ready   $(local_url "${worker_b_port}")/ready
   campaigns primary    $(local_url "${primary_port}")/campaigns
   campaigns replica    $(local_url "${replica_port}")/campaigns
   campaigns-proxy      $(local_url "${proxy_port}")/api/campaigns   status: $(local_url "${proxy_port}")/status

@@ -12,9 +12,11 @@ use std::{
 use anyhow::{Context, bail};
 
 /// The services of scripts/run.sh and the environment variable that sets each one's port.
-pub const SERVICES: [(&str, &str); 12] = [
+pub const SERVICES: [(&str, &str); 14] = [
     ("payments", "PORT_PAYMENTS"),
+    ("payments-b", "PORT_PAYMENTS_B"),
     ("payments-worker", "PORT_PAYMENTS_WORKER"),
+    ("payments-worker-b", "PORT_PAYMENTS_WORKER_B"),
     ("campaigns-primary", "PORT_CAMPAIGNS_PRIMARY"),
     ("campaigns-replica", "PORT_CAMPAIGNS_REPLICA"),
     ("campaigns-proxy", "PORT_CAMPAIGNS_PROXY"),

@@ -18,9 +18,11 @@ use std::{
 
 use testkit::{TempDatabase, free_port, pulsar_config};
 
-const SERVICES: [&str; 12] = [
+const SERVICES: [&str; 14] = [
     "payments",
+    "payments-b",
     "payments-worker",
+    "payments-worker-b",
     "campaigns-primary",
     "campaigns-replica",
     "campaigns-proxy",
@@ -89,7 +91,9 @@ fn start(database_url: &str, log_dir: &Path, launch: Launch) -> (Child, Vec<u16>
         .process_group(0);
     for (name, port) in [
         "PORT_PAYMENTS",
+        "PORT_PAYMENTS_B",
         "PORT_PAYMENTS_WORKER",
+        "PORT_PAYMENTS_WORKER_B",
         "PORT_CAMPAIGNS_PRIMARY",
         "PORT_CAMPAIGNS_REPLICA",
         "PORT_CAMPAIGNS_PROXY",

@@ -30,7 +30,7 @@ pub fn router(pool: PgPool, version: Version) -> Router {
 }
 
 fn db(error: sqlx::Error) -> Problem {
-    Problem::internal(&error)
+    Problem::database(&error)
 }
 
 fn number(value: Decimal) -> f64 {

@@ -136,8 +136,8 @@ async fn pagos(
         Some(cache) => cache
             .try_get_with((version, filtro), calcular)
             .await
-            .map_err(|e| Problem::internal(&e))?,
-        None => calcular.await.map_err(|e| Problem::internal(&e))?,
+            .map_err(|e| Problem::from(e.as_ref()))?,
+        None => calcular.await.map_err(|e| Problem::from(&e))?,
     };
     Ok((
         [
@@ -169,6 +169,15 @@ enum CalculoError {
     Db(#[from] sqlx::Error),
     #[error("report serialisation failed: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<&CalculoError> for Problem {
+    fn from(error: &CalculoError) -> Self {
+        match error {
+            CalculoError::Db(db) => Problem::database(db),
+            CalculoError::Json(json) => Problem::internal(json),
+        }
+    }
 }
 
 /// `GET/PUT /api/reports/version`.

@@ -231,7 +231,7 @@ async fn generar(
     .bind(serde_json::to_value(&reporte).map_err(|e| Problem::internal(&e))?)
     .execute(&state.api.pool)
     .await
-    .map_err(|e| Problem::internal(&e))?;
+    .map_err(|e| Problem::database(&e))?;
     Ok(([version_header(version)], Json(reporte)).into_response())
 }
 
@@ -253,7 +253,7 @@ async fn obtener(
             .bind(id)
             .fetch_optional(&state.api.pool)
             .await
-            .map_err(|e| Problem::internal(&e))?;
+            .map_err(|e| Problem::database(&e))?;
     cuerpo
         .map(Json)
         .ok_or_else(|| Problem::not_found("Reporte no encontrado"))
@@ -320,7 +320,7 @@ async fn listar(
     .bind(limite)
     .fetch_all(&state.api.pool)
     .await
-    .map_err(|e| Problem::internal(&e))?;
+    .map_err(|e| Problem::database(&e))?;
     Ok(Json(
         json!({ "total": reportes.len(), "reportes": reportes }),
     ))

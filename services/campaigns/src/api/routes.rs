@@ -74,7 +74,7 @@ impl From<ErrorCampanas> for Problem {
                     .map(|(c, m)| FieldError::new(c, m))
                     .collect(),
             ),
-            ErrorCampanas::Db(db) => Problem::internal(&db),
+            ErrorCampanas::Db(db) => Problem::database(&db),
         }
     }
 }

@@ -565,7 +565,7 @@ async fn estado(
     let id = id_desde_ruta(&id)?;
     consultas::estado_de(&state.pool, id)
         .await
-        .map_err(|e| Problem::internal(&e))?
+        .map_err(|e| Problem::database(&e))?
         .map(Json)
         .ok_or_else(|| Problem::not_found("Evento no encontrado"))
 }
@@ -590,7 +590,7 @@ async fn reintentar(
     Path(id): Path<String>,
 ) -> Result<Json<EstadoDeEvento>, Problem> {
     let id = id_desde_ruta(&id)?;
-    let interno = |e: sqlx::Error| Problem::internal(&e);
+    let interno = |e: sqlx::Error| Problem::database(&e);
     match consultas::reintentar(&state.pool, id)
         .await
         .map_err(interno)?
@@ -688,7 +688,7 @@ async fn estadisticas(
     consultas::estadisticas(&state.pool, &filtro)
         .await
         .map(Json)
-        .map_err(|e| Problem::internal(&e))
+        .map_err(|e| Problem::database(&e))
 }
 
 fn entero(
@@ -735,7 +735,7 @@ async fn fallidos(
         .filter(|a| !a.is_empty());
     let (eventos_fallidos, total) = consultas::fallidos(&state.pool, afiliado, i64::from(limite))
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(|e| Problem::database(&e))?;
     Ok(Json(FallidosRespuesta {
         eventos_fallidos,
         total,
@@ -765,7 +765,7 @@ async fn limite(
         .ok_or_else(|| rechazo_problem(&Rechazo::AfiliadoDesconocido(id_afiliado.clone())))?;
     let cuota = consultas::cuota(&state.pool, &perfil.id_afiliado, perfil.politica)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(|e| Problem::database(&e))?;
     let por_ventana = u64::from(cuota.limite) * u64::from(ventana);
     let body = LimiteRespuesta {
         id_afiliado: perfil.id_afiliado.clone(),

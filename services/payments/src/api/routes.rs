@@ -71,7 +71,7 @@ impl From<ErrorPagos> for Problem {
                     .map(|(campo, mensaje)| FieldError::new(campo, mensaje))
                     .collect(),
             ),
-            ErrorPagos::Db(db) => Problem::internal(&db),
+            ErrorPagos::Db(db) => Problem::database(&db),
             ErrorPagos::Cola(GroupCommitError::Full) => Problem::unavailable(
                 "El servicio de pagos está saturado: la cola de escritura está llena; no se guardó nada, reintente en un momento",
             )

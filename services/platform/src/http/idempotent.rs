@@ -108,7 +108,7 @@ where
     match store
         .claim(&key, &fingerprint)
         .await
-        .map_err(|e| Problem::internal(&e))?
+        .map_err(|e| Problem::database(&e))?
     {
         Claim::Acquired => {}
         Claim::Replay {
@@ -172,6 +172,6 @@ where
     store
         .complete(&key, reply.status.as_u16(), &reply.body, &saved_headers)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(|e| Problem::database(&e))?;
     Ok(reply)
 }

@@ -124,6 +124,22 @@ impl Problem {
         )
     }
 
+    /// A database failure: 503 with `Retry-After` when the database is out of reach for now
+    /// (restarting, paused, out of connections: a retry soon succeeds, and a keyed write may be
+    /// sent again), 500 for anything else. Found by the fault matrix: a paused PostgreSQL made
+    /// every request wait for a pooled connection and end in a 500.
+    pub fn database(error: &sqlx::Error) -> Self {
+        if database_unreachable(error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::unavailable(
+                "La base de datos no está disponible en este momento; reintente en unos segundos",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        } else {
+            Self::internal(error)
+        }
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -178,6 +194,20 @@ impl std::ops::Deref for Problem {
     }
 }
 
+/// Whether `error` says the database cannot be reached right now, rather than that this request
+/// is wrong: no connection within the pool's timeout, a broken connection, or PostgreSQL
+/// refusing work while it starts, stops or runs out of connections (SQLSTATE class 08, 57P0x,
+/// 53300).
+fn database_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status;
@@ -209,6 +239,18 @@ mod tests {
         );
         assert_eq!(json["errors"][0]["field"], "monto");
         assert!(json["detail"].as_str().unwrap().contains("monto"));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_503_to_retry_and_any_other_failure_a_500() {
+        let busy = Problem::database(&sqlx::Error::PoolTimedOut);
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        let response = busy.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let cut = Problem::database(&sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(cut.status, StatusCode::SERVICE_UNAVAILABLE);
+        let bug = Problem::database(&sqlx::Error::ColumnNotFound("monto".into()));
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
