@@ -279,6 +279,10 @@ while ((${#waiting[@]} > 0)); do
 	sleep 0.2
 done
 
+# The banner names the database without its password: terminals get recorded and shared.
+# shellcheck disable=SC2001 # a regular expression, which ${var//} does not take
+shown_database_url=$(sed -E 's#(//[^:/@]+):[^@]*@#\1:***@#' <<<"${DATABASE_URL}")
+
 cat <<MSG || true
 
 Aeropartners is running, every service ready after $((SECONDS - started)) s (logs in ${log_dir}/):
@@ -298,7 +302,7 @@ Aeropartners is running, every service ready after $((SECONDS - started)) s (log
   event collector a/b  ${collector_a}/event-collector/events   ${collector_b}/event-collector/events
   collector (gateway)  $(local_url "${gateway_port}")/event-collector/events   demo affiliates: ${AFFILIATES_FILE}
   switch version       curl -X PUT -H 'content-type: application/json' -d '{"active":"v2"}' $(local_url "${gateway_port}")/api/reports/version
-  PostgreSQL           ${DATABASE_URL}
+  PostgreSQL           ${shown_database_url}
   Pulsar               ${PULSAR_URL} (admin ${PULSAR_ADMIN_URL:-n/a})
 
 Every service also serves /health, /ready, /metrics, /openapi.json and /docs.

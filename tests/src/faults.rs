@@ -581,6 +581,12 @@ const CHECKER: &str = "fault-matrix-checker";
 
 impl Probe {
     async fn all_ready(&self) -> bool {
+        self.not_ready().await.is_empty()
+    }
+
+    /// The services whose `/ready` is not green.
+    async fn not_ready(&self) -> Vec<String> {
+        let mut down = Vec::new();
         for url in &self.urls {
             let ok = self
                 .client
@@ -590,10 +596,28 @@ impl Probe {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if !ok {
-                return false;
+                down.push(url.clone());
             }
         }
-        true
+        down
+    }
+
+    /// What still keeps a fault from counting as recovered, for the log.
+    async fn pending(&self, steady_backlog: u64) -> String {
+        let names: Vec<&str> = SERVICES.iter().map(|(name, _)| *name).collect();
+        let down: Vec<String> = self
+            .not_ready()
+            .await
+            .iter()
+            .filter_map(|url| self.urls.iter().position(|u| u == url))
+            .map(|i| names[i].to_owned())
+            .collect();
+        format!(
+            "not ready: {down:?}; outbox rows waiting: {:?}; payments stuck: {:?}; broker backlog (steady {steady_backlog}): {:?}",
+            self.outbox_waiting().await.ok(),
+            self.payments_stuck().await.ok(),
+            self.broker_backlog().await.ok().map(|(b, _)| b),
+        )
     }
 
     /// The run's topics (full names), dead-letter topics included.
@@ -785,10 +809,18 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         let began = Instant::now();
         inject(*fault, &platform, postgres.as_ref(), &probe).await?;
         let mut recovery = None;
+        let mut next_report = Instant::now() + Duration::from_secs(15);
         while began.elapsed() < config.recovery_timeout {
             if probe.recovered(steady_backlog).await {
                 recovery = Some(began.elapsed().as_secs_f64());
                 break;
+            }
+            if Instant::now() >= next_report {
+                eprintln!(
+                    "[faults]   waiting: {}",
+                    probe.pending(steady_backlog).await
+                );
+                next_report = Instant::now() + Duration::from_secs(15);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

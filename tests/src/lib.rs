@@ -11,3 +11,4 @@ pub mod progress;
 pub mod scenario2;
 pub mod scenario3;
 pub mod scenario9;
+pub mod secrets;

@@ -132,6 +132,8 @@ impl LocalPlatform {
             &[
                 ("GATEWAY_LATENCY_MIN", "20ms"),
                 ("GATEWAY_LATENCY_MAX", "300ms"),
+                // One line per request too: the logs the secrets check reads say the most.
+                ("RUST_LOG", "info,access=debug,sqlx=warn,pulsar=warn"),
             ],
         )
         .await?;

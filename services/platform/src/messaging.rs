@@ -78,10 +78,36 @@ pub struct Outgoing {
 /// A connected Pulsar client plus the naming rules for topics.
 #[derive(Clone)]
 pub struct Broker {
-    client: Pulsar<TokioExecutor>,
+    /// Replaced as a whole by [`Broker::renew`]; each user takes a clone (an `Arc` inside).
+    client: Arc<std::sync::RwLock<Pulsar<TokioExecutor>>>,
+    config: PulsarConfig,
+    /// When the client was last renewed (renewals are spaced by [`RENEW_EVERY`]).
+    renewed_at: Arc<Mutex<Option<std::time::Instant>>>,
     namespace: String,
     prefix: String,
     producers: Arc<Mutex<HashMap<String, Producer<TokioExecutor>>>>,
+}
+
+/// The shortest time between two renewals of the client.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+async fn build_client(config: &PulsarConfig) -> Result<Pulsar<TokioExecutor>, MessagingError> {
+    Ok(Pulsar::builder(config.pulsar_url.clone(), TokioExecutor)
+        .with_connection_retry_options(ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_retries: 5,
+            connection_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(30),
+            ..ConnectionRetryOptions::default()
+        })
+        .with_operation_retry_options(OperationRetryOptions {
+            operation_timeout: OPERATION_TIMEOUT,
+            retry_delay: Duration::from_millis(500),
+            max_retries: Some(3),
+        })
+        .build()
+        .await?)
 }
 
 /// How long a consumer may receive nothing before its connection is checked.
@@ -92,28 +118,36 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Broker {
     pub async fn connect(config: &PulsarConfig) -> Result<Self, MessagingError> {
-        let client = Pulsar::builder(config.pulsar_url.clone(), TokioExecutor)
-            .with_connection_retry_options(ConnectionRetryOptions {
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                max_retries: 5,
-                connection_timeout: Duration::from_secs(5),
-                keep_alive: Duration::from_secs(30),
-                ..ConnectionRetryOptions::default()
-            })
-            .with_operation_retry_options(OperationRetryOptions {
-                operation_timeout: OPERATION_TIMEOUT,
-                retry_delay: Duration::from_millis(500),
-                max_retries: Some(3),
-            })
-            .build()
-            .await?;
         Ok(Self {
-            client,
+            client: Arc::new(std::sync::RwLock::new(build_client(config).await?)),
+            config: config.clone(),
+            renewed_at: Arc::default(),
             namespace: config.pulsar_namespace.clone(),
             prefix: config.pulsar_topic_prefix.clone(),
             producers: Arc::default(),
         })
+    }
+
+    /// Replaces the client, its connections and their manager, with a fresh one, and drops
+    /// every cached producer. The `pulsar` crate's client can come out of a broker restart
+    /// wedged: each lookup, subscription or send then waits for ever on a connection that
+    /// never comes (found by the fault matrix: both campaigns replicas stayed without
+    /// consumers, and their relay timed out on every publish, minutes after Pulsar was back).
+    /// Called when an operation times out; at most once per [`RENEW_EVERY`].
+    pub async fn renew(&self) {
+        let mut renewed_at = self.renewed_at.lock().await;
+        if renewed_at.is_some_and(|at| at.elapsed() < RENEW_EVERY) {
+            return;
+        }
+        *renewed_at = Some(std::time::Instant::now());
+        match build_client(&self.config).await {
+            Ok(client) => {
+                *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+                self.producers.lock().await.clear();
+                tracing::warn!("Pulsar operations timed out; renewed the Pulsar client");
+            }
+            Err(error) => tracing::warn!(%error, "cannot renew the Pulsar client; will try again"),
+        }
     }
 
     /// The fully qualified name of a logical topic such as `payments.evt.pending`.
@@ -121,14 +155,18 @@ impl Broker {
         format!("persistent://{}/{}{}", self.namespace, self.prefix, name)
     }
 
-    pub fn client(&self) -> &Pulsar<TokioExecutor> {
-        &self.client
+    /// The current client (a cheap clone: builders made from it keep working after a renewal).
+    pub fn client(&self) -> Pulsar<TokioExecutor> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Readiness: the broker answers a topic lookup.
     pub async fn check(&self, topic_name: &str) -> Result<String, MessagingError> {
         let topic = self.topic(topic_name);
-        tokio::time::timeout(Duration::from_secs(3), self.client.lookup_topic(topic))
+        tokio::time::timeout(Duration::from_secs(3), self.client().lookup_topic(topic))
             .await
             .map_err(|_| MessagingError::Timeout(Duration::from_secs(3)))??;
         Ok("broker answers topic lookups".to_owned())
@@ -164,9 +202,13 @@ impl Broker {
             tokio::time::timeout(OPERATION_TIMEOUT * 2, self.publish_inner(&topic, messages))
                 .await
                 .unwrap_or(Err(MessagingError::Timeout(OPERATION_TIMEOUT * 2)));
-        if result.is_err() {
+        match &result {
+            Err(MessagingError::Timeout(_)) => self.renew().await,
             // A producer that failed may be stuck on a dead connection: start afresh next time.
-            self.producers.lock().await.remove(&topic);
+            Err(_) => {
+                self.producers.lock().await.remove(&topic);
+            }
+            Ok(()) => {}
         }
         result
     }
@@ -204,8 +246,12 @@ impl Broker {
         let result = tokio::time::timeout(OPERATION_TIMEOUT * 2, self.send(topic, messages))
             .await
             .unwrap_or(Err(MessagingError::Timeout(OPERATION_TIMEOUT * 2)));
-        if result.is_err() {
-            self.producers.lock().await.remove(topic);
+        match &result {
+            Err(MessagingError::Timeout(_)) => self.renew().await,
+            Err(_) => {
+                self.producers.lock().await.remove(topic);
+            }
+            Ok(()) => {}
         }
         result
     }
@@ -216,7 +262,7 @@ impl Broker {
             let mut producers = self.producers.lock().await;
             if !producers.contains_key(topic) {
                 let producer = self
-                    .client
+                    .client()
                     .producer()
                     .with_topic(topic)
                     .with_name(format!("aeropartners-{}", Uuid::new_v4()))
@@ -460,6 +506,9 @@ pub async fn run_consumer(
             Err(error) => {
                 tracing::warn!(subscription = %subscription.name, %error, ?backoff,
                     "consumer lost its broker connection, reconnecting");
+                if matches!(error, MessagingError::Timeout(_)) {
+                    broker.renew().await;
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
@@ -484,7 +533,7 @@ async fn consume_once(
         .iter()
         .map(|t| broker.topic(t))
         .collect();
-    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = broker
+    let consumer = broker
         .client()
         .consumer()
         .with_topics(&topics)
@@ -498,8 +547,12 @@ async fn consume_once(
             receiver_queue_size: Some(1000),
             ..ConsumerOptions::default()
         })
-        .build()
-        .await?;
+        .build();
+    // A wedged client would wait here for ever (see `Broker::renew`).
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> =
+        tokio::time::timeout(OPERATION_TIMEOUT * 2, consumer)
+            .await
+            .map_err(|_| MessagingError::Timeout(OPERATION_TIMEOUT * 2))??;
     tracing::info!(subscription = %subscription.name, ?topics, "consumer subscribed");
 
     // Unbounded on purpose: a lane must never wait to report an outcome, or a full lane queue

@@ -38,15 +38,20 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (Fault::ALL.to_vec(), "faults")
     };
-    let report = faults::run(&faults::Config {
+    let config = faults::Config {
         binary: args.binary,
         faults,
         rate: args.rate,
         steady: Duration::from_secs(args.steady),
         recovery_timeout: Duration::from_secs(args.recovery_timeout),
         name: name.to_owned(),
-    })
-    .await?;
+    };
+    let run = faults::run(&config);
+    // Ctrl-C drops the run: its platform is stopped and a paused process continued.
+    let report = tokio::select! {
+        report = run => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+    };
     report.publish(name)?;
     anyhow::ensure!(
         report.passed(),

@@ -2,10 +2,14 @@
 //! platform of its own: `scripts/run.sh` (what `make run` starts) on a fresh database, topic
 //! prefix and free ports. A failing assertion fails the run; the JUnit report is written to
 //! `target/postman/junit.xml` and the services' logs stay in `target/postman/logs/`.
+//!
+//! The collection sends every credential the demo affiliates have (API keys, signed webhooks)
+//! with one access-log line per request on: afterwards no log may contain any of them, nor
+//! the database password (issue 13).
 
 use std::{path::PathBuf, process::Command};
 
-use aeropartners_tests::local_platform::LocalPlatform;
+use aeropartners_tests::{local_platform::LocalPlatform, secrets};
 use anyhow::{Context, bail};
 use clap::Parser;
 
@@ -19,9 +23,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (platform, database) =
-        LocalPlatform::start_on_fresh_database(&args.binary, &PathBuf::from("target/postman/logs"))
-            .await?;
+    let logs = PathBuf::from("target/postman/logs");
+    let (platform, database) = LocalPlatform::start_on_fresh_database(&args.binary, &logs).await?;
     let status = Command::new("bash")
         .arg("scripts/postman.sh")
         .arg("run")
@@ -29,10 +32,29 @@ async fn main() -> anyhow::Result<()> {
         .status()
         .context("bash runs scripts/postman.sh")?;
     drop(platform);
+    let database_url = database.url.clone();
     database.drop_database().await;
     if !status.success() {
         bail!("the Postman collection failed ({status}); services' logs in target/postman/logs/");
     }
+    let mut credentials =
+        secrets::affiliate_credentials(std::path::Path::new("config/afiliados.demo.yaml"))?;
+    // The demo database's password is its user's name, which every log names anyway.
+    if let Some(password) = secrets::database_password(&database_url)
+        && !database_url
+            .replace(&format!(":{password}@"), "@")
+            .contains(&password)
+    {
+        credentials.push(password);
+    }
+    let leaks = secrets::find_in_logs(&logs, &credentials)?;
+    if !leaks.is_empty() {
+        bail!("secrets found in the services' logs:\n{}", leaks.join("\n"));
+    }
+    println!(
+        "secrets: none of the {} demo credentials is in the services' logs",
+        credentials.len()
+    );
     Ok(())
 }
 
