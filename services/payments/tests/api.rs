@@ -93,6 +93,12 @@ async fn bad_input_is_a_400_problem_and_stores_nothing(o: PgPoolOptions, c: PgCo
             Some("monto"),
         ),
         ("malformed JSON", r#"{"id_afiliado":"a","monto":10,"#, None),
+        (
+            // PostgreSQL cannot store NUL: this was a 500 until fuzzing found it.
+            "NUL in a text",
+            r#"{"id_afiliado":"a","monto":10,"moneda":"USD","referencia_pago":"r\u0000x"}"#,
+            Some("referencia_pago"),
+        ),
         ("not an object", r#"["a",10,"USD","r"]"#, None),
         (
             "zero amount",
@@ -217,6 +223,16 @@ async fn ids_are_validated_and_unknown_ids_are_404(o: PgPoolOptions, c: PgConnec
     let route = call(&app, "GET", "/nothing-here", None, &[]).await;
     assert_eq!(route.status, 404);
     assert_eq!(route.headers["content-type"], "application/problem+json");
+    // A NUL in a filter or an id is refused before any query runs (it was a 500).
+    for path in [
+        "/pagos?id_afiliado=a%00b",
+        "/pagos/a%00b",
+        "/pagos/estadisticas?x=%00",
+    ] {
+        let answer = call(&app, "GET", path, None, &[]).await;
+        assert_eq!(answer.status, 400, "{path}");
+        assert_eq!(answer.headers["content-type"], "application/problem+json");
+    }
 }
 
 #[sqlx::test(migrations = false)]

@@ -224,3 +224,54 @@ async fn racing_relays_publish_each_event_once_and_each_aggregate_in_order(
     assert_eq!(stats.eventos_procesados, expected as i64);
     assert_eq!(stats.eventos_pendientes + stats.eventos_fallidos, 0);
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_undecodable_outbox_row_is_set_aside_and_the_rest_is_published(
+    _o: PgPoolOptions,
+    c: PgConnectOptions,
+) {
+    let pool = pool(&c).await;
+    db::migrate(&pool, SCHEMA, &no_context_migrations())
+        .await
+        .unwrap();
+    let pulsar = PulsarConfig {
+        pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
+        pulsar_namespace: "public/default".into(),
+        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+    };
+    let broker = Broker::connect(&pulsar).await.unwrap();
+    // A row written before a fix, or by hand, whose envelope no longer reads as one.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, topic, envelope) \
+         VALUES (gen_random_uuid(), 'Probado', 'Prueba', 'broken', 1, 'seedwork.evt', '{\"not\": \"an envelope\"}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, "seedwork.evt", &envelope("sound", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = Relay::new(pool.clone(), broker, SCHEMA);
+    assert_eq!(relay.relay_once().await.unwrap(), 2, "both rows claimed");
+    let rows: Vec<(String, bool, i32, Option<String>)> = sqlx::query_as(
+        "SELECT aggregate_id, published_at IS NOT NULL, attempts, last_error FROM outbox ORDER BY aggregate_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].0, "broken");
+    assert!(!rows[0].1, "the broken row stays unpublished");
+    assert_eq!(rows[0].2, 1);
+    assert!(
+        rows[0]
+            .3
+            .as_deref()
+            .is_some_and(|e| e.starts_with("envelope cannot be decoded")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1].0, "sound");
+    assert!(rows[1].1, "the other row is published");
+}

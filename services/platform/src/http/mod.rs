@@ -148,6 +148,7 @@ pub fn app_with_health(
                     REQUEST_ID_HEADER,
                 )))
                 .layer(middleware::from_fn(problem_for_bare_errors))
+                .layer(middleware::from_fn(reject_nul_in_uri))
                 .layer(CatchPanicLayer::custom(|_| {
                     Problem::internal(&"handler panicked").into_response()
                 }))
@@ -158,6 +159,21 @@ pub fn app_with_health(
                 .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
         );
     MapRequestLayer::new(trim_trailing_slash as fn(Request) -> Request).layer(router)
+}
+
+/// A NUL character (`%00`) in the path or the query is refused before any handler sees it:
+/// PostgreSQL can neither store nor compare one, so each such filter or id was a 500 (found by
+/// fuzzing every API from its OpenAPI document). Bodies get the same rule in [`json::parse`].
+async fn reject_nul_in_uri(request: Request, next: middleware::Next) -> Response {
+    let has_nul = |text: &str| text.as_bytes().windows(3).any(|w| w == b"%00");
+    let uri = request.uri();
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return Problem::bad_request(
+            "La ruta o la consulta contiene el carácter NUL (%00), que no se admite",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// `/pagos/` → `/pagos` before routing, so both spellings reach the same handler without a
