@@ -93,7 +93,7 @@ crds-check: ## Fail when a committed CRD differs from what the Rust types genera
 		|| { echo "$(CHART_CRD) differs from $(CRD): run 'make crds'" >&2; exit 1; }; fi
 
 .PHONY: test
-test: infra-up k8s-up console fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar, the Postman collection, the console in a browser, the short fault matrix, then make e2e
+test: infra-up k8s-up console fmt-check shellcheck lint crds-check ## fmt, shellcheck, clippy, unit and integration tests against real PostgreSQL + Pulsar, the Postman collection, the console in a browser, schemathesis on every API, the short fault matrix, then make e2e
 	@mkdir -p target
 	@$(WITH_INFRA) $(WITH_K8S) cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
@@ -102,6 +102,7 @@ test: infra-up k8s-up console fmt-check shellcheck lint crds-check ## fmt, shell
 	     END { printf "\ntests: %d passed, %d failed\n", passed, failed }' target/test.log; \
 	$(MAKE) --no-print-directory postman-test || { status=1; echo "postman: FAILED"; }; \
 	$(MAKE) --no-print-directory console-test || { status=1; echo "console: FAILED"; }; \
+	$(MAKE) --no-print-directory fuzz || { status=1; echo "fuzz: FAILED"; }; \
 	$(MAKE) --no-print-directory faults-short || { status=1; echo "faults: FAILED"; }; \
 	$(MAKE) --no-print-directory e2e || { status=1; echo "e2e: FAILED"; }; \
 	exit $$status
@@ -134,6 +135,10 @@ bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and f
 .PHONY: soak
 soak: build ## The whole platform under sustained load: RSS per service, log sizes, Ctrl-C stop time
 	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners $(SOAK_ARGS)
+
+.PHONY: fuzz
+fuzz: build ## Every API fuzzed from its OpenAPI document by schemathesis (PyPI, installed once) against a platform of its own; FUZZ_EXAMPLES cases per operation (30); part of make test
+	@$(WITH_INFRA) $(BIN)/fuzz --binary $(BIN)/aeropartners $(FUZZ_ARGS)
 
 .PHONY: faults
 faults: build ## The fault matrix: every service SIGKILLed in turn, Pulsar down 20 s, topics unloaded, PostgreSQL restarted and paused, a held-back worker, under mixed load (table + JSON in target/scenarios/)

@@ -249,7 +249,19 @@ pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
             .pointer("/components/schemas")
             .and_then(|s| s.as_object())
         {
-            schemas.extend(s.clone());
+            for (name, schema) in s {
+                match schemas.get(name) {
+                    // One name, two meanings: the later would silently redefine the earlier
+                    // service's schema (fuzzing found `Moneda` and `Estadisticas` so).
+                    Some(existing) if existing != schema => {
+                        tracing::warn!(schema = %name, "two services define different schemas under one name; the merged document keeps the first");
+                    }
+                    Some(_) => {}
+                    None => {
+                        schemas.insert(name.clone(), schema.clone());
+                    }
+                }
+            }
         }
     }
     serde_json::json!({

@@ -285,7 +285,9 @@ pub struct MetricasAgregadas {
     pub tasa_conversion: f64,
 }
 
+/// Named apart from the collector's statistics in the gateway's merged document.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = EstadisticasCampanas)]
 pub struct Estadisticas {
     pub total_campanas: i64,
     pub metricas_agregadas: MetricasAgregadas,

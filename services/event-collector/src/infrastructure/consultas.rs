@@ -125,7 +125,9 @@ pub struct FiltroEstadisticas {
     pub hasta: Option<DateTime<Utc>>,
 }
 
+/// Named apart from the campaigns' statistics in the gateway's merged document.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = EstadisticasEventos)]
 pub struct Estadisticas {
     pub total_eventos: i64,
     pub por_tipo: BTreeMap<String, i64>,

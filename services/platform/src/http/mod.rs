@@ -4,6 +4,7 @@
 
 mod idempotent;
 mod json;
+pub mod openapi;
 mod problem;
 mod readiness;
 mod request_id;
@@ -117,7 +118,9 @@ pub fn app_with_health(
     config: &HttpConfig,
 ) -> App {
     let swagger = match docs {
-        Docs::Static(openapi) => SwaggerUi::new("/docs").url("/openapi.json", *openapi),
+        Docs::Static(openapi) => {
+            SwaggerUi::new("/docs").url("/openapi.json", openapi::with_platform_responses(*openapi))
+        }
         Docs::Served => {
             SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::new(["/openapi.json"]))
         }

@@ -114,7 +114,9 @@ impl Totales {
 /// v1: the simple report.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReporteV1 {
-    /// Always `v1`.
+    /// Always `v1`: what tells the two shapes apart (a v2 report has every v1 field, so
+    /// without it a v2 body would match both branches of the `oneOf`).
+    #[schema(value_type = String, pattern = "^v1$")]
     pub version: Version,
     #[serde(flatten)]
     pub totales: Totales,
@@ -131,8 +133,10 @@ impl ReporteV1 {
     }
 }
 
-/// One currency in v2.
+/// One currency in v2. Named apart from the payments' `Moneda` (the currency code): the
+/// gateway merges every document into one, where a name means one schema.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = TotalPorMoneda)]
 pub struct Moneda {
     pub total: Cifra,
     pub cantidad: i64,
@@ -188,7 +192,9 @@ impl From<Decimal> for Cifra {
 /// v2: the detailed report.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReporteV2 {
-    /// Always `v2`.
+    /// Always `v2`: what tells the two shapes apart (a v2 report has every v1 field, so
+    /// without it a v2 body would match both branches of the `oneOf`).
+    #[schema(value_type = String, pattern = "^v2$")]
     pub version: Version,
     #[serde(flatten)]
     pub totales: Totales,
