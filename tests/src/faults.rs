@@ -972,28 +972,8 @@ async fn inject(
 async fn create_campaigns(client: &reqwest::Client, gateway: &str) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for i in 0..CAMPAIGNS {
-        let body = format!(
-            r#"{{"nombre":"fm-{i}","tipo":"ADQUISICION","presupuesto":{{"monto":100000,"moneda":"USD"}},"fecha_inicio":"2026-01-01T00:00:00Z","fecha_fin":"2099-01-01T00:00:00Z","id_afiliado":"{TRACKED}"}}"#
-        );
-        let created: serde_json::Value = client
-            .post(format!("{gateway}/campaigns"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id = created["id"]
-            .as_str()
-            .with_context(|| format!("no id in {created}"))?
-            .to_owned();
-        client
-            .patch(format!("{gateway}/campaigns/{id}/activate"))
-            .send()
-            .await?
-            .error_for_status()?;
-        ids.push(id);
+        let name = format!("fm-{i}");
+        ids.push(crate::fixtures::active_campaign(client, gateway, &name, TRACKED, 100_000).await?);
     }
     Ok(ids)
 }

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod cpu;
 pub mod e2e;
 pub mod faults;
+pub mod fixtures;
 pub mod local_platform;
 pub mod measure;
 pub mod pg;

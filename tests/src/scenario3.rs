@@ -334,28 +334,10 @@ async fn create_campaigns(
 ) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let body = format!(
-            r#"{{"nombre":"s3-{i}","tipo":"ADQUISICION","presupuesto":{{"monto":1000000,"moneda":"USD"}},"fecha_inicio":"2026-01-01T00:00:00Z","fecha_fin":"2099-01-01T00:00:00Z","id_afiliado":"{TRACKED}"}}"#
+        let name = format!("s3-{i}");
+        ids.push(
+            crate::fixtures::active_campaign(client, campaigns, &name, TRACKED, 1_000_000).await?,
         );
-        let created: serde_json::Value = client
-            .post(format!("{campaigns}/campaigns"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id = created["id"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("no id: {created}"))?
-            .to_owned();
-        client
-            .patch(format!("{campaigns}/campaigns/{id}/activate"))
-            .send()
-            .await?
-            .error_for_status()?;
-        ids.push(id);
     }
     Ok(ids)
 }

@@ -33,6 +33,16 @@ async fn pool(connect: &PgConnectOptions) -> PgPool {
         .unwrap()
 }
 
+/// The real broker, under a topic prefix of this test's own.
+async fn broker() -> Broker {
+    let pulsar = PulsarConfig {
+        pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
+        pulsar_namespace: "public/default".into(),
+        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+    };
+    Broker::connect(&pulsar).await.unwrap()
+}
+
 fn envelope(aggregate: &str, version: i64) -> Envelope {
     Envelope {
         event_id: Uuid::new_v4(),
@@ -147,12 +157,7 @@ async fn racing_relays_publish_each_event_once_and_each_aggregate_in_order(
     db::migrate(&pool, SCHEMA, &no_context_migrations())
         .await
         .unwrap();
-    let pulsar = PulsarConfig {
-        pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
-        pulsar_namespace: "public/default".into(),
-        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
-    };
-    let broker = Broker::connect(&pulsar).await.unwrap();
+    let broker = broker().await;
     // Subscribe before anything is published.
     let mut observer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
         .client()
@@ -234,12 +239,7 @@ async fn an_undecodable_outbox_row_is_set_aside_and_the_rest_is_published(
     db::migrate(&pool, SCHEMA, &no_context_migrations())
         .await
         .unwrap();
-    let pulsar = PulsarConfig {
-        pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
-        pulsar_namespace: "public/default".into(),
-        pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
-    };
-    let broker = Broker::connect(&pulsar).await.unwrap();
+    let broker = broker().await;
     // A row written before a fix, or by hand, whose envelope no longer reads as one.
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, aggregate_type, aggregate_id, aggregate_version, topic, envelope) \

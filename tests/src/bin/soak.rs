@@ -271,30 +271,9 @@ async fn create_campaign(
     gateway: &str,
     affiliate: u64,
 ) -> anyhow::Result<String> {
-    let created = client
-        .post(format!("{gateway}/campaigns"))
-        .json(&serde_json::json!({
-            "nombre": format!("soak {affiliate}"),
-            "tipo": "PROMOCIONAL",
-            "presupuesto": {"monto": 900_000, "moneda": "USD"},
-            "fecha_inicio": "2026-01-01T00:00:00Z",
-            "fecha_fin": "2036-01-01T00:00:00Z",
-            "id_afiliado": format!("af-{affiliate}"),
-        }))
-        .send()
-        .await?
-        .error_for_status()?;
-    let body: serde_json::Value = created.json().await?;
-    let id = body["id"]
-        .as_str()
-        .context("a created campaign has an id")?
-        .to_owned();
-    client
-        .patch(format!("{gateway}/campaigns/{id}/activate"))
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(id)
+    let name = format!("soak {affiliate}");
+    let affiliate = format!("af-{affiliate}");
+    aeropartners_tests::fixtures::active_campaign(client, gateway, &name, &affiliate, 900_000).await
 }
 
 async fn change_budget(client: &reqwest::Client, gateway: &str, id: &str, n: u64) -> bool {
