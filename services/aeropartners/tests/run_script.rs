@@ -35,6 +35,33 @@ const SERVICES: [&str; 14] = [
     "event-collector-b",
 ];
 
+/// The variable that sets each service's port, in the order of `SERVICES`.
+const PORT_VARIABLES: [&str; 14] = [
+    "PORT_PAYMENTS",
+    "PORT_PAYMENTS_B",
+    "PORT_PAYMENTS_WORKER",
+    "PORT_PAYMENTS_WORKER_B",
+    "PORT_CAMPAIGNS_PRIMARY",
+    "PORT_CAMPAIGNS_REPLICA",
+    "PORT_CAMPAIGNS_PROXY",
+    "PORT_GATEWAY",
+    "PORT_DATA_SERVICE_V1",
+    "PORT_DATA_SERVICE_V2",
+    "PORT_REPORTS_A",
+    "PORT_REPORTS_B",
+    "PORT_COLLECTOR_A",
+    "PORT_COLLECTOR_B",
+];
+
+/// The port `start` gave the service that `variable` places.
+fn port_of(ports: &[u16], variable: &str) -> u16 {
+    let index = PORT_VARIABLES
+        .iter()
+        .position(|v| *v == variable)
+        .expect("a known port variable");
+    ports[index]
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/run.sh")
 }
@@ -89,25 +116,7 @@ fn start(database_url: &str, log_dir: &Path, launch: Launch) -> (Child, Vec<u16>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    for (name, port) in [
-        "PORT_PAYMENTS",
-        "PORT_PAYMENTS_B",
-        "PORT_PAYMENTS_WORKER",
-        "PORT_PAYMENTS_WORKER_B",
-        "PORT_CAMPAIGNS_PRIMARY",
-        "PORT_CAMPAIGNS_REPLICA",
-        "PORT_CAMPAIGNS_PROXY",
-        "PORT_GATEWAY",
-        "PORT_DATA_SERVICE_V1",
-        "PORT_DATA_SERVICE_V2",
-        "PORT_REPORTS_A",
-        "PORT_REPORTS_B",
-        "PORT_COLLECTOR_A",
-        "PORT_COLLECTOR_B",
-    ]
-    .into_iter()
-    .zip(&ports)
-    {
+    for (name, port) in PORT_VARIABLES.into_iter().zip(&ports) {
         command.env(name, port.to_string());
     }
     (command.spawn().expect("bash runs scripts/run.sh"), ports)
@@ -178,7 +187,7 @@ async fn ctrl_c_stops_everything(launch: Launch) {
             "port {port} ready once the table is printed"
         );
     }
-    let gateway = format!("http://127.0.0.1:{}", ports[5]);
+    let gateway = format!("http://127.0.0.1:{}", port_of(&ports, "PORT_GATEWAY"));
     let answer = reqwest::Client::new()
         .post(format!("{gateway}/pagos"))
         .json(&serde_json::json!({"id_afiliado": "af-run", "monto": 1, "moneda": "USD", "referencia_pago": "run-1"}))
