@@ -115,6 +115,21 @@ fn subscription(name: &str) -> Subscription {
     }
 }
 
+/// Makes the durable subscription `name` on `topic` now: a topic keeps nothing for a
+/// subscription made after the message arrived, and the runner subscribes in the background.
+async fn subscribe_first(broker: &Broker, topic: &str, name: &str) {
+    let mut consumer: pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor> = broker
+        .client()
+        .consumer()
+        .with_topic(broker.topic(topic))
+        .with_subscription(name)
+        .with_subscription_type(pulsar::SubType::KeyShared)
+        .build()
+        .await
+        .unwrap();
+    consumer.close().await.unwrap();
+}
+
 async fn applied(pool: &PgPool, event_id: Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM applied WHERE event_id = $1")
         .bind(event_id)
@@ -166,6 +181,8 @@ async fn a_refused_message_is_dead_lettered_listed_and_replayed_once(
         broken: broken.clone(),
     };
     let other = Arc::new(Recorder::default());
+    subscribe_first(&broker, TOPIC, FIXED).await;
+    subscribe_first(&broker, TOPIC, OTHER).await;
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     tokio::spawn(messaging::run_consumer(
@@ -290,6 +307,7 @@ async fn a_replay_selects_by_event_and_leaves_the_rest() {
         properties: vec![("event_id".into(), format!("e{n}"))],
         event_time: 0,
     };
+    subscribe_first(&broker, TOPIC, "dlq-select").await;
     tokio::spawn(messaging::run_consumer(
         broker.clone(),
         subscription("dlq-select"),
@@ -297,7 +315,6 @@ async fn a_replay_selects_by_event_and_leaves_the_rest() {
         shutdown.clone(),
     ));
     let dlq = format!("{topic}-DLQ");
-    // The subscription must exist before the messages arrive (Earliest covers a late one too).
     broker
         .publish_raw(&topic, (1..=3).map(garbage).collect())
         .await
