@@ -51,7 +51,7 @@ capabilities:
   valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: RUST_LOG}}
 - name: PULSAR_URL
   valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: PULSAR_URL}}
-{{- range $key := list "RETENTION_OUTBOX" "RETENTION_INBOX" "RETENTION_INTERVAL" }}
+{{- range $key := list "RETENTION_OUTBOX" "RETENTION_INBOX" "RETENTION_INTERVAL" "HTTP_HEADER_READ_TIMEOUT" "HTTP_MAX_HEADER_BYTES" "HTTP_MAX_CONNECTIONS" }}
 - name: {{ $key }}
   valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $ }}-config, key: {{ $key }}}}
 {{- end }}

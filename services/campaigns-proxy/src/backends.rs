@@ -100,7 +100,7 @@ impl Pool {
         let client = reqwest::Client::builder()
             .timeout(upstream_timeout)
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(platform::http::upstream::POOL_IDLE_TIMEOUT)
             .build()?;
         Ok(Self {
             state: Mutex::new(State {

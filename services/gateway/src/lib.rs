@@ -389,6 +389,7 @@ fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
         client: reqwest::Client::builder()
             .timeout(config.upstream_timeout)
             .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(http::upstream::POOL_IDLE_TIMEOUT)
             .build()?,
         fetched: RwLock::new(vec![None; config.docs.len()]),
         docs: parse_pairs(&config.docs, "docs")?,

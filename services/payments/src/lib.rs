@@ -278,6 +278,7 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
         shutdown_grace: Duration::from_secs(5),
         // Only probes and scrapes reach the worker: nothing to drain.
         shutdown_drain: Duration::ZERO,
+        connections: platform::config::ConnectionLimits::default(),
     };
     let (router, openapi) = utoipa_axum::router::OpenApiRouter::<()>::new().split_for_parts();
     let readiness = Arc::new(readiness(pool, broker, true));

@@ -26,6 +26,45 @@ pub struct HttpConfig {
     /// `shutdown_grace`.
     #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "1s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
+}
+
+/// What one TCP connection may cost the server: the defence against a client, buggy or hostile,
+/// that opens connections and sends nothing, sends its headers a byte at a time, sends huge
+/// headers, or opens thousands of connections.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ConnectionLimits {
+    /// How long a connection may take to send a request's complete headers, counted from the
+    /// moment the server waits for them: from the accept for the first request, from the end of
+    /// the previous answer on a keep-alive connection (so it is also the idle timeout). The
+    /// platform's own HTTP clients drop idle pooled connections sooner (after 5 s).
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Open connections the process serves at once; past it, new connections wait in the
+    /// kernel's accept queue until one closes.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Open connections one client IP may hold; its next ones are answered 503 with
+    /// `Retry-After` and closed. 0 turns the limit off, the default, because behind the gateway
+    /// every request of every partner comes from the gateway's few addresses; the chart sets it
+    /// on the services partners reach directly.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 0)]
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(15),
+            max_header_bytes: 32 * 1024,
+            max_connections: 1024,
+            max_connections_per_client: 0,
+        }
+    }
 }
 
 /// Settings of the PostgreSQL connection pool.
@@ -96,5 +135,35 @@ mod tests {
         );
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// Tests and the payments worker build their config with `ConnectionLimits::default()`:
+    /// it must be what a service started without flags gets.
+    #[test]
+    fn default_connection_limits_are_the_flag_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            limits: ConnectionLimits,
+        }
+        let variables = [
+            "HTTP_HEADER_READ_TIMEOUT",
+            "HTTP_MAX_HEADER_BYTES",
+            "HTTP_MAX_CONNECTIONS",
+            "HTTP_MAX_CONNECTIONS_PER_CLIENT",
+        ];
+        if let Some(set) = variables.iter().find(|v| std::env::var_os(v).is_some()) {
+            panic!("{set} is set in the environment; the flag defaults cannot be read");
+        }
+        let bare = Flags::try_parse_from(["service"]).unwrap().limits;
+        let defaults = ConnectionLimits::default();
+        assert_eq!(bare.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(bare.max_header_bytes, defaults.max_header_bytes);
+        assert_eq!(bare.max_connections, defaults.max_connections);
+        assert_eq!(
+            bare.max_connections_per_client,
+            defaults.max_connections_per_client
+        );
     }
 }

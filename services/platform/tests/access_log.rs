@@ -67,6 +67,7 @@ async fn serve_once_with(filter: &str, path: &str, ready: bool) -> Vec<serde_jso
         request_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
         shutdown_drain: Duration::ZERO,
+        connections: platform::config::ConnectionLimits::default(),
     };
     let router = Router::new()
         .route("/hola", get(|| async { "hola" }))

@@ -74,6 +74,7 @@ impl ServiciosDatos {
             client: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(2))
+                .pool_idle_timeout(platform::http::upstream::POOL_IDLE_TIMEOUT)
                 .build()?,
         })
     }

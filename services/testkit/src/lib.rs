@@ -46,6 +46,7 @@ pub fn http_config() -> HttpConfig {
         // Tests stop their services at the end; none of them measures the drain but the
         // platform's own test of it, which sets it.
         shutdown_drain: Duration::ZERO,
+        connections: platform::config::ConnectionLimits::default(),
     }
 }
 

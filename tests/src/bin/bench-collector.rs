@@ -267,6 +267,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         shutdown_drain: Duration::ZERO,
+        connections: platform::config::ConnectionLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind(http.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -8,6 +8,7 @@ pub mod openapi;
 mod problem;
 mod readiness;
 mod request_id;
+mod serve;
 pub mod upstream;
 
 use std::{
@@ -26,13 +27,13 @@ use axum::{
 };
 use prometheus::{HistogramVec, IntCounterVec};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use tower::{
     Layer, ServiceBuilder,
     util::{MapRequest, MapRequestLayer},
 };
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -45,6 +46,7 @@ pub use json::{ApiJson, exact_decimal, parse as parse_json};
 pub use problem::{FieldError, PROBLEM_CONTENT_TYPE, Problem, ProblemDetails};
 pub use readiness::ContextReadiness;
 pub use request_id::{REQUEST_ID_HEADER, RequestId};
+pub use serve::serve;
 
 use crate::{config::HttpConfig, telemetry};
 
@@ -159,6 +161,11 @@ pub fn app_with_health(
                     StatusCode::SERVICE_UNAVAILABLE,
                     config.request_timeout,
                 ))
+                // A declared `Content-Length` over the limit is refused before any of the
+                // body is read; without it a request announcing a gigabyte and sending nothing
+                // held its handler until the request timeout. `DefaultBodyLimit` bounds the
+                // extractors of a body sent without a length (chunked).
+                .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
                 .layer(DefaultBodyLimit::max(config.body_limit_bytes)),
         );
     MapRequestLayer::new(trim_trailing_slash as fn(Request) -> Request).layer(router)
@@ -326,79 +333,6 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
         }
     }
     problem
-}
-
-/// Serves `app` on `listener` until `shutdown` is cancelled, then drains and stops.
-///
-/// Stopping has two steps. For `config.shutdown_drain`, every connection is still served, each
-/// answer with `Connection: close`, so a client that is using its keep-alive connection gets
-/// one last answer and a clean close. Then new connections are refused, idle ones are closed
-/// and in-flight requests may finish, within `config.shutdown_grace` counted from the start.
-/// Without the drain, an idle keep-alive connection closed at the moment its client writes a
-/// request fails that request with nothing the client can tell apart from a crash mid-request,
-/// which is what a rolling update under load showed (a payment sent without an
-/// `Idempotency-Key` cannot be retried safely).
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    app: App,
-    shutdown: CancellationToken,
-    config: &HttpConfig,
-) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-    let (drain, grace) = (config.shutdown_drain, config.shutdown_grace);
-    serve_until(listener, app, shutdown, drain, grace)
-}
-
-async fn serve_until(
-    listener: tokio::net::TcpListener,
-    app: App,
-    shutdown: CancellationToken,
-    drain: Duration,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "listening");
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = {
-        let draining = draining.clone();
-        tower::util::MapResponseLayer::new(move |mut response: Response| {
-            if draining.load(std::sync::atomic::Ordering::Relaxed) {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        })
-        .layer(app)
-    };
-    let stop_accepting = {
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            draining.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(
-                ?drain,
-                "stopping: answers carry Connection: close while draining"
-            );
-            tokio::time::sleep(drain).await;
-        }
-    };
-    // The peer address reaches handlers as `ConnectInfo<SocketAddr>` (the collector records
-    // the client's IP; the gateway passes it on in `X-Forwarded-For`).
-    let server = axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(
-            app,
-        ),
-    )
-    .with_graceful_shutdown(stop_accepting);
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace.max(drain)).await } => {
-            tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
-            Ok(())
-        }
-    }
 }
 
 /// A UUID from a path segment; a malformed one is a 400 naming `field` (not a 404: the

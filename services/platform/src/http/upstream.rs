@@ -29,6 +29,12 @@ pub const RETRY_ROUNDS: u32 = 4;
 /// The pause before round n is n times this (0.1 + 0.2 + 0.3 s at most in all).
 pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long our HTTP clients keep an idle pooled connection. Shorter than any server's idle
+/// limit (`HTTP_HEADER_READ_TIMEOUT`, 15 s by default): a client that reuses a connection the
+/// server is closing at that moment loses the request with an error that says nothing about
+/// whether it was applied, so a write without an `Idempotency-Key` could not be retried.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Whether an attempt that failed with a transport error may be sent again: nothing reached
 /// the upstream (the connection was refused or could not be made), or the request is
 /// idempotent. Otherwise it may have been applied, and repeating it could apply it twice.
