@@ -30,6 +30,20 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
+/// Whether `error` says the database cannot be reached right now, rather than that this request
+/// is wrong: no connection within the pool's timeout, a broken connection, or PostgreSQL
+/// refusing work while it starts, stops or runs out of connections (SQLSTATE class 08, 57P0x,
+/// 53300). A retry soon may succeed; the same statement against a healthy database would.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
 /// Connection options whose `search_path` is the context's schema, so the context's SQL names
 /// its own tables without qualification and cannot see another context's by accident.
 pub fn connect_options(database_url: &str, schema: &str) -> Result<PgConnectOptions, DbError> {

@@ -33,8 +33,47 @@ pub trait BatchStore<W: Work, A: Send + 'static>: Send + Sync + 'static {
 
 /// The whole batch failed: nothing of it was stored.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the store failed: {0}")]
-pub struct StoreError(pub String);
+#[error("the store failed: {message}")]
+pub struct StoreError {
+    message: String,
+    unavailable: bool,
+}
+
+impl StoreError {
+    /// The database could not be reached: any batch would have failed, whatever it held. Every
+    /// request of the batch gets this error (a retry soon may succeed).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    /// Something in the batch was refused. One request's bad data must not fail the others
+    /// that happened to share its transaction: each is stored again on its own, and only the
+    /// one that fails alone gets the error.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    /// Classifies a database error as [`Self::unavailable`] or [`Self::refused`].
+    pub fn from_database(error: &sqlx::Error) -> Self {
+        if crate::db::is_unreachable(error) {
+            Self::unavailable(error.to_string())
+        } else {
+            Self::refused(error.to_string())
+        }
+    }
+
+    /// Whether the database was out of reach (503 and a retry), rather than the request's
+    /// work being refused (a retry fails the same way).
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupCommitError {
@@ -257,7 +296,7 @@ impl<W: Work, A: Send + 'static> Writer<W, A> {
             }
             Ok(results) => {
                 // A store bug; its transaction committed, but which answer is whose is unknown.
-                let error = StoreError(format!(
+                let error = StoreError::refused(format!(
                     "the store answered {} of {} items",
                     results.len(),
                     answers.len()
@@ -265,6 +304,22 @@ impl<W: Work, A: Send + 'static> Writer<W, A> {
                 tracing::error!(%error, "group commit");
                 for answer in answers {
                     let _ = answer.send(Err(error.clone()));
+                }
+            }
+            Err(error) if !error.is_unavailable() && answers.len() > 1 => {
+                tracing::warn!(%error, requests = answers.len(), weight,
+                    "storing a batch was refused; storing each of its requests on its own");
+                // By index: an iterator over `work` held across the await would need `W: Sync`.
+                for (index, answer) in answers.into_iter().enumerate() {
+                    let alone = match self.store.store(&work[index..=index]).await {
+                        Ok(mut results) if results.len() == 1 => Ok(results.remove(0)),
+                        Ok(results) => Err(StoreError::refused(format!(
+                            "the store answered {} of 1 item",
+                            results.len()
+                        ))),
+                        Err(error) => Err(error),
+                    };
+                    let _ = answer.send(alone);
                 }
             }
             Err(error) => {
@@ -409,5 +464,112 @@ mod tests {
         // [1] alone (taken at once), then [2, 2] (the second passes the limit of 3, so nothing
         // more joins), then [1].
         assert_eq!(*store.batches.lock().unwrap(), vec![1, 2, 1]);
+    }
+
+    /// A store whose batches wait until three requests have queued, then fail as a database
+    /// would: refusing any batch that holds the poisoned item 13, or (when `down`) refusing
+    /// every batch as unreachable. Records the size of every batch it was given.
+    struct Poisoned {
+        down: bool,
+        gate: Notify,
+        batches: std::sync::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BatchStore<Item, usize> for Poisoned {
+        async fn store(&self, batch: &[Item]) -> Result<Vec<usize>, StoreError> {
+            let first = self.batches.lock().unwrap().is_empty();
+            self.batches.lock().unwrap().push(batch.len());
+            if first {
+                // The first batch holds one request; the others queue meanwhile and share one.
+                self.gate.notified().await;
+            }
+            if self.down {
+                return Err(StoreError::unavailable("connection refused"));
+            }
+            if batch.iter().any(|item| item.0 == 13) {
+                return Err(StoreError::refused("value 13 violates a check constraint"));
+            }
+            Ok(batch.iter().map(|item| item.0).collect())
+        }
+    }
+
+    async fn submit_behind_a_held_batch(
+        store: Arc<Poisoned>,
+        items: [usize; 3],
+    ) -> Vec<Result<usize, GroupCommitError>> {
+        let (queue, _writers) = GroupCommit::start(
+            "test-isolation",
+            store.clone(),
+            GroupCommitConfig {
+                capacity: 100,
+                writers: 1,
+                max_batch_weight: 100,
+            },
+            CancellationToken::new(),
+        );
+        let held = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.submit(Item(1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued: Vec<_> = items
+            .into_iter()
+            .map(|weight| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.submit(Item(weight)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.gate.notify_one();
+        let _ = held.await.unwrap();
+        futures::future::join_all(queued)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_refused_request_fails_alone_and_its_batch_mates_are_stored() {
+        let store = Arc::new(Poisoned {
+            down: false,
+            gate: Notify::new(),
+            batches: std::sync::Mutex::default(),
+        });
+        let answers = submit_behind_a_held_batch(store.clone(), [2, 13, 3]).await;
+        assert_eq!(answers[0].as_ref().unwrap(), &2);
+        assert!(
+            matches!(&answers[1], Err(GroupCommitError::Store(e)) if !e.is_unavailable()),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(answers[2].as_ref().unwrap(), &3);
+        assert_eq!(
+            *store.batches.lock().unwrap(),
+            vec![1, 3, 1, 1, 1],
+            "the refused batch of three was stored again one by one"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_fails_the_batch_without_retrying_each_request() {
+        let store = Arc::new(Poisoned {
+            down: true,
+            gate: Notify::new(),
+            batches: std::sync::Mutex::default(),
+        });
+        let answers = submit_behind_a_held_batch(store.clone(), [2, 4, 3]).await;
+        for answer in &answers {
+            assert!(
+                matches!(answer, Err(GroupCommitError::Store(e)) if e.is_unavailable()),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            *store.batches.lock().unwrap(),
+            vec![1, 3],
+            "one attempt per batch: a database that is down is not asked once per request"
+        );
     }
 }

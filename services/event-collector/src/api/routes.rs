@@ -149,6 +149,10 @@ impl From<ErrorSolicitud> for Problem {
                 Problem::unavailable("El recolector se está deteniendo; reintente en otra instancia")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
+            ErrorSolicitud::Cola(GroupCommitError::Store(e)) if !e.is_unavailable() => {
+                // Refused alone, in a transaction of its own: a retry would fail the same way.
+                Problem::internal(&e)
+            }
             ErrorSolicitud::Cola(GroupCommitError::Store(e)) => {
                 tracing::warn!(error = %e, "events not stored");
                 Problem::unavailable("No se pudo almacenar el evento; no se guardó nada, reintente")

@@ -52,7 +52,7 @@ impl BatchStore<Envio, RespuestaEnvio> for PgAlmacen {
                 Err(error) if intento < 3 && reintentable(&error) => {
                     tracing::info!(%error, intento, "batch transaction conflicted; trying again");
                 }
-                Err(error) => return Err(StoreError(error.to_string())),
+                Err(error) => return Err(StoreError::from_database(&error)),
             }
         }
     }

@@ -58,9 +58,14 @@ impl BatchStore<SolicitudCreacion, Result<Creacion, ErrorPagos>> for CreadorDePa
                 contar_creados(&creaciones);
                 Ok(creaciones)
             }
+            // The database is out of reach: every request of the batch gets a 503 and retries;
+            // storing them one by one would only wait for the pool once per request.
+            Err(ErrorPagos::Db(error)) if platform::db::is_unreachable(&error) => {
+                Err(StoreError::from_database(&error))
+            }
             // Nothing of the batch was stored. One bad request must not fail the others, so
-            // each gets a transaction of its own (the rare path: a batch fails on a database
-            // error, which then most likely fails every request alike).
+            // each gets a transaction of its own (the rare path). Payments do this here rather
+            // than leave it to the queue because each answer carries its own domain error.
             Err(error) if lote.len() > 1 => {
                 tracing::warn!(%error, requests = lote.len(),
                     "creating a batch of payments failed; retrying them one by one");

@@ -129,7 +129,7 @@ impl Problem {
     /// sent again), 500 for anything else. Found by the fault matrix: a paused PostgreSQL made
     /// every request wait for a pooled connection and end in a 500.
     pub fn database(error: &sqlx::Error) -> Self {
-        if database_unreachable(error) {
+        if crate::db::is_unreachable(error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable(
                 "La base de datos no está disponible en este momento; reintente en unos segundos",
@@ -191,20 +191,6 @@ impl std::ops::Deref for Problem {
 
     fn deref(&self) -> &ProblemDetails {
         &self.0
-    }
-}
-
-/// Whether `error` says the database cannot be reached right now, rather than that this request
-/// is wrong: no connection within the pool's timeout, a broken connection, or PostgreSQL
-/// refusing work while it starts, stops or runs out of connections (SQLSTATE class 08, 57P0x,
-/// 53300).
-fn database_unreachable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
-        }),
-        _ => false,
     }
 }
 
