@@ -702,11 +702,11 @@ cmd_down() {
 }
 
 # What `make test` needs besides the servers (not `make run`): shellcheck, the node of
-# `make e2e` (containerd, runc, the CNI plugins, buildah, iptables, conntrack; see
-# k8s-node.sh), and the browser of the console tests (Debian's chromium, with a font so that
-# its screenshots have readable text).
+# `make e2e` (containerd, runc, the CNI plugins, buildah, iptables, conntrack, and ipset for
+# kube-router's NetworkPolicy firewall; see k8s-node.sh), and the browser of the console tests
+# (Debian's chromium, with a font so that its screenshots have readable text).
 TEST_PACKAGES=(shellcheck containerd runc containernetworking-plugins buildah iptables conntrack
-	chromium fonts-dejavu-core)
+	ipset chromium fonts-dejavu-core)
 
 cmd_test_deps() {
 	local missing=() p

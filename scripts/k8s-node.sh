@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster, from binaries, for `make e2e`: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet,
-# kube-proxy and CoreDNS, one function per component (after Kubernetes'
-# hack/local-up-cluster.sh).
+# kube-proxy, kube-router (NetworkPolicy) and CoreDNS, one function per component (after
+# Kubernetes' hack/local-up-cluster.sh).
 #
 #   scripts/k8s-node.sh up                  start the node, wait until it is Ready
 #   scripts/k8s-node.sh down                stop everything by PID; leaves no namespace,
@@ -20,6 +20,8 @@
 #                Pulsar and CoreDNS listen there)
 #   pods         10.244.0.0/24 on the CNI bridge `cni0`
 #   services     10.96.0.0/16 (kube-proxy, iptables mode); kube-dns is 10.96.0.10
+#   policies     kube-router's firewall (iptables + ipset) enforces NetworkPolicies, which
+#                the bridge CNI alone ignores
 # containerd and the kubelet also share a private mount namespace of the holder: the
 # paths they insist on (/var/lib/kubelet, /var/lib/containerd, /run/containerd,
 # /var/log/pods, /var/log/containers, /var/lib/cni, /run/netns) are bind mounts of
@@ -49,7 +51,7 @@ APISERVER_PORT=6443
 PAUSE_IMAGE=localhost/aeropartners/pause:3.10
 # Debian's packages the node needs (none of them is on a new machine); infra.sh test-deps
 # installs them.
-NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah)
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah ipset)
 # The host paths containerd and the kubelet use, replaced by our own directories inside
 # the node's mount namespace.
 HOST_PATHS=(/var/lib/kubelet /var/lib/containerd /run/containerd /var/log/pods
@@ -175,8 +177,9 @@ gen_pki() {
 	issue_cert "${PKI}" kube-proxy /CN=system:kube-proxy clientAuth
 	issue_cert "${PKI}" kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}" clientAuth
 	issue_cert "${PKI}" coredns /CN=aeropartners:coredns clientAuth
+	issue_cert "${PKI}" kube-router /CN=aeropartners:kube-router clientAuth
 	local user
-	for user in admin kube-controller-manager kube-scheduler kube-proxy kubelet coredns; do
+	for user in admin kube-controller-manager kube-scheduler kube-proxy kubelet coredns kube-router; do
 		write_kubeconfig "${CONF}/${user}.kubeconfig" "https://${NODE_IP}:${APISERVER_PORT}" "${PKI}" "${user}"
 	done
 	cp "${CONF}/admin.kubeconfig" "${KUBECONFIG_FILE}"
@@ -421,6 +424,48 @@ start_kube_proxy() {
 		nsenter --target "$(holder_pid)" --net -- "$(bin kube-proxy)" --config="${CONF}/kube-proxy.yaml"
 }
 
+# NetworkPolicy enforcement: the bridge CNI ignores policies, so kube-router runs its
+# firewall only (no routing, no service proxy: kube-proxy does that) in the node's network
+# namespace. It keeps per-pod iptables chains and ipsets in step with the pods and policies
+# it watches, as the user aeropartners:kube-router with read-only rights. Traffic from the
+# node itself to a pod (kubelet probes, the e2e runner) is always allowed; only traffic
+# between pods is filtered. Ready when its chain KUBE-ROUTER-FORWARD exists. (Its
+# --cleanup-config panics in v2.1.0; nothing needs it: its rules go with the namespace.)
+start_network_policy() {
+	log "starting kube-router (NetworkPolicy)"
+	kubectl_node apply -f - >/dev/null <<-EOF
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRole
+		metadata: {name: "aeropartners:kube-router"}
+		rules:
+		  - apiGroups: [""]
+		    resources: [namespaces, pods, services, nodes, endpoints]
+		    verbs: [get, list, watch]
+		  - apiGroups: [networking.k8s.io]
+		    resources: [networkpolicies]
+		    verbs: [list, watch]
+		  - apiGroups: [discovery.k8s.io]
+		    resources: [endpointslices]
+		    verbs: [list, watch]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRoleBinding
+		metadata: {name: "aeropartners:kube-router"}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "aeropartners:kube-router"}
+		subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "aeropartners:kube-router"}]
+	EOF
+	start kube-router "${RUN}/kube-router.pid" "${LOGS}/kube-router.log" \
+		nsenter --target "$(holder_pid)" --net -- "$(bin kube-router)" \
+		--kubeconfig="${CONF}/kube-router.kubeconfig" \
+		--hostname-override="${NODE_NAME}" \
+		--run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--metrics-port=0 --iptables-sync-period=1m
+	wait_started kube-router "${RUN}/kube-router.pid" "${LOGS}/kube-router.log" 60 network_policy_ready
+}
+
+network_policy_ready() { in_netns iptables -w -n -L KUBE-ROUTER-FORWARD >/dev/null 2>&1; }
+
 # CoreDNS as a node process on the node IP, behind the usual kube-dns Service (a
 # selector-less Service + EndpointSlice). No `forward`: names outside the cluster fail
 # here instead of reaching the VM's resolver.
@@ -534,6 +579,7 @@ cmd_up() {
 	build_pause_image
 	start_kubelet
 	start_kube_proxy
+	start_network_policy
 	start_coredns
 	wait_default_service_account
 	write_env
@@ -619,6 +665,7 @@ cmd_down() {
 	BIN_DIR=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	stop "${RUN}/kubelet.pid" kubelet 10
 	stop "${RUN}/kube-proxy.pid" kube-proxy 5
+	stop "${RUN}/kube-router.pid" kube-router 5
 	stop "${RUN}/coredns.pid" coredns 5
 	kill_pod_processes
 	stop "${RUN}/containerd.pid" containerd 10
@@ -654,7 +701,7 @@ cmd_down() {
 cmd_status() {
 	init_paths
 	local n
-	for n in holder etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns; do
+	for n in holder etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy kube-router coredns; do
 		local name=$n
 		[[ $n == holder ]] && name='sleep'
 		if pid_alive "${RUN}/${n}.pid" "${name}"; then

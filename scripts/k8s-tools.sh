@@ -14,6 +14,8 @@
 #   kubelet, kube-proxy, kube-controller-manager, kube-scheduler
 #                                           the single-node cluster of `make e2e`
 #   etcd (3.5), helm (3.19), coredns (1.14)
+#   kube-router (2.1)                       the node's NetworkPolicy controller (firewall
+#                                           only; the bridge CNI enforces no policy)
 #
 # Why build from source: these machines have no Docker (so no kind) and reach
 # only package registries, not GitHub release downloads or dl.k8s.io. The Go
@@ -40,6 +42,10 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.5.35}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
+# kube-router's version is the one in scripts/kube-router/go.mod (with its go.sum: the
+# dependencies are raised above what v2.1.0 asks for, for known CVEs). Only the ldflags
+# below repeat it.
+KUBE_ROUTER_VERSION=v2.1.0
 
 CACHE_ROOT=${AEROPARTNERS_CACHE:-${HOME}/.cache/aeropartners}
 K8S_CACHE=${CACHE_ROOT}/k8s/${K8S_VERSION}
@@ -67,7 +73,8 @@ STAGING_MODULES=(
 
 # Every command built from the k8s.io/kubernetes wrapper module.
 K8S_COMMANDS=(kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler)
-TOOLS=("${K8S_COMMANDS[@]}" etcd helm coredns)
+TOOLS=("${K8S_COMMANDS[@]}" etcd helm coredns kube-router)
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 
 log() { printf '[k8s-tools] %s\n' "$*" >&2; }
 die() {
@@ -197,6 +204,25 @@ build_coredns() {
 }
 
 # ---------------------------------------------------------------------------
+# kube-router: the node's NetworkPolicy controller (its firewall part only). v2.1.0 is the
+# only version the module proxy serves; its dependencies are pinned higher than it asks in
+# the wrapper module scripts/kube-router (go.mod + go.sum, committed, so every machine
+# builds the same thing). The module is copied out of the repository first: -mod=mod may
+# write to go.mod/go.sum, and the repository must stay as committed. About 85 MB of
+# modules and 2.5 min of compiling on 2 cores with an empty Go cache.
+
+build_kube_router() {
+	local dir=${SRC_DIR}/kube-router
+	rm -rf "${dir}"
+	mkdir -p "${dir}"
+	cp "${SCRIPT_DIR}/kube-router/go.mod" "${SCRIPT_DIR}/kube-router/go.sum" \
+		"${SCRIPT_DIR}/kube-router/tools.go" "${dir}/"
+	(cd "${dir}" && go_env go build -trimpath \
+		-ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=${KUBE_ROUTER_VERSION}" \
+		-o "${BIN_DIR}/.kube-router.tmp" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router) >&2
+}
+
+# ---------------------------------------------------------------------------
 
 build_all() {
 	if all_present; then
@@ -229,6 +255,7 @@ build_all() {
 		etcd) build_etcd ;;
 		helm) build_helm ;;
 		coredns) build_coredns ;;
+		kube-router) build_kube_router ;;
 		*) build_k8s "$t" ;;
 		esac
 		# Built under a temporary name and renamed, so an interrupted build
@@ -262,7 +289,7 @@ case "${1:-build}" in
 build) build_all ;;
 path) printf '%s\n' "${BIN_DIR}" ;;
 versions)
-	printf 'kubernetes %s\netcd %s\nhelm %s\ncoredns %s\n' "${K8S_VERSION}" "${ETCD_VERSION}" "${HELM_VERSION}" "${COREDNS_VERSION}"
+	printf 'kubernetes %s\netcd %s\nhelm %s\ncoredns %s\nkube-router %s\n' "${K8S_VERSION}" "${ETCD_VERSION}" "${HELM_VERSION}" "${COREDNS_VERSION}" "${KUBE_ROUTER_VERSION}"
 	;;
 latest) latest ;;
 -h | --help | help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
