@@ -207,3 +207,25 @@ pub fn container_process(uid: &str, needle: &str) -> Option<u32> {
                 .then_some(pid)
         })
 }
+
+/// The PIDs, on this node, of the processes of one container: those in the cgroup
+/// `…/pod<uid>/<container id>` (the id without its `containerd://` prefix).
+pub fn container_processes(uid: &str, container_id: &str) -> Vec<u32> {
+    let marker = format!("/pod{uid}/{container_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            cgroup
+                .lines()
+                .any(|line| line.ends_with(&marker))
+                .then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}

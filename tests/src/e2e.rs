@@ -2,7 +2,9 @@
 //! broken the way its operators would: a smoke test of every user-facing Service, quality
 //! scenario #2 with pods deleted, killed and rolled by Kubernetes, scenario #9 with
 //! `kubectl patch rv`, a switch to a version whose data service is gone, the operator pod
-//! deleted mid-switch, and a `helm upgrade` under load.
+//! deleted mid-switch, and a `helm upgrade` under load. Between them, the release's security as
+//! it runs: NetworkPolicy enforced, RBAC as narrow as the chart says, containers non-root on
+//! read-only root filesystems.
 
 use std::time::{Duration, Instant};
 
@@ -1240,6 +1242,536 @@ fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+// ---------------------------------------------------------------------------------------------
+// security of the running release: NetworkPolicy, RBAC, non-root containers
+
+/// One TCP connection attempt from inside a pod's network namespace.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub from: String,
+    pub to: String,
+    pub expected_to_connect: bool,
+    /// "connected", "timed out (3 s)", or the error the kernel gave (refused, unreachable).
+    pub outcome: String,
+    pub connected: bool,
+    pub attempts: usize,
+}
+
+/// One `kubectl auth can-i` answer for a ServiceAccount of the release.
+#[derive(Debug, Serialize)]
+pub struct Permission {
+    pub account: String,
+    pub request: String,
+    pub expected: bool,
+    pub allowed: bool,
+}
+
+/// One running container of the release, seen from the node's /proc.
+#[derive(Debug, Serialize)]
+pub struct ContainerCheck {
+    pub pod: String,
+    pub container: String,
+    pub processes: usize,
+    /// `Uid:` of /proc/<pid>/status (real, effective, saved, filesystem) of each process.
+    pub uids: Vec<String>,
+    /// Whether the root mount in /proc/<pid>/mountinfo is `ro`, for every process.
+    pub root_read_only: bool,
+    pub non_root: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Security {
+    pub network: Vec<Probe>,
+    pub rbac: Vec<Permission>,
+    pub containers: Vec<ContainerCheck>,
+    /// The whole part, the outsider pod's start included.
+    pub took_ms: f64,
+}
+
+/// The namespace of the pod that does not belong to the release.
+const OUTSIDER_NAMESPACE: &str = "e2e-outsider";
+/// The node's pause image (scripts/k8s-node.sh imports it; it cannot be pulled).
+const PAUSE_IMAGE: &str = "localhost/aeropartners/pause:3.10";
+
+/// The running release defends itself: NetworkPolicy keeps a pod outside the release away from
+/// a pod that holds the database credentials (payments), while the release's own pods and the
+/// edge stay reachable; the operator's and the reports' ServiceAccounts can do what they need
+/// and nothing more (`kubectl auth can-i`); every container runs as a non-root user on a
+/// read-only root filesystem (the node's /proc, not the manifest).
+pub async fn security(cluster: &Cluster) -> anyhow::Result<Security> {
+    let started = Instant::now();
+    let network = network_policy(cluster).await?;
+    let rbac = rbac(cluster)?;
+    let containers = containers(cluster)?;
+    let report = Security {
+        network,
+        rbac,
+        containers,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    println!("\nSecurity: NetworkPolicy (TCP connects from inside the pods' network namespaces)");
+    for p in &report.network {
+        println!(
+            "  {:<72} {:<20} expected {:<8} {}",
+            format!("{} → {}", p.from, p.to),
+            p.outcome,
+            if p.expected_to_connect {
+                "connect"
+            } else {
+                "blocked"
+            },
+            mark(p.connected == p.expected_to_connect)
+        );
+    }
+    println!("\nSecurity: RBAC (kubectl auth can-i --as the release's ServiceAccounts)");
+    for p in &report.rbac {
+        println!(
+            "  {:<10} {:<66} {:<4} {}",
+            p.account,
+            p.request,
+            if p.allowed { "yes" } else { "no" },
+            mark(p.allowed == p.expected)
+        );
+    }
+    println!("\nSecurity: every container of the release, from the node's /proc");
+    for c in &report.containers {
+        println!(
+            "  {:<52} uid {:<26} root fs {:<3} {}",
+            format!("{}/{}", c.pod, c.container),
+            c.uids.first().map_or("-", String::as_str),
+            if c.root_read_only { "ro" } else { "rw" },
+            mark(c.non_root && c.root_read_only && c.processes > 0)
+        );
+    }
+    println!(
+        "  {} probes, {} permissions, {} containers checked in {:.1} s",
+        report.network.len(),
+        report.rbac.len(),
+        report.containers.len(),
+        report.took_ms / 1000.0
+    );
+    write_json("e2e-security.json", &report)?;
+    Ok(report)
+}
+
+/// A TCP connection from the network namespace of process `pid` to `ip:port` within 3 s:
+/// whether it was established, and how it ended. The node itself may always reach a pod, so
+/// the attempt must come from inside one.
+fn connect_from(pid: u32, ip: &str, port: u16) -> anyhow::Result<(bool, String)> {
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--net", "--"])
+            .args(["timeout", "3", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+            .output()
+    })
+    .context("nsenter runs")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(
+        !stderr.starts_with("nsenter:"),
+        "entering the network namespace of pid {pid}: {stderr}"
+    );
+    Ok(match output.status.code() {
+        Some(0) => (true, "connected".to_owned()),
+        Some(124) => (false, "timed out (3 s)".to_owned()),
+        _ => (
+            false,
+            stderr
+                .lines()
+                .next()
+                .and_then(|line| line.rsplit(": ").next())
+                .unwrap_or("failed")
+                .to_lowercase(),
+        ),
+    })
+}
+
+/// Tries until the outcome is the expected one or, for a connection that must succeed, 10 s
+/// have passed (a policy change takes a moment to reach the node's rules). A connection that
+/// must fail is tried once: a single success is a hole.
+async fn probe(
+    from: &str,
+    pid: u32,
+    to: &str,
+    (ip, port): (&str, u16),
+    expected_to_connect: bool,
+) -> anyhow::Result<Probe> {
+    let limit = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (connected, outcome) = connect_from(pid, ip, port)?;
+        if connected == expected_to_connect || !expected_to_connect || Instant::now() >= limit {
+            return Ok(Probe {
+                from: from.to_owned(),
+                to: format!("{to} {ip}:{port}"),
+                expected_to_connect,
+                outcome,
+                connected,
+                attempts,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The ClusterIP and the first port of a Service.
+fn service_address(cluster: &Cluster, name: &str) -> anyhow::Result<(String, u16)> {
+    let service = cluster.json(&["get", "service", name])?;
+    Ok((
+        service["spec"]["clusterIP"]
+            .as_str()
+            .context("a ClusterIP")?
+            .to_owned(),
+        u16::try_from(
+            service["spec"]["ports"][0]["port"]
+                .as_u64()
+                .context("a port")?,
+        )?,
+    ))
+}
+
+/// The release's payments pods hold the database credentials; PostgreSQL itself is outside
+/// the cluster here (as with a managed database), where no NetworkPolicy of the release can
+/// guard it, so the port a stranger must not reach is theirs. Probes from a gateway pod (in
+/// the release), and from a pod in another namespace that even carries the release's
+/// `app.kubernetes.io/instance` label (a label is no way in); the outsider reaching the
+/// gateway, which the edge policy opens, proves its network works and that the refusals are
+/// the policy's.
+async fn network_policy(cluster: &Cluster) -> anyhow::Result<Vec<Probe>> {
+    let ready = |component: &str| -> anyhow::Result<crate::cluster::Pod> {
+        cluster
+            .pods(&Cluster::selector(component))?
+            .into_iter()
+            .find(|p| p.ready && !p.deleting)
+            .with_context(|| format!("a ready {component} pod"))
+    };
+    let payments = ready("payments")?;
+    let gateway = ready("gateway")?;
+    let (payments_service, payments_port) = service_address(cluster, "payments")?;
+    let (_, gateway_port) = service_address(cluster, "gateway")?;
+    let gateway_pid = container_process(&gateway.uid, "aeropartners")
+        .with_context(|| format!("the process of {} on this node", gateway.name))?;
+
+    let outsider = outsider_pod(&cluster.release).await?;
+    let outsider_pid = container_process(&outsider.uid, "pause")
+        .context("the outsider pod's process on this node")?;
+    let insider = format!("{} (release)", gateway.name);
+    let stranger = format!("{OUTSIDER_NAMESPACE}/outsider");
+    let mut probes = Vec::new();
+    for (from, pid, to, address, connects) in [
+        (
+            &insider,
+            gateway_pid,
+            "payments pod",
+            (payments.ip.as_str(), payments_port),
+            true,
+        ),
+        (
+            &insider,
+            gateway_pid,
+            "payments Service",
+            (payments_service.as_str(), payments_port),
+            true,
+        ),
+        (
+            &stranger,
+            outsider_pid,
+            "payments pod",
+            (payments.ip.as_str(), payments_port),
+            false,
+        ),
+        (
+            &stranger,
+            outsider_pid,
+            "payments Service",
+            (payments_service.as_str(), payments_port),
+            false,
+        ),
+        (
+            &stranger,
+            outsider_pid,
+            "gateway pod (edge)",
+            (gateway.ip.as_str(), gateway_port),
+            true,
+        ),
+    ] {
+        probes.push(probe(from, pid, to, address, connects).await?);
+    }
+    kubectl(&[
+        "delete",
+        "namespace",
+        OUTSIDER_NAMESPACE,
+        "--wait=false",
+        "--ignore-not-found",
+    ])?;
+    Ok(probes)
+}
+
+/// A pause pod in a namespace of its own, Ready.
+async fn outsider_pod(release: &str) -> anyhow::Result<crate::cluster::Pod> {
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {OUTSIDER_NAMESPACE}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: outsider
+  namespace: {OUTSIDER_NAMESPACE}
+  labels: {{app.kubernetes.io/instance: {release}}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: outsider
+      image: {PAUSE_IMAGE}
+      imagePullPolicy: Never
+"#
+    );
+    // The new namespace's default ServiceAccount, which admission wants, comes a moment later.
+    Cluster::until("the outsider pod created", Duration::from_secs(30), || {
+        tokio::task::block_in_place(|| testkit::kubectl(&["apply", "-f", "-"], Some(&manifest)))
+            .map_err(anyhow::Error::msg)?;
+        Ok(true)
+    })
+    .await?;
+    let outsider = Cluster {
+        namespace: OUTSIDER_NAMESPACE.to_owned(),
+        release: release.to_owned(),
+        chart: std::path::PathBuf::new(),
+    };
+    outsider.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/outsider",
+        "--timeout=120s",
+    ])?;
+    outsider
+        .pods(&format!("app.kubernetes.io/instance={release}"))?
+        .into_iter()
+        .next()
+        .context("the outsider pod")
+}
+
+/// What the operator's and the reports' ServiceAccounts may and may not do: each line is
+/// (account, verb, resource[/name], subresource, namespace: "" the release's, "-" cluster
+/// scope, else that one; expected answer).
+fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
+    const RV: &str = "reportversions.aeropartners.io";
+    const RV_REPORTS: &str = "reportversions.aeropartners.io/reports";
+    let checks: &[(&str, &str, &str, &str, &str, bool)] = &[
+        // The operator reconciles ReportVersions, reads the data services' Deployments, writes
+        // the status and Events.
+        ("operator", "get", RV, "", "", true),
+        ("operator", "list", RV, "", "", true),
+        ("operator", "watch", RV, "", "", true),
+        ("operator", "get", RV, "status", "", true),
+        ("operator", "patch", RV, "status", "", true),
+        ("operator", "get", "deployments.apps", "", "", true),
+        ("operator", "list", "deployments.apps", "", "", true),
+        ("operator", "watch", "deployments.apps", "", "", true),
+        ("operator", "create", "events.events.k8s.io", "", "", true),
+        ("operator", "patch", "events.events.k8s.io", "", "", true),
+        // …and nothing else: not the spec, not the Deployments, no secrets, no other namespace.
+        ("operator", "patch", RV, "", "", false),
+        ("operator", "update", RV, "", "", false),
+        ("operator", "create", RV, "", "", false),
+        ("operator", "delete", RV, "", "", false),
+        ("operator", "create", "deployments.apps", "", "", false),
+        ("operator", "patch", "deployments.apps", "", "", false),
+        ("operator", "delete", "deployments.apps", "", "", false),
+        ("operator", "patch", "deployments.apps", "scale", "", false),
+        ("operator", "get", "secrets", "", "", false),
+        ("operator", "list", "secrets", "", "", false),
+        ("operator", "delete", "pods", "", "", false),
+        ("operator", "create", "pods", "exec", "", false),
+        (
+            "operator",
+            "create",
+            "rolebindings.rbac.authorization.k8s.io",
+            "",
+            "",
+            false,
+        ),
+        ("operator", "create", "serviceaccounts", "token", "", false),
+        ("operator", "list", RV, "", "default", false),
+        ("operator", "list", "deployments.apps", "", "default", false),
+        (
+            "operator",
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "",
+            "-",
+            false,
+        ),
+        (
+            "operator",
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "",
+            "-",
+            false,
+        ),
+        ("operator", "create", "namespaces", "", "-", false),
+        ("operator", "list", "nodes", "", "-", false),
+        // The reports replicas follow their one ReportVersion and switch it
+        // (PUT /api/reports/version patches spec.version).
+        ("reports", "get", RV_REPORTS, "", "", true),
+        ("reports", "list", RV_REPORTS, "", "", true),
+        ("reports", "watch", RV_REPORTS, "", "", true),
+        ("reports", "patch", RV_REPORTS, "", "", true),
+        // …and nothing else: not another ReportVersion, not the status, not deleting it.
+        ("reports", "list", RV, "", "", false),
+        (
+            "reports",
+            "get",
+            "reportversions.aeropartners.io/other",
+            "",
+            "",
+            false,
+        ),
+        ("reports", "patch", RV_REPORTS, "status", "", false),
+        ("reports", "delete", RV_REPORTS, "", "", false),
+        ("reports", "create", RV, "", "", false),
+        ("reports", "get", "secrets", "", "", false),
+        ("reports", "list", "secrets", "", "", false),
+        ("reports", "get", "configmaps", "", "", false),
+        ("reports", "list", "pods", "", "", false),
+        ("reports", "delete", "pods", "", "", false),
+        ("reports", "get", "deployments.apps", "", "", false),
+        ("reports", "create", "events.events.k8s.io", "", "", false),
+        ("reports", "get", RV_REPORTS, "", "default", false),
+        (
+            "reports",
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "",
+            "-",
+            false,
+        ),
+        ("reports", "create", "namespaces", "", "-", false),
+    ];
+    let mut answers = Vec::new();
+    for &(account, verb, resource, subresource, namespace, expected) in checks {
+        let user = format!(
+            "system:serviceaccount:{}:{}-{account}",
+            cluster.namespace, cluster.release
+        );
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", user.as_str()];
+        let namespace = match namespace {
+            "" => cluster.namespace.as_str(),
+            other => other,
+        };
+        if namespace != "-" {
+            args.extend(["-n", namespace]);
+        }
+        let subresource_flag = format!("--subresource={subresource}");
+        if !subresource.is_empty() {
+            args.push(&subresource_flag);
+        }
+        let output = tokio::task::block_in_place(|| {
+            std::process::Command::new("kubectl").args(&args).output()
+        })
+        .context("kubectl runs")?;
+        let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let allowed = match answer.as_str() {
+            "yes" => true,
+            "no" => false,
+            _ => anyhow::bail!(
+                "kubectl {}: {answer} {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        };
+        let mut request = format!("{verb} {resource}");
+        if !subresource.is_empty() {
+            request.push_str(&format!(" ({subresource})"));
+        }
+        request.push_str(&match namespace {
+            "-" => " [cluster]".to_owned(),
+            ns if ns == cluster.namespace => String::new(),
+            ns => format!(" [in {ns}]"),
+        });
+        answers.push(Permission {
+            account: account.to_owned(),
+            request,
+            expected,
+            allowed,
+        });
+    }
+    Ok(answers)
+}
+
+/// Every container of every pod of the release: each of its processes runs as a non-root
+/// user (every field of the `Uid:` line of /proc/<pid>/status) on a root mount that is
+/// read-only (its line for `/` in /proc/<pid>/mountinfo).
+fn containers(cluster: &Cluster) -> anyhow::Result<Vec<ContainerCheck>> {
+    let pods = cluster.json(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app.kubernetes.io/instance={}", cluster.release),
+    ])?;
+    let mut checks = Vec::new();
+    for pod in pods["items"].as_array().context("a pod list")? {
+        if !pod["metadata"]["deletionTimestamp"].is_null() || pod["status"]["phase"] != "Running" {
+            continue;
+        }
+        let name = pod["metadata"]["name"].as_str().unwrap_or("");
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+        for status in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let id = status["containerID"].as_str().unwrap_or("");
+            let id = id.split_once("://").map_or(id, |(_, id)| id);
+            let pids = crate::cluster::container_processes(uid, id);
+            let mut uids = Vec::new();
+            let (mut non_root, mut root_read_only) = (true, true);
+            for pid in &pids {
+                let process = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .with_context(|| format!("/proc/{pid}/status"))?;
+                let line = process
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .context("a Uid line")?;
+                let ids: Vec<&str> = line.split_whitespace().collect();
+                non_root &= !ids.is_empty() && ids.iter().all(|id| *id != "0");
+                uids.push(ids.join(" "));
+                let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                    .with_context(|| format!("/proc/{pid}/mountinfo"))?;
+                root_read_only &= root_mount_read_only(&mounts);
+            }
+            checks.push(ContainerCheck {
+                pod: name.to_owned(),
+                container: status["name"].as_str().unwrap_or("").to_owned(),
+                processes: pids.len(),
+                uids,
+                root_read_only: root_read_only && !pids.is_empty(),
+                non_root: non_root && !pids.is_empty(),
+            });
+        }
+    }
+    Ok(checks)
+}
+
+/// Whether the mount at `/` (the last one, if mounts are stacked there) in a mountinfo text is
+/// read-only: its per-mount options (the sixth field) start with `ro`.
+fn root_mount_read_only(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&"/")).then(|| fields.get(5).copied().unwrap_or(""))
+        })
+        .next_back()
+        .is_some_and(|options| options.split(',').any(|o| o == "ro"))
+}
+
 /// The targets a part missed, for the runner's exit status.
 pub trait Targets {
     fn missed(&self) -> Vec<String>;
@@ -1383,6 +1915,74 @@ impl Targets for Operations {
         .into_iter()
         .flatten()
         .collect()
+    }
+}
+
+impl Targets for Security {
+    fn missed(&self) -> Vec<String> {
+        let mut missed = Vec::new();
+        for p in &self.network {
+            if p.connected != p.expected_to_connect {
+                missed.push(format!(
+                    "NetworkPolicy: {} → {}: {} after {} attempt(s), expected {}",
+                    p.from,
+                    p.to,
+                    p.outcome,
+                    p.attempts,
+                    if p.expected_to_connect {
+                        "to connect"
+                    } else {
+                        "blocked"
+                    }
+                ));
+            }
+        }
+        for p in &self.rbac {
+            if p.allowed != p.expected {
+                missed.push(format!(
+                    "RBAC: {} can{} {}",
+                    p.account,
+                    if p.allowed { "" } else { "not" },
+                    p.request
+                ));
+            }
+        }
+        for c in &self.containers {
+            if !(c.processes > 0 && c.non_root && c.root_read_only) {
+                missed.push(format!(
+                    "{}/{}: {} processes, uids [{}], root filesystem {}",
+                    c.pod,
+                    c.container,
+                    c.processes,
+                    c.uids.join("; "),
+                    if c.root_read_only {
+                        "read-only"
+                    } else {
+                        "writable (or not found)"
+                    }
+                ));
+            }
+        }
+        if self.containers.is_empty() {
+            missed.push("no running container of the release was checked".to_owned());
+        }
+        missed
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::root_mount_read_only;
+
+    #[test]
+    fn the_root_mount_is_read_only_when_its_own_options_say_ro() {
+        let ro = "1200 1100 0:63 / / ro,relatime master:1 - overlay overlay rw,lowerdir=/a\n\
+                  1201 1200 0:64 / /proc rw,nosuid - proc proc rw\n";
+        let rw = "1200 1100 0:63 / / rw,relatime - overlay overlay rw,lowerdir=/a\n\
+                  1201 1200 0:64 / /tmp ro - tmpfs tmpfs ro\n";
+        assert!(root_mount_read_only(ro));
+        assert!(!root_mount_read_only(rw));
+        assert!(!root_mount_read_only(""));
     }
 }
 

@@ -15,6 +15,7 @@ enum Part {
     Smoke,
     Postman,
     Observability,
+    Security,
     Scenario2,
     Scenario9,
     Degraded,
@@ -60,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
     // Before the scenarios restart pods (and their counters), right after the Postman traffic.
     if runs(Part::Observability) {
         missed.extend(e2e::observability(&cluster).await?.missed());
+    }
+    // While every pod of the release is the one `helm install` made and Ready.
+    if runs(Part::Security) {
+        missed.extend(e2e::security(&cluster).await?.missed());
     }
     if runs(Part::Scenario2) {
         missed.extend(e2e::scenario_2(&cluster, args.rate).await?.missed());
