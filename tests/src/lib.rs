@@ -1,5 +1,6 @@
 //! End-to-end scenario runners and the load generator behind `make bench` / `make scenario-2`.
 
+pub mod abuse;
 pub mod cluster;
 pub mod cpu;
 pub mod e2e;

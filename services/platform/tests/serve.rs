@@ -315,6 +315,25 @@ async fn an_oversized_body_is_refused_before_it_is_read() {
     .expect("answered at once");
     assert!(answer.starts_with("http/1.1 413"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
+    // The body was never read, so the connection cannot serve another request: say so.
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(closed_within(&mut stream, Duration::from_secs(3)).await);
+
+    // A body read to its end leaves the connection open for the next request.
+    let mut kept = TcpStream::connect(address).await.unwrap();
+    let answer = send(
+        &mut kept,
+        b"POST /hola HTTP/1.1\r\nhost: test\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(!answer.contains("connection: close"), "{answer}");
+    assert!(
+        exchange(&mut kept)
+            .await
+            .is_some_and(|a| a.starts_with("http/1.1 200"))
+    );
 }
 
 #[tokio::test]
@@ -404,4 +423,35 @@ async fn a_flood_of_connections_from_one_client_is_served_in_turn() {
         .filter(|a| a.as_deref().is_some_and(|a| a.starts_with("http/1.1 200")))
         .count();
     assert_eq!(served, 400, "every connection is answered, 16 at a time");
+}
+
+#[tokio::test]
+async fn a_client_that_sent_a_refused_body_loses_none_of_its_next_requests() {
+    let (address, _stop, _server) = start(Duration::ZERO).await;
+    let client = reqwest::Client::new();
+    let body = vec![b'a'; 2 << 20];
+    // Each 413 leaves a connection with an unread body, which the server closes; the client
+    // must not reuse it for the request after.
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let refused = client
+            .post(format!("http://{address}/hola"))
+            .header("content-type", "text/plain")
+            .body(body.clone())
+            .send()
+            .await;
+        let next = client.get(format!("http://{address}/hola")).send().await;
+        for answer in [refused, next] {
+            outcomes.push(match answer {
+                Ok(answer) => answer.status().as_u16().to_string(),
+                Err(error) => format!("{error:?}"),
+            });
+        }
+    }
+    let expected: Vec<String> = ["413", "200"]
+        .repeat(20)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(outcomes, expected);
 }

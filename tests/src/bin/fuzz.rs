@@ -4,10 +4,11 @@
 //! collector also as an API-key partner and as a signing webhook sender, and the gateway's
 //! merged document through the gateway. Prints per document the operations, the cases
 //! generated, the failures and the time; fails when any check failed. Reports in target/fuzz/.
+//! Then the abuse cases of `aeropartners_tests::abuse` against the same platform.
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
-use aeropartners_tests::local_platform::LocalPlatform;
+use aeropartners_tests::{abuse, local_platform::LocalPlatform};
 use anyhow::{Context, bail};
 use clap::Parser;
 
@@ -17,7 +18,7 @@ struct Args {
     #[arg(long, default_value = "target/debug/aeropartners")]
     binary: PathBuf,
     /// Only these targets (payments, campaigns, reports, collector, collector-api,
-    /// collector-webhook, gateway); repeatable.
+    /// collector-webhook, gateway, and `abuse` for the abuse cases); repeatable.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -127,6 +128,17 @@ async fn main() -> anyhow::Result<()> {
             passed: output.status.success(),
         });
     }
+    let abuse = if args.only.is_empty() || args.only.iter().any(|o| o == "abuse") {
+        let outcomes = abuse::run(&platform).await?;
+        std::fs::create_dir_all("target/fuzz")?;
+        std::fs::write(
+            "target/fuzz/abuse.json",
+            serde_json::to_string_pretty(&outcomes)?,
+        )?;
+        outcomes
+    } else {
+        Vec::new()
+    };
     drop(platform);
     database.drop_database().await;
 
@@ -150,6 +162,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     if !failed.is_empty() {
         bail!("schemathesis found failures in: {}", failed.join(", "));
+    }
+    let abused: Vec<&str> = abuse.iter().filter(|o| !o.passed).map(|o| o.case).collect();
+    if !abused.is_empty() {
+        bail!("abuse cases failed: {}", abused.join(", "));
     }
     Ok(())
 }

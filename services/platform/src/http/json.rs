@@ -117,6 +117,11 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
     let path = error.path().to_string();
     let inner = error.into_inner();
     match inner.classify() {
+        serde_json::error::Category::Syntax
+            if let Some(problem) = valid_json_refused(&path, &inner) =>
+        {
+            problem
+        }
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             Problem::bad_request(format!(
                 "El cuerpo no es JSON válido (línea {}, columna {})",
@@ -129,6 +134,37 @@ fn describe(error: serde_path_to_error::Error<serde_json::Error>) -> Problem {
             Problem::validation(vec![field_error(&path, &inner.to_string())])
         }
     }
+}
+
+/// What the JSON grammar allows but no field of ours can hold, which serde_json reports as a
+/// syntax error at a position: a number beyond `f64` (`1e400`, a hundred digits), a string with
+/// a lone UTF-16 surrogate (`"\ud800"`, not Unicode), nesting past 128 levels. Said as what it
+/// is, naming the field, found by the abuse cases (`make fuzz`).
+fn valid_json_refused(path: &str, error: &serde_json::Error) -> Option<Problem> {
+    let message = error.to_string();
+    let message = message.split(" at line ").next().unwrap_or(&message);
+    let field = if path == "." || path.is_empty() {
+        "body".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let why = match message {
+        "number out of range" => "número fuera de rango",
+        "recursion limit exceeded" => {
+            return Some(Problem::bad_request(
+                "El JSON anida más de 128 niveles de objetos o listas",
+            ));
+        }
+        // A lone high surrogate is reported as the end of the hex escape it needs after it.
+        m if m.contains("surrogate")
+            || m.contains("unicode code point")
+            || m == "unexpected end of hex escape" =>
+        {
+            "contiene un escape \\u que no es Unicode válido (p. ej. un sustituto UTF-16 sin pareja)"
+        }
+        _ => return None,
+    };
+    Some(Problem::validation(vec![FieldError::new(field, why)]))
 }
 
 /// Turns serde's English message into a field name and a Spanish sentence.
@@ -207,6 +243,37 @@ mod tests {
         // A backslash followed by the text u0000 is no NUL.
         let text: serde_json::Value = parse(br#"{"path": "C:\\u0000"}"#).unwrap();
         assert_eq!(text["path"], "C:\\u0000");
+    }
+
+    #[test]
+    fn valid_json_no_field_can_hold_is_refused_naming_the_field() {
+        let field_of = |raw: &str| {
+            let refused = parse::<Body>(raw.as_bytes()).unwrap_err();
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+            serde_json::to_value(&refused).unwrap()["errors"][0]["field"].clone()
+        };
+        assert_eq!(field_of(r#"{"name": "a", "amount": 1e400}"#), "amount");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Exact {
+            amount: serde_json::Number,
+        }
+        let refused = parse::<Exact>(br#"{"amount": 1e400}"#).unwrap_err();
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap()["errors"][0]["field"],
+            "amount",
+            "{}",
+            refused.detail
+        );
+        let digits = format!(r#"{{"name": "a", "amount": {}}}"#, "9".repeat(400));
+        assert_eq!(field_of(&digits), "amount");
+        assert_eq!(field_of(r#"{"name": "a\ud800b", "amount": 1}"#), "name");
+        let deep = format!("{{\"name\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        let refused = parse::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert!(refused.detail.contains("128 niveles"), "{}", refused.detail);
+        // A plain syntax error still says where it is.
+        let broken = parse::<Body>(br#"{"name": "a", "amount": 1,}"#).unwrap_err();
+        assert!(broken.detail.contains("línea 1"), "{}", broken.detail);
     }
 
     #[test]

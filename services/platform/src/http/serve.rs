@@ -220,21 +220,25 @@ impl Connection {
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
+            // Boxed so the connection can be polled without shutting its socket (below).
+            Box::pin(app.clone().oneshot(request))
         });
-        let connection = self
+        let mut connection = self
             .http1()
             .serve_connection(TokioIo::new(self.stream), service);
-        let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = self.close_idle.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+                () = self.close_idle.cancelled(), if !closing => {
+                    closing = true;
+                    std::pin::Pin::new(&mut connection).graceful_shutdown();
+                }
             }
         };
-        if let Err(error) = result {
-            record_connection_error(&error);
+        match result {
+            Ok(()) => linger(connection.into_parts().io.into_inner()).await,
+            Err(error) => record_connection_error(&error),
         }
     }
 
@@ -266,6 +270,33 @@ impl Connection {
         }
     }
 }
+
+/// Closes a connection the way nginx's lingering close does: our side's FIN first, then what
+/// the client still sends is read and dropped until it closes too, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]. Closing a socket with unread bytes makes the kernel send a reset, and a
+/// reset that reaches the client before it has read our last answer destroys that answer: a
+/// client still sending a body we refused (413) would see "connection reset" instead. Rare on
+/// loopback, common over real networks. A client that closes first costs nothing here.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut discarded = 0;
+    let mut buffer = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while discarded < LINGER_BYTES {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    })
+    .await;
+}
+
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
 
 /// How many connections each client address holds, when that is limited.
 #[derive(Clone)]
