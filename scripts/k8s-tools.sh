@@ -94,8 +94,21 @@ go_env() {
 all_present() {
 	local t
 	for t in "${TOOLS[@]}"; do
-		[[ -x "${BIN_DIR}/${t}" ]] || return 1
+		present "$t" || return 1
 	done
+}
+
+# Whether tool $1 is built and current. kube-router's version lives in its wrapper module,
+# not in the cache path: a binary built from another go.mod/go.sum is out of date.
+present() {
+	[[ -x "${BIN_DIR}/$1" ]] || return 1
+	if [[ "$1" == kube-router ]]; then
+		[[ "$(cat "${BIN_DIR}/kube-router.module" 2>/dev/null)" == "$(kube_router_module)" ]] || return 1
+	fi
+}
+
+kube_router_module() {
+	cat "${SCRIPT_DIR}/kube-router/go.mod" "${SCRIPT_DIR}/kube-router/go.sum" | sha256sum | cut -d' ' -f1
 }
 
 # Seconds since the epoch with sub-second precision, for the build timings.
@@ -220,6 +233,7 @@ build_kube_router() {
 	(cd "${dir}" && go_env go build -trimpath \
 		-ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=${KUBE_ROUTER_VERSION}" \
 		-o "${BIN_DIR}/.kube-router.tmp" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router) >&2
+	kube_router_module >"${BIN_DIR}/kube-router.module"
 }
 
 # ---------------------------------------------------------------------------
@@ -240,7 +254,7 @@ build_all() {
 	fi
 	local t start missing=() n=0
 	for t in "${TOOLS[@]}"; do
-		[[ -x "${BIN_DIR}/${t}" ]] || missing+=("${t}")
+		present "$t" || missing+=("${t}")
 	done
 	if ((${#missing[@]} > 0)); then
 		# Measured on a 2-core VM with an empty Go cache: about 5 min for the API server's
