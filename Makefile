@@ -126,10 +126,11 @@ console-test: build ## The operations console in Debian's chromium (playwright-c
 	@$(WITH_INFRA) $(BIN)/console --binary $(BIN)/aeropartners
 
 .PHONY: bench
-bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, a 2-minute soak (prints figures)
+bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, the retention job's cost to writes, a 2-minute soak (prints figures)
 	@$(WITH_INFRA) $(BIN)/bench-payments --binary $(BIN)/aeropartners $(BENCH_ARGS)
 	@$(WITH_INFRA) $(BIN)/bench-reports --binary $(BIN)/aeropartners $(BENCH_REPORTS_ARGS)
 	@$(WITH_INFRA) $(BIN)/bench-collector $(BENCH_COLLECTOR_ARGS)
+	@$(WITH_INFRA) $(BIN)/bench-retention $(BENCH_RETENTION_ARGS)
 	@$(WITH_INFRA) $(BIN)/soak --binary $(BIN)/aeropartners --warmup 30 --seconds 90 $(SOAK_ARGS)
 
 .PHONY: soak
