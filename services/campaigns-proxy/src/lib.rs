@@ -74,26 +74,27 @@ impl Readiness for ProxyReadiness {
 
 /// The proxy application.
 pub fn app(pool: Arc<Pool>, http_config: &HttpConfig) -> http::App {
+    // `/health` of API.md §4.4 replaces the platform's plain liveness answer.
+    let (own, mut openapi) = utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(status))
+        .with_state(pool.clone())
+        .split_for_parts();
+    openapi.info = utoipa::openapi::InfoBuilder::new()
+        .title("Aeropartners — campaigns-proxy")
+        .version("1.0.0")
+        .description(Some(
+            "Failover proxy in front of the campaigns instances. `/api/campaigns` and everything \
+             under it is passed, with its query string, method, body and headers, to the active \
+             instance: that API is the campaigns service's own document.",
+        ))
+        .build();
     let router = Router::new()
         .route("/api/campaigns", any(forward::forward))
         .route("/api/campaigns/{*rest}", any(forward::forward))
-        .route("/status", axum::routing::get(status))
-        .with_state(pool.clone());
-    let readiness = Arc::new(ProxyReadiness(pool.clone()));
-    // `/health` of API.md §4.4 replaces the platform's plain liveness answer.
-    let router = router.merge(
-        Router::new()
-            .route("/health", axum::routing::get(health))
-            .with_state(pool),
-    );
-    let openapi = utoipa::openapi::OpenApiBuilder::new()
-        .info(
-            utoipa::openapi::InfoBuilder::new()
-                .title("Aeropartners — campaigns-proxy")
-                .version("1.0.0")
-                .build(),
-        )
-        .build();
+        .with_state(pool.clone())
+        .merge(own);
+    let readiness = Arc::new(ProxyReadiness(pool));
     http::app_with_health(
         router,
         http::Docs::Static(Box::new(openapi)),
@@ -102,6 +103,9 @@ pub fn app(pool: Arc<Pool>, http_config: &HttpConfig) -> http::App {
     )
 }
 
+/// The proxy's health: healthy while some campaigns instance is active.
+#[utoipa::path(get, path = "/health", tag = "proxy",
+    responses((status = 200, description = "Status, the active backend and every backend's health", body = Object)))]
 async fn health(State(pool): State<Arc<Pool>>) -> Json<serde_json::Value> {
     let snapshot = pool.snapshot();
     Json(serde_json::json!({
@@ -112,6 +116,9 @@ async fn health(State(pool): State<Arc<Pool>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// The proxy's configuration, its backends and the failovers so far.
+#[utoipa::path(get, path = "/status", tag = "proxy",
+    responses((status = 200, description = "Proxy, backends and failover counters", body = Object)))]
 async fn status(State(pool): State<Arc<Pool>>) -> Json<serde_json::Value> {
     let snapshot = pool.snapshot();
     Json(serde_json::json!({

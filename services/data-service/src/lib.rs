@@ -74,7 +74,8 @@ pub fn app(
     version: Version,
     http_config: &HttpConfig,
 ) -> http::App {
-    let router = reports::router(pool.clone(), version).route(
+    let (router, openapi) = reports::router(pool.clone(), version);
+    let router = router.route(
         "/health",
         get(move || async move {
             Json(serde_json::json!({"status": "healthy", "version": version.as_str()}))
@@ -89,7 +90,6 @@ pub fn app(
         broker_required: false,
         probe_topic: TOPICS[0],
     });
-    let (_, openapi) = utoipa_axum::router::OpenApiRouter::<()>::new().split_for_parts();
     http::app_with_health(
         router,
         Docs::Static(Box::new(openapi)),

@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, Router, extract::State};
 use chrono::Utc;
 use platform::http::Problem;
 use rust_decimal::{Decimal, prelude::ToPrimitive};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::Version;
 
@@ -15,18 +17,28 @@ const ESTADOS_PAGO: [&str; 5] = ["PENDIENTE", "PROCESANDO", "EXITOSO", "FALLIDO"
 const ESTADOS_CAMPANA: [&str; 5] = ["CREATED", "ACTIVE", "PAUSED", "COMPLETED", "CANCELLED"];
 const MONEDAS: [&str; 3] = ["USD", "EUR", "COP"];
 
-pub fn router(pool: PgPool, version: Version) -> Router {
+/// The version's report paths and their OpenAPI document.
+pub fn router(pool: PgPool, version: Version) -> (Router, utoipa::openapi::OpenApi) {
     let router = match version {
-        Version::V1 => Router::new()
-            .route("/api/v1/pagos/report", get(pagos_v1))
-            .route("/api/v1/campanas/report", get(campanas_v1))
-            .route("/api/v1/metricas/report", get(metricas_v1)),
-        Version::V2 => Router::new()
-            .route("/api/v2/payments/report", get(payments_v2))
-            .route("/api/v2/campaigns/report", get(campaigns_v2))
-            .route("/api/v2/metrics/report", get(metrics_v2)),
+        Version::V1 => OpenApiRouter::new()
+            .routes(routes!(pagos_v1))
+            .routes(routes!(campanas_v1))
+            .routes(routes!(metricas_v1)),
+        Version::V2 => OpenApiRouter::new()
+            .routes(routes!(payments_v2))
+            .routes(routes!(campaigns_v2))
+            .routes(routes!(metrics_v2)),
     };
-    router.with_state(pool)
+    let (router, mut openapi) = router.with_state(pool).split_for_parts();
+    openapi.info = utoipa::openapi::InfoBuilder::new()
+        .title(format!("Aeropartners — data service {}", version.as_str()))
+        .version("1.0.0")
+        .description(Some(
+            "The upstream legacy reporting reads its `datos` from: reports computed from this \
+             version's projection of the payment and campaign events.",
+        ))
+        .build();
+    (router, openapi)
 }
 
 fn db(error: sqlx::Error) -> Problem {
@@ -92,6 +104,9 @@ fn success_rate(t: &Totals) -> f64 {
     }
 }
 
+/// Payments: count, amount per currency and count per state (v1 shape).
+#[utoipa::path(get, path = "/api/v1/pagos/report", tag = "reports-v1",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn pagos_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let t = totals(&payment_groups(&pool).await?);
     Ok(Json(json!({
@@ -104,6 +119,9 @@ async fn pagos_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     })))
 }
 
+/// Payments in detail: totals, success rate, per currency and per affiliate (v2 shape).
+#[utoipa::path(get, path = "/api/v2/payments/report", tag = "reports-v2",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn payments_v2(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let t = totals(&payment_groups(&pool).await?);
     let by_affiliate: Vec<(String, i64, Decimal, i64, i64)> = sqlx::query_as(
@@ -164,6 +182,9 @@ fn campaign_totals(
     (total, by_status, budget, spend, conversions)
 }
 
+/// Campaigns: count per state and budget totals (v1 shape).
+#[utoipa::path(get, path = "/api/v1/campanas/report", tag = "reports-v1",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn campanas_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let (total, by_status, budget, spend, _) = campaign_totals(&campaign_groups(&pool).await?);
     Ok(Json(json!({
@@ -178,6 +199,9 @@ async fn campanas_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem>
     })))
 }
 
+/// Campaigns in detail: per state, budgets, spend and performance (v2 shape).
+#[utoipa::path(get, path = "/api/v2/campaigns/report", tag = "reports-v2",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn campaigns_v2(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let (total, by_status, budget, spend, conversions) =
         campaign_totals(&campaign_groups(&pool).await?);
@@ -200,6 +224,9 @@ async fn campaigns_v2(State(pool): State<PgPool>) -> Result<Json<Value>, Problem
     })))
 }
 
+/// Aggregated metrics of payments and campaigns (v1 shape).
+#[utoipa::path(get, path = "/api/v1/metricas/report", tag = "reports-v1",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn metricas_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let t = totals(&payment_groups(&pool).await?);
     let (_, _, _, _, conversions) = campaign_totals(&campaign_groups(&pool).await?);
@@ -213,6 +240,9 @@ async fn metricas_v1(State(pool): State<PgPool>) -> Result<Json<Value>, Problem>
     })))
 }
 
+/// Aggregated metrics of payments and campaigns (v2 shape).
+#[utoipa::path(get, path = "/api/v2/metrics/report", tag = "reports-v2",
+    responses((status = 200, description = "The report, computed now", body = Object)))]
 async fn metrics_v2(State(pool): State<PgPool>) -> Result<Json<Value>, Problem> {
     let t = totals(&payment_groups(&pool).await?);
     let (_, _, _, spend, conversions) = campaign_totals(&campaign_groups(&pool).await?);

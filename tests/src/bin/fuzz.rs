@@ -18,7 +18,8 @@ struct Args {
     #[arg(long, default_value = "target/debug/aeropartners")]
     binary: PathBuf,
     /// Only these targets (payments, campaigns, reports, collector, collector-api,
-    /// collector-webhook, gateway, and `abuse` for the abuse cases); repeatable.
+    /// collector-webhook, campaigns-proxy, data-service-v1, data-service-v2, gateway, and
+    /// `abuse` for the abuse cases); repeatable.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -32,7 +33,7 @@ struct Target {
     env: &'static [(&'static str, &'static str)],
 }
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 10] = [
     Target {
         name: "payments",
         service: "payments",
@@ -68,6 +69,24 @@ const TARGETS: [Target; 7] = [
         service: "event-collector-a",
         args: &[],
         env: &[("FUZZ_COLLECTOR_AUTH", "webhook")],
+    },
+    Target {
+        name: "campaigns-proxy",
+        service: "campaigns-proxy",
+        args: &[],
+        env: &[],
+    },
+    Target {
+        name: "data-service-v1",
+        service: "data-service-v1",
+        args: &[],
+        env: &[],
+    },
+    Target {
+        name: "data-service-v2",
+        service: "data-service-v2",
+        args: &[],
+        env: &[],
     },
     Target {
         name: "gateway",
