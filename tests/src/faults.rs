@@ -140,6 +140,9 @@ pub struct FaultRow {
     pub statuses: BTreeMap<String, u64>,
     /// From the fault's start to every `/ready` green and the backlog drained.
     pub recovery_s: Option<f64>,
+    /// How long the fault itself lasted (Pulsar down and started again, PostgreSQL paused...):
+    /// `recovery_s` minus this is the platform's own part.
+    pub fault_s: f64,
     /// Writes first sent during the fault, acknowledged, and missing at the end.
     pub acknowledged_lost: u64,
     /// Effects of writes first sent during the fault that were applied more than once.
@@ -184,8 +187,8 @@ impl Report {
             self.rate_rps, self.duration_s
         );
         println!(
-            "  {:<44} {:>8} {:>6} {:>9} {:>9} {:>5} {:>6}  what the user saw",
-            "fault", "requests", "failed", "avail %", "recovery", "lost", "twice"
+            "  {:<44} {:>8} {:>6} {:>9} {:>9} {:>9} {:>5} {:>6}  what the user saw",
+            "fault", "requests", "failed", "avail %", "fault", "recovery", "lost", "twice"
         );
         for row in &self.faults {
             let statuses: Vec<String> = row
@@ -194,11 +197,12 @@ impl Report {
                 .map(|(code, n)| format!("{code}×{n}"))
                 .collect();
             println!(
-                "  {:<44} {:>8} {:>6} {:>9.3} {:>9} {:>5} {:>6}  {}",
+                "  {:<44} {:>8} {:>6} {:>9.3} {:>9} {:>9} {:>5} {:>6}  {}",
                 row.fault,
                 row.requests,
                 row.failed,
                 row.availability_pct,
+                format!("{:.1} s", row.fault_s),
                 row.recovery_s
                     .map_or("NOT".to_owned(), |s| format!("{s:.1} s")),
                 row.acknowledged_lost,
@@ -822,6 +826,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         eprintln!("[faults] {}", fault.describe());
         let began = Instant::now();
         inject(*fault, &platform, postgres.as_ref(), &probe).await?;
+        let fault_s = began.elapsed().as_secs_f64();
         let mut recovery = None;
         let mut next_report = Instant::now() + Duration::from_secs(15);
         while began.elapsed() < config.recovery_timeout {
@@ -846,6 +851,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         rows.push(FaultRow {
             fault: fault.describe().to_owned(),
             recovery_s: recovery,
+            fault_s,
             ..FaultRow::default()
         });
     }
