@@ -401,14 +401,8 @@ impl Abuse {
         let created: serde_json::Value = created.json().await.map_err(|e| e.to_string())?;
         let id = created["id_pago"].as_str().ok_or("no id_pago")?;
         let read: serde_json::Value = self
-            .client
-            .get(format!("{}/pagos/{id}", self.gateway))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+            .get_json(&format!("{}/pagos/{id}", self.gateway))
+            .await?;
         if read["id_afiliado"] != affiliate || read["referencia_pago"] != reference.as_str() {
             return Err(format!("read back differently: {read}"));
         }
@@ -428,18 +422,12 @@ impl Abuse {
         }
         let created: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
         let read: serde_json::Value = self
-            .client
-            .get(format!(
+            .get_json(&format!(
                 "{}/campaigns/{}",
                 self.gateway,
                 created["id"].as_str().unwrap_or("-")
             ))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if read["nombre"] != name {
             return Err(format!(
                 "campaign name read back differently: {}",
@@ -539,14 +527,8 @@ impl Abuse {
 
     async fn campaigns_total(&self) -> Result<u64, String> {
         let list: serde_json::Value = self
-            .client
-            .get(format!("{}/campaigns?limit=1", self.gateway))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+            .get_json(&format!("{}/campaigns?limit=1", self.gateway))
+            .await?;
         list["total"]
             .as_u64()
             .ok_or_else(|| format!("no total: {list}"))
@@ -662,6 +644,16 @@ impl Abuse {
             }
         }
         Ok(format!("all {} services /ready", self.services.len()))
+    }
+
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let answer = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        answer.json().await.map_err(|e| format!("{url}: {e}"))
     }
 
     async fn post_json(&self, url: &str, body: String) -> Result<reqwest::Response, String> {
