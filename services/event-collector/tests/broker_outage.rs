@@ -6,9 +6,9 @@
 //! One test in this file on purpose: cargo runs test binaries one after another, so no other
 //! test is using the broker while this one stops it.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
+
+mod common;
 
 use common::*;
 use platform::{messaging::LazyBroker, outbox::Relay};

@@ -5,9 +5,9 @@
 //! This file holds one test on purpose: cargo runs test binaries one after another, so no
 //! other test is using the broker while this one stops it.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
+
+mod common;
 
 use common::*;
 use payments::run_worker_with;

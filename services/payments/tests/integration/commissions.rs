@@ -2,10 +2,8 @@
 //! number of deliveries (sequential, concurrent, or the same conversion under another event
 //! id), visible on the payment and its events.
 
-mod common;
-
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use payments::application::{Comisiones, Efecto};
 use platform::messaging::{Envelope, HandlerError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -2,9 +2,7 @@
 //! of a single create still holds per request (exactly once per reference, a trace line and an
 //! outbox row per payment, a bad request never failing the others).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use payments::{
     application::{Creacion, CreadorDePagos, ErrorPagos, SolicitudCreacion},
     domain::NuevoPago,

@@ -1,8 +1,6 @@
 //! The `/campaigns` HTTP contract against a real PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 #[sqlx::test(migrations = false)]

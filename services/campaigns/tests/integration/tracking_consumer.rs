@@ -1,12 +1,10 @@
 //! Tracked clicks, impressions and conversions counted on the campaign they name: exactly once
 //! under duplicated and shuffled delivery, and without touching the campaign's version.
 
-mod common;
-
+use crate::common::*;
 use campaigns::application::{AtribucionDePagos, ContadorDeTracking, Conteo};
 use campaigns::domain::Contador;
 use chrono::Utc;
-use common::*;
 use platform::messaging::{Envelope, HandlerError};
 use sqlx::{
     PgPool,

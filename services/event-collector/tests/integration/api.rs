@@ -2,11 +2,9 @@
 //! across replicas, batches, source authentication, rate limits shared by replicas, limits and
 //! malformed input. (Publication through the broker: `publication.rs`, `broker_outage.rs`.)
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use event_collector::domain::firma::{firmar_con_tiempo, firmar_simple};
 use platform::messaging::LazyBroker;
 use serde_json::{Value, json};

@@ -1,10 +1,8 @@
 //! Exactly-once charging under redelivery and crashes, against the real database and broker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use payments::{
     application::ProcesadorDePagos, run_worker_subscribed, run_worker_with, worker_subscription,
 };

@@ -2,11 +2,9 @@
 //! `tracking.evt.<tipo>` keyed by campaign (or affiliate), each once; the status endpoint
 //! follows; an on-demand retry of a published event is refused.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use platform::{messaging::LazyBroker, outbox::Relay};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -1,13 +1,11 @@
 //! Attribution of `PagoExitoso` events to campaigns: exactly once under duplicated and shuffled
 //! delivery, directly and through the real Pulsar broker.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use campaigns::application::AtribucionDePagos;
 use chrono::Utc;
-use common::*;
 use platform::messaging::{Envelope, LazyBroker};
 use sqlx::{
     PgPool,

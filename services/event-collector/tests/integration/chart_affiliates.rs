@@ -49,7 +49,7 @@ fn the_chart_ships_the_demo_affiliates_as_a_loadable_secret() {
     let rendered = rendered_affiliates(&[]).expect("the chart renders an affiliates Secret");
     let directorio = Directorio::from_yaml(&rendered).expect("the collector loads it");
     assert!(directorio.perfil("AFILIADO_API").unwrap().configurado);
-    let demo = include_str!("../../../config/afiliados.demo.yaml");
+    let demo = include_str!("../../../../config/afiliados.demo.yaml");
     let from_chart: ConfigAfiliados = serde_saphyr::from_str(&rendered).unwrap();
     let from_file: ConfigAfiliados = serde_saphyr::from_str(demo).unwrap();
     assert_eq!(

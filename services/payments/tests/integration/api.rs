@@ -1,9 +1,7 @@
 //! The `/pagos` HTTP contract against a real PostgreSQL: validation, not-found, duplicates,
 //! `Idempotency-Key`, concurrency, reversal and the outbox statistics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const NOTHING_STORED: &str = "SELECT (SELECT count(*) FROM pagos) + (SELECT count(*) FROM outbox)";

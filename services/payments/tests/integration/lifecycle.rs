@@ -1,11 +1,9 @@
 //! The whole payment lifecycle against the real PostgreSQL and the real Pulsar broker: API →
 //! outbox → relay → `payments.evt.pending` → worker → gateway → outbox → result events.
 
-mod common;
-
 use std::{sync::Arc, time::Duration};
 
-use common::*;
+use crate::common::*;
 use payments::run_worker_with;
 use platform::messaging::LazyBroker;
 use platform::outbox::Relay;

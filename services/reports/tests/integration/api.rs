@@ -1,11 +1,9 @@
 //! `/api/reports` against a real PostgreSQL: both shapes, v2 ⊇ v1 for every filter, bad
 //! filters, pinning a version, and the switch reaching every replica through LISTEN/NOTIFY.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{aplicar, historia, pool, replica};
+use crate::common::{aplicar, historia, pool, replica};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::{call, eventually};
 
@@ -265,7 +263,11 @@ async fn a_switch_reaches_every_replica_through_notify(o: PgPoolOptions, c: PgCo
 }
 
 /// `PUT` on replica `a`, then wait (a liveness bound) until replica `b` serves `target`.
-async fn switch_on_a_and_wait_for_b(a: &common::Replica, b: &common::Replica, target: &str) {
+async fn switch_on_a_and_wait_for_b(
+    a: &crate::common::Replica,
+    b: &crate::common::Replica,
+    target: &str,
+) {
     let body = format!(r#"{{"active":"{target}"}}"#);
     assert_eq!(
         call(&a.app, "PUT", "/api/reports/version", Some(&body), &[])
@@ -337,7 +339,7 @@ async fn a_cached_report_is_served_in_its_own_version(o: PgPoolOptions, c: PgCon
     // real. (Freshness with the default 100 ms is measured by `make bench`.)
     aplicar(
         &pool,
-        &[common::pago(
+        &[crate::common::pago(
             "p9",
             1,
             "af-9",

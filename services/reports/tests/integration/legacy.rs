@@ -3,11 +3,9 @@
 //! admin switch goes through the same source, and a data service that is down or broken is a
 //! clear 503/502.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{aplicar, historia, pool, replica};
+use crate::common::{aplicar, historia, pool, replica};
 use platform::messaging::LazyBroker;
 use sqlx::{
     PgPool,
@@ -193,7 +191,7 @@ async fn datos_come_from_the_data_service_of_the_active_version(
     stop.cancel();
 }
 
-async fn eventually_v2(r: &common::Replica) {
+async fn eventually_v2(r: &crate::common::Replica) {
     testkit::eventually("replica serves v2", Duration::from_secs(10), || async {
         call(&r.app, "GET", "/reporting/admin/configuracion", None, &[])
             .await
