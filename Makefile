@@ -78,10 +78,11 @@ build-shared-check:
 	@echo "build-shared-check: make build reuses every dependency make test compiled"
 
 CRD := crds/reportversions.aeropartners.io.yaml
-CHART_CRD := charts/aeropartners/crds/reportversions.aeropartners.io.yaml
+# The chart renders its CRDs from files/crds/ (templates/crds.yaml), so that they upgrade with it.
+CHART_CRD := charts/aeropartners/files/crds/reportversions.aeropartners.io.yaml
 
 .PHONY: crds
-crds: ## Regenerate the ReportVersion CRD (crds/ and, when the chart exists, its copy)
+crds: ## Regenerate the ReportVersion CRD (crds/ and the chart's copy)
 	cargo run --quiet --locked -p operator --bin crdgen > $(CRD)
 	@if [ -d charts/aeropartners ]; then mkdir -p $(dir $(CHART_CRD)) && cp $(CRD) $(CHART_CRD); fi
 
@@ -178,13 +179,31 @@ scenario-9: build ## Quality scenario #9 in full: 100 report version switches un
 	@$(WITH_INFRA) $(if $(filter kubernetes,$(SCENARIO9_MODE)),$(WITH_K8S)) $(BIN)/scenario-9 --mode $(SCENARIO9_MODE) --binary $(BIN)/aeropartners $(SCENARIO_ARGS)
 
 # --- Kubernetes (kind) -----------------------------------------------------------------------
-IMAGE ?= localhost/aeropartners:0.1.0
+# The README's path: make images, make kind-up, make kind-load, make deploy. `make e2e` runs the
+# same deploy target on its test cluster, with only KUBECONFIG and IMAGE differing.
+APP_VERSION := $(shell awk '/^appVersion:/ { gsub(/"/, "", $$2); print $$2 }' charts/aeropartners/Chart.yaml)
+IMAGE_REPOSITORY ?= localhost/aeropartners
+# `make images` names every build by its content (…:<appVersion>-dev.<image id>) and records the
+# name here: a rebuild gets a new tag, so `make deploy` rolls the pods out to it (a reused tag
+# with pullPolicy IfNotPresent never would).
+IMAGE_FILE := target/image
+IMAGE ?= $(shell cat $(IMAGE_FILE) 2>/dev/null || echo $(IMAGE_REPOSITORY):$(APP_VERSION))
 NAMESPACE ?= aeropartners
+RELEASE ?= aeropartners
 KIND_CLUSTER ?= aeropartners
+# Values `make deploy` adds to the chart's defaults: kind's NodePorts (empty for none).
+DEPLOY_VALUES ?= kind-values.yaml
+# The release's ReportVersion: <fullname>-reports, where the fullname is the release's name
+# when it contains "aeropartners".
+REPORT_VERSION ?= $(if $(findstring aeropartners,$(RELEASE)),$(RELEASE),$(RELEASE)-aeropartners)-reports
 
 .PHONY: images
-images: ## Build the container image (Docker) with every binary
-	docker build -t $(IMAGE) .
+images: ## Build the container image (Docker) with every binary, tagged by its content (target/image)
+	docker build -t $(IMAGE_REPOSITORY):$(APP_VERSION)-dev .
+	@mkdir -p $(dir $(IMAGE_FILE))
+	@id=$$(docker image inspect --format '{{.Id}}' $(IMAGE_REPOSITORY):$(APP_VERSION)-dev); \
+		image=$(IMAGE_REPOSITORY):$(APP_VERSION)-dev.$$(printf '%s' "$${id#sha256:}" | cut -c1-12); \
+		docker tag $(IMAGE_REPOSITORY):$(APP_VERSION)-dev "$$image" && echo "$$image" > $(IMAGE_FILE) && echo "image: $$image"
 
 .PHONY: kind-up
 kind-up: ## Create the kind cluster with the user-facing ports mapped to localhost
@@ -195,13 +214,22 @@ kind-load: ## Load the image into the kind cluster
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
 
 .PHONY: deploy
-deploy: ## helm install/upgrade the chart into the cluster and wait for it
-	helm upgrade --install aeropartners charts/aeropartners --namespace $(NAMESPACE) --create-namespace \
-		--set image.tag=$(lastword $(subst :, ,$(IMAGE))) --wait --timeout 10m
+deploy: ## helm install/upgrade the chart (CRDs, PostgreSQL, Pulsar, migrations included) and wait until it is Ready
+	@image='$(IMAGE)'; \
+	if [[ "$$image" == *@sha256:* ]]; then set -- --set image.repository="$${image%@*}" --set image.digest="$${image#*@}"; \
+	else set -- --set image.repository="$${image%:*}" --set image.tag="$${image##*:}"; fi; \
+	set -x; helm upgrade --install $(RELEASE) charts/aeropartners --namespace $(NAMESPACE) --create-namespace \
+		$(addprefix -f ,$(DEPLOY_VALUES)) "$$@" --wait --wait-for-jobs --timeout 10m
+
+.PHONY: helm-test
+helm-test: ## Check the deployed release from inside the cluster (helm test: readiness, a payment round trip, the report version)
+	helm test $(RELEASE) --namespace $(NAMESPACE) --logs --timeout 5m
 
 .PHONY: undeploy
-undeploy: ## Remove the release (the CRD stays, as Helm leaves CRDs alone)
-	helm uninstall aeropartners --namespace $(NAMESPACE)
+undeploy: ## Remove the release (the CRD and the data volumes stay)
+	helm uninstall $(RELEASE) --namespace $(NAMESPACE) --wait
+	@echo "Kept: the ReportVersion CRD (kubectl delete crd reportversions.aeropartners.io removes every ReportVersion)" \
+		"and the in-chart databases' volumes (kubectl -n $(NAMESPACE) delete pvc -l app.kubernetes.io/instance=$(RELEASE)); a reinstall reuses them"
 
 GATEWAY_URL ?= http://127.0.0.1:8000
 
@@ -212,6 +240,6 @@ switch-v1 switch-v2: switch-%: ## Switch the report version of the running platf
 
 .PHONY: kube-switch-v1 kube-switch-v2
 kube-switch-v1 kube-switch-v2: kube-switch-%: ## Switch the report version in the cluster (kubectl patch rv) and wait until it is served
-	kubectl -n $(NAMESPACE) patch rv reports --type merge -p '{"spec":{"version":"$*"}}'
-	kubectl -n $(NAMESPACE) wait --for=condition=Ready rv/reports --timeout=2m
-	kubectl -n $(NAMESPACE) get rv reports
+	kubectl -n $(NAMESPACE) patch rv $(REPORT_VERSION) --type merge -p '{"spec":{"version":"$*"}}'
+	kubectl -n $(NAMESPACE) wait --for=condition=Ready rv/$(REPORT_VERSION) --timeout=2m
+	kubectl -n $(NAMESPACE) get rv $(REPORT_VERSION)

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# `make e2e`: the product installed the way users install it, on a real single-node
-# Kubernetes (scripts/k8s-node.sh), then used and broken by target/debug/e2e-kubernetes.
+# `make e2e`: the README's Kubernetes path, run literally on a cluster shaped like kind's
+# multi-node one (scripts/k8s-cluster.sh: a control plane and two workers in two zones, a
+# default StorageClass), then used and broken by target/debug/e2e-kubernetes.
 #
-#   scripts/e2e.sh [run]    node up, PostgreSQL + Pulsar, image, CRDs, helm install, smoke
-#                           test, the Postman collection and scenarios, then everything down
-#   scripts/e2e.sh install  the same up to an installed, Ready release, left running
+#   scripts/e2e.sh [run]      cluster up, images, `make deploy` with the chart's default
+#                             values, `helm test`, then the smoke test, the Postman collection
+#                             and the scenarios, then everything down
+#   scripts/e2e.sh install    the same up to an installed, Ready, tested release, left running
 #   scripts/e2e.sh scenarios  the smoke test, the Postman collection and scenarios against
 #                             what `install` left
-#   scripts/e2e.sh down     stop what `install` left running
+#   scripts/e2e.sh down       stop what `install` left running
 #
-# PostgreSQL and Pulsar run outside the cluster but inside the node's network namespace
-# (scripts/infra.sh on the node's address), reached from the pods through selector-less
-# Services + EndpointSlices in the `infra` namespace and the chart's externalDatabase /
-# externalPulsar values, as installs with managed databases do. The image is the test
-# build's `aeropartners` binary with the shared libraries it links, tagged by its hash.
+# What differs from a user's kind: the images. kind pulls postgres:15 and apachepulsar/pulsar
+# from Docker Hub; nothing here reaches a registry, so scripts/k8s-images.sh builds stand-ins
+# under those names (what they keep of the official images is written there) and every worker
+# imports them, as `make kind-load` imports the app's image. The app's image is the test
+# build's `aeropartners` binary with the shared libraries it links (the Dockerfile's base
+# images cannot be pulled either), named by its hash as `make images` names a build. Then
+# `make deploy` runs as a user types it, with only KUBECONFIG and IMAGE set.
+#
+# Every command that talks to the cluster runs in the first worker's network namespace, with
+# the cluster's DNS as its resolver (scripts/k8s-cluster.sh exec): it reaches Services, pods
+# and the API server by the names and addresses a pod would, and nothing else.
 #
 # Environment knobs:
 #   E2E_KEEP=1        `run` leaves the cluster running (stop it with `scripts/e2e.sh down`)
@@ -25,11 +33,11 @@ shopt -s inherit_errexit
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO_ROOT=$(cd -- "${SCRIPT_DIR}/.." && pwd -P)
 TARGET_DIR=${CARGO_TARGET_DIR:-${REPO_ROOT}/target}
-NODE=${SCRIPT_DIR}/k8s-node.sh
+CLUSTER=${SCRIPT_DIR}/k8s-cluster.sh
 E2E_DIR=${REPO_ROOT}/target/e2e
+# The Makefile's defaults: the release and namespace the README's `make deploy` makes.
 NAMESPACE=aeropartners
 RELEASE=aeropartners
-VALUES=(-f "${REPO_ROOT}/charts/aeropartners/ci/e2e-values.yaml")
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 die() {
@@ -37,125 +45,94 @@ die() {
 	exit 1
 }
 
-# The node's network namespace, with the cluster's kubeconfig and the tools on PATH.
-node() {
-	"${NODE}" exec env PATH="${TOOLS}:${PATH}" KUBECONFIG="${E2E_DIR}/node/kubeconfig" "$@"
+# in_cluster CMD...: CMD in the first worker's network namespace, the tools on PATH.
+in_cluster() {
+	"${CLUSTER}" exec env PATH="${TOOLS}:${PATH}" KUBECONFIG="${KUBECONFIG_FILE}" "$@"
 }
 
-# infra.sh inside the node's namespace, for servers of its own: the URLs of the loopback
-# servers (`make test` exports them) would make it pass those through instead.
-infra() {
-	env -u DATABASE_URL -u PULSAR_URL -u PULSAR_ADMIN_URL \
-		INFRA_DIR="${E2E_DIR}/infra" INFRA_ADDRESS="${NODE_IP:?}" INFRA_INTERFACE=node0 \
-		INFRA_CLIENTS=10.244.0.0/16 "${NODE}" exec "${SCRIPT_DIR}/infra.sh" "$@"
-}
-
-start_infra() {
-	log "PostgreSQL and Pulsar on the node's address ${NODE_IP}"
-	infra up >/dev/null
+load_env() {
+	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" path)
 	# shellcheck disable=SC1091
-	source "${E2E_DIR}/infra/env"
-	PG_PORT=${DATABASE_URL##*:}
-	PG_PORT=${PG_PORT%%/*}
-	PULSAR_PORT=${PULSAR_URL##*:}
-	PULSAR_ADMIN_PORT=${PULSAR_ADMIN_URL##*:}
+	KUBECONFIG_FILE=$(source "${E2E_DIR}/cluster/env" && printf '%s' "${KUBECONFIG}")
 }
 
-# external_service NAME PORT NODE_PORT: a selector-less Service NAME.infra:PORT whose
-# EndpointSlice points at NODE_PORT on the node's address.
-external_service() {
-	cat <<-EOF
-		---
-		apiVersion: v1
-		kind: Service
-		metadata: {name: $1, namespace: infra}
-		spec:
-		  ports: [{name: $1, port: $2, targetPort: $3, protocol: TCP}]
-		---
-		apiVersion: discovery.k8s.io/v1
-		kind: EndpointSlice
-		metadata:
-		  name: $1-node
-		  namespace: infra
-		  labels: {kubernetes.io/service-name: $1, endpointslice.kubernetes.io/managed-by: aeropartners-e2e}
-		addressType: IPv4
-		endpoints: [{addresses: ["${NODE_IP}"]}]
-		ports: [{name: $1, port: $3, protocol: TCP}]
-	EOF
-}
-
-# The servers on the node as Services, and the Secret the chart's externalDatabase names.
-external_services() {
-	{
-		cat <<-EOF
-			apiVersion: v1
-			kind: Namespace
-			metadata: {name: infra}
-			---
-			apiVersion: v1
-			kind: Namespace
-			metadata: {name: ${NAMESPACE}}
-			---
-			apiVersion: v1
-			kind: Secret
-			metadata: {name: aeropartners-database, namespace: ${NAMESPACE}}
-			stringData:
-			  DATABASE_URL: postgres://aeropartners:aeropartners@postgres.infra.svc:5432/aeropartners
-		EOF
-		external_service postgres 5432 "${PG_PORT}"
-		external_service pulsar 6650 "${PULSAR_PORT}"
-		external_service pulsar-admin 8080 "${PULSAR_ADMIN_PORT}"
-	} | node kubectl apply -f - >/dev/null
+# The images of the release: the app's, named by its content, and the stand-ins of the
+# official PostgreSQL and Pulsar images the chart's defaults name.
+load_images() {
+	local binary=$1 app_version
+	app_version=$(awk '/^appVersion:/ { gsub(/"/, "", $2); print $2 }' "${REPO_ROOT}/charts/aeropartners/Chart.yaml")
+	IMAGE=localhost/aeropartners:${app_version}-dev.$(sha256sum "${binary}" | cut -c1-12)
+	"${CLUSTER}" image "${IMAGE}" "${binary}"
+	"${CLUSTER}" import "$("${SCRIPT_DIR}/k8s-images.sh" postgres)"
+	"${CLUSTER}" import "$("${SCRIPT_DIR}/k8s-images.sh" pulsar)"
+	log "images: ${IMAGE}, and the postgres:15 and apachepulsar/pulsar:4.0.8 stand-ins"
 }
 
 install() {
-	local binary=${TARGET_DIR}/debug/aeropartners tag t0=${SECONDS}
+	local binary=${TARGET_DIR}/debug/aeropartners t0=${SECONDS} deployed
 	[[ -x "${binary}" ]] || die "${binary} is missing (make build)"
 	# `up` builds the Kubernetes binaries the first time.
-	"${NODE}" up >/dev/null
-	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" path)
-	# shellcheck disable=SC1091
-	source "${E2E_DIR}/node/env"
-	start_infra
-	# The chart's tag scheme (localhost/aeropartners:<tag>); the hash names this build.
-	tag=0.1.0-dev.$(sha256sum "${binary}" | cut -c1-12)
-	"${NODE}" image "localhost/aeropartners:${tag}" "${binary}"
-	VALUES+=(--set "image.tag=${tag}")
-	log "image localhost/aeropartners:${tag}"
-	node kubectl apply -f "${REPO_ROOT}/crds/" >/dev/null
-	node kubectl wait --for=condition=Established crd/reportversions.aeropartners.io --timeout=60s >/dev/null
-	external_services
-	log "helm install ${RELEASE} (namespace ${NAMESPACE})"
-	node helm install "${RELEASE}" "${REPO_ROOT}/charts/aeropartners" -n "${NAMESPACE}" \
-		"${VALUES[@]}" --wait --timeout 10m >/dev/null
-	node kubectl -n "${NAMESPACE}" wait --for=condition=Available deployment --all --timeout=300s >/dev/null
-	node kubectl -n "${NAMESPACE}" wait --for=condition=Ready pod --all --timeout=300s >/dev/null
+	"${CLUSTER}" up >/dev/null
+	load_env
+	load_images "${binary}"
+	# The README's command, with the defaults: in-chart PostgreSQL and Pulsar on PVCs of the
+	# default StorageClass, the CRD through Helm, the migration Job, kind's NodePorts.
+	log "make deploy IMAGE=${IMAGE}"
+	deployed=${SECONDS}
+	in_cluster make --no-print-directory -C "${REPO_ROOT}" deploy IMAGE="${IMAGE}" >"${E2E_DIR}/deploy.log" 2>&1 || {
+		tail -n 40 "${E2E_DIR}/deploy.log" >&2
+		in_cluster kubectl -n "${NAMESPACE}" get pods -o wide >&2 || true
+		die "make deploy failed; log: ${E2E_DIR}/deploy.log"
+	}
+	log "make deploy: every Deployment, StatefulSet and Job ready $((SECONDS - deployed)) s after it started"
+	in_cluster kubectl -n "${NAMESPACE}" wait --for=condition=Ready rv --all --timeout=120s >/dev/null
 	log "installed and Ready $((SECONDS - t0)) s after the first step"
-	node kubectl -n "${NAMESPACE}" get pods,svc,rv
+	in_cluster kubectl -n "${NAMESPACE}" get pods,pvc,rv -o wide
+	pods_per_node
+	helm_test
+}
+
+# Where the scheduler put the release's pods.
+pods_per_node() {
+	log "pods per node:"
+	in_cluster kubectl -n "${NAMESPACE}" get pods -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' |
+		sort | uniq -c | while read -r count node; do log "  ${node}: ${count}"; done
+}
+
+# `helm test` (make helm-test): the chart's own checks from inside the cluster (readiness, a
+# payment round trip, the report version, the operator).
+helm_test() {
+	local t0=${SECONDS}
+	log "make helm-test"
+	in_cluster make --no-print-directory -C "${REPO_ROOT}" helm-test
+	log "helm test passed in $((SECONDS - t0)) s"
 }
 
 down() {
-	local node_ip
-	# shellcheck disable=SC1091
-	node_ip=$(source "${E2E_DIR}/node/env" 2>/dev/null && printf '%s' "${NODE_IP:-}") || true
-	if [[ -n "${node_ip}" && -f "${E2E_DIR}/infra/env" ]]; then
-		env -u DATABASE_URL -u PULSAR_URL -u PULSAR_ADMIN_URL INFRA_DIR="${E2E_DIR}/infra" \
-			INFRA_ADDRESS="${node_ip}" "${SCRIPT_DIR}/infra.sh" down || true
-	fi
-	"${NODE}" down
+	"${CLUSTER}" down
+}
+
+# The release's connection strings, read from its Secret as a user would, for the checks
+# that look into the database and the broker behind the API (by their Service names: the
+# runner resolves them through the cluster's DNS).
+release_env() {
+	local database
+	database=$(in_cluster kubectl -n "${NAMESPACE}" get secret "${RELEASE}-database" \
+		-o jsonpath='{.data.DATABASE_URL}' | base64 -d)
+	printf 'DATABASE_URL=%s\n' "${database}"
+	printf 'PULSAR_URL=pulsar://%s-pulsar.%s.svc:6650\n' "${RELEASE}" "${NAMESPACE}"
+	printf 'PULSAR_ADMIN_URL=http://%s-pulsar.%s.svc:8080\n' "${RELEASE}" "${NAMESPACE}"
 }
 
 scenarios() {
-	# The Postman part runs newman inside the node's network namespace, which has no way out:
+	# The Postman part runs newman inside the cluster's network, which has no way out:
 	# install it (npm ci, once) from here.
 	"${SCRIPT_DIR}/postman.sh" install
-	TOOLS=$("${SCRIPT_DIR}/k8s-tools.sh" path)
-	# shellcheck disable=SC1091
-	source "${E2E_DIR}/infra/env"
-	local extra=()
+	load_env
+	local extra=() variables
 	read -r -a extra <<<"${E2E_ARGS:-}"
-	(cd "${REPO_ROOT}" && node env DATABASE_URL="${DATABASE_URL}" PULSAR_URL="${PULSAR_URL}" \
-		PULSAR_ADMIN_URL="${PULSAR_ADMIN_URL}" \
+	mapfile -t variables < <(release_env)
+	(cd "${REPO_ROOT}" && in_cluster env "${variables[@]}" \
 		"${TARGET_DIR}/debug/e2e-kubernetes" --namespace "${NAMESPACE}" --release "${RELEASE}" \
 		--chart "${REPO_ROOT}/charts/aeropartners" "${extra[@]}")
 }

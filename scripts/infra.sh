@@ -701,12 +701,13 @@ cmd_down() {
 	rm -f "${ENV_FILE}"
 }
 
-# What `make test` needs besides the servers (not `make run`): shellcheck, the node of
-# `make e2e` (containerd, runc, the CNI plugins, buildah, iptables, conntrack, and ipset for
-# kube-router's NetworkPolicy firewall; see k8s-node.sh), and the browser of the console tests
+# What `make test` needs besides the servers (not `make run`): shellcheck, the cluster of
+# `make e2e` (containerd, runc, the CNI plugins, buildah, iptables, conntrack, ipset for
+# kube-router's NetworkPolicy firewall, a static busybox for the storage helper's shell; see
+# k8s-cluster.sh), and the browser of the console tests
 # (Debian's chromium, with a font so that its screenshots have readable text).
 TEST_PACKAGES=(shellcheck containerd runc containernetworking-plugins buildah iptables conntrack
-	ipset chromium fonts-dejavu-core)
+	ipset busybox-static chromium fonts-dejavu-core)
 
 cmd_test_deps() {
 	local missing=() p

@@ -12,10 +12,11 @@
 # Binaries, in ${AEROPARTNERS_CACHE:-~/.cache/aeropartners}/k8s/<k8s version>/bin:
 #   kube-apiserver, kubectl                 the operator and chart tests (API server only)
 #   kubelet, kube-proxy, kube-controller-manager, kube-scheduler
-#                                           the single-node cluster of `make e2e`
+#                                           the cluster of `make e2e`
 #   etcd (3.5), helm (3.19), coredns (1.14)
-#   kube-router (2.1)                       the node's NetworkPolicy controller (firewall
+#   kube-router (2.1)                       each node's NetworkPolicy controller (firewall
 #                                           only; the bridge CNI enforces no policy)
+#   local-path-provisioner (0.0.30)         the e2e cluster's default StorageClass (as kind's)
 #
 # Why build from source: these machines have no Docker (so no kind) and reach
 # only package registries, not GitHub release downloads or dl.k8s.io. The Go
@@ -42,6 +43,8 @@ K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.5.35}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
+# The only version the module proxy serves whole (v0.0.31 and v0.0.32 are refused).
+LOCAL_PATH_PROVISIONER_VERSION=v0.0.30
 # kube-router's version is the one in scripts/kube-router/go.mod (with its go.sum: the
 # dependencies are raised above what v2.1.0 asks for, for known CVEs). Only the ldflags
 # below repeat it.
@@ -73,7 +76,7 @@ STAGING_MODULES=(
 
 # Every command built from the k8s.io/kubernetes wrapper module.
 K8S_COMMANDS=(kube-apiserver kubectl kubelet kube-proxy kube-controller-manager kube-scheduler)
-TOOLS=("${K8S_COMMANDS[@]}" etcd helm coredns kube-router)
+TOOLS=("${K8S_COMMANDS[@]}" etcd helm coredns kube-router local-path-provisioner)
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 
 log() { printf '[k8s-tools] %s\n' "$*" >&2; }
@@ -237,6 +240,20 @@ build_kube_router() {
 }
 
 # ---------------------------------------------------------------------------
+# local-path-provisioner: the e2e cluster's default StorageClass, as kind ships it. A plain
+# `go install` (about 1.5 min on 2 cores with an empty Go cache, a 43 MB static binary).
+
+build_local_path_provisioner() {
+	local gobin=${SRC_DIR}/local-path-provisioner-bin
+	rm -rf "${gobin}"
+	mkdir -p "${gobin}"
+	env GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="${gobin}" go install -trimpath -ldflags "-s -w" \
+		"github.com/rancher/local-path-provisioner@${LOCAL_PATH_PROVISIONER_VERSION}" >&2
+	mv "${gobin}/local-path-provisioner" "${BIN_DIR}/.local-path-provisioner.tmp"
+	rm -rf "${gobin}"
+}
+
+# ---------------------------------------------------------------------------
 
 build_all() {
 	if all_present; then
@@ -270,6 +287,7 @@ build_all() {
 		helm) build_helm ;;
 		coredns) build_coredns ;;
 		kube-router) build_kube_router ;;
+		local-path-provisioner) build_local_path_provisioner ;;
 		*) build_k8s "$t" ;;
 		esac
 		# Built under a temporary name and renamed, so an interrupted build

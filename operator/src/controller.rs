@@ -26,7 +26,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    crd::ReportVersion,
+    crd::{ReportVersion, Version},
     decide::{Observed, decide},
 };
 
@@ -74,18 +74,52 @@ static DEGRADED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
+/// What one operator looks after: which ReportVersions, and the Deployments beside them whose
+/// readiness decides a switch. The chart prefixes every object with the release's name, so the
+/// names come from its values rather than from constants.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace to watch; every namespace when `None`.
+    pub namespace: Option<String>,
     /// How long a switch may wait for its target before the resource is `Degraded`.
     pub progress_deadline: Duration,
     /// The Deployment (beside each ReportVersion) whose replicas serve the reports.
     pub reports_deployment: String,
+    /// The data service Deployment of a version: `{version}` stands for `v1` or `v2`.
+    pub data_service_deployment: String,
+    /// Only this ReportVersion when set (two releases may share a namespace, each with its own
+    /// operator); every one in the namespace otherwise.
+    pub report_version: Option<String>,
+}
+
+impl Settings {
+    /// The defaults of `aeropartners operator`: names as a release called `aeropartners`
+    /// had them before they were prefixed, every ReportVersion of `namespace`.
+    pub fn new(namespace: Option<&str>, progress_deadline: Duration) -> Self {
+        Self {
+            namespace: namespace.map(str::to_owned),
+            progress_deadline,
+            reports_deployment: "reports".to_owned(),
+            data_service_deployment: "data-service-{version}".to_owned(),
+            report_version: None,
+        }
+    }
+
+    pub fn data_service(&self, version: Version) -> String {
+        self.data_service_deployment
+            .replace("{version}", version.as_str())
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, progress_deadline: Duration, reports_deployment: String) -> Self {
+    pub fn new(client: Client, settings: Settings) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -93,8 +127,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            progress_deadline,
-            reports_deployment,
+            settings,
             failures: Mutex::default(),
         }
     }
@@ -148,13 +181,14 @@ async fn reconcile_inner(rv: &ReportVersion, ctx: &Context) -> Result<Action, Er
         target_ready: deployment_ready(
             &ctx.client,
             &namespace,
-            &format!("data-service-{}", rv.spec.version.as_str()),
+            &ctx.settings.data_service(rv.spec.version),
         )
         .await?,
-        reports_ready: deployment_ready(&ctx.client, &namespace, &ctx.reports_deployment).await?,
+        reports_ready: deployment_ready(&ctx.client, &namespace, &ctx.settings.reports_deployment)
+            .await?,
         now: Timestamp::now(),
     };
-    let decision = decide(&observed, ctx.progress_deadline);
+    let decision = decide(&observed, ctx.settings.progress_deadline);
     DEGRADED
         .with_label_values(&[namespace.as_str(), rv.name_any().as_str()])
         .set(i64::from(crate::decide::is_degraded(&decision.status)));
@@ -209,24 +243,22 @@ pub fn error_policy(rv: Arc<ReportVersion>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Runs the controller until `shutdown` (watching `namespace`, or every namespace).
-pub async fn run(
-    client: Client,
-    namespace: Option<&str>,
-    progress_deadline: Duration,
-    reports_deployment: String,
-    shutdown: CancellationToken,
-) {
-    let (rvs, deployments): (Api<ReportVersion>, Api<Deployment>) = match namespace {
+/// Runs the controller until `shutdown`, over the ReportVersions `settings` names.
+pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) {
+    let (rvs, deployments): (Api<ReportVersion>, Api<Deployment>) = match &settings.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(rvs, watcher::Config::default());
+    let watched = match &settings.report_version {
+        Some(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
+        None => watcher::Config::default(),
+    };
+    let controller = Controller::new(rvs, watched);
     let store = controller.store();
-    let context = Arc::new(Context::new(client, progress_deadline, reports_deployment));
+    let context = Arc::new(Context::new(client, settings));
     // A data service or the reports Deployment becoming ready (or not) re-examines every
     // ReportVersion beside it.
     let beside = move |deployment: Deployment| {
@@ -252,8 +284,15 @@ pub async fn run(
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller event");
+            // Watch errors (a CRD that is gone, a watch RBAC forbids) and failed reconciles
+            // land here: at debug level a broken operator would look healthy and silent.
+            // (A failed reconcile is logged by `error_policy` already.)
+            match result {
+                Err(error @ kube::runtime::controller::Error::ReconcilerFailed(..)) => {
+                    tracing::debug!(%error, "controller event");
+                }
+                Err(error) => tracing::warn!(%error, "controller error"),
+                Ok(_) => {}
             }
         })
         .await;

@@ -64,9 +64,45 @@ impl Cluster {
         Ok(serde_json::from_str(&self.kubectl(&all)?)?)
     }
 
-    /// `http://<ClusterIP>:<port>` of a Service (kube-proxy's rules carry it to the pods).
-    pub fn service_url(&self, name: &str) -> anyhow::Result<String> {
-        let service = self.json(&["get", "service", name])?;
+    /// The release's instance of the chart, as the chart names it: the release's name when it
+    /// contains "aeropartners", `<release>-aeropartners` otherwise.
+    pub fn fullname(&self) -> String {
+        if self.release.contains("aeropartners") {
+            self.release.clone()
+        } else {
+            format!("{}-aeropartners", self.release)
+        }
+    }
+
+    /// The name of a component's objects (Deployment, Service, PDB, ServiceAccount…).
+    pub fn name(&self, component: &str) -> String {
+        format!("{}-{component}", self.fullname())
+    }
+
+    /// The Service of a component: the gateway's is the release's front door, named as the
+    /// release itself.
+    pub fn service_name(&self, component: &str) -> String {
+        if component == "gateway" {
+            self.fullname()
+        } else {
+            self.name(component)
+        }
+    }
+
+    /// `deployment/<name>` of a component, for kubectl.
+    pub fn deployment(&self, component: &str) -> String {
+        format!("deployment/{}", self.name(component))
+    }
+
+    /// The release's ReportVersion.
+    pub fn report_version_name(&self) -> String {
+        self.name("reports")
+    }
+
+    /// `http://<ClusterIP>:<port>` of a component's Service (kube-proxy's rules carry it to
+    /// the pods).
+    pub fn service_url(&self, component: &str) -> anyhow::Result<String> {
+        let service = self.json(&["get", "service", &self.service_name(component)])?;
         let ip = service["spec"]["clusterIP"]
             .as_str()
             .context("a ClusterIP")?;
@@ -104,9 +140,9 @@ impl Cluster {
             .collect())
     }
 
-    /// `spec.replicas` of a Deployment.
-    pub fn replicas(&self, deployment: &str) -> anyhow::Result<usize> {
-        let deployment = self.json(&["get", "deployment", deployment])?;
+    /// `spec.replicas` of a component's Deployment.
+    pub fn replicas(&self, component: &str) -> anyhow::Result<usize> {
+        let deployment = self.json(&["get", "deployment", &self.name(component)])?;
         Ok(usize::try_from(
             deployment["spec"]["replicas"]
                 .as_u64()
@@ -115,8 +151,11 @@ impl Cluster {
     }
 
     /// Selector of a component's pods, as the chart labels them.
-    pub fn selector(component: &str) -> String {
-        format!("app.kubernetes.io/name={component}")
+    pub fn selector(&self, component: &str) -> String {
+        format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
+            self.release
+        )
     }
 
     /// Waits until `check` holds, polling every 100 ms; returns how long it took.
@@ -143,7 +182,7 @@ impl Cluster {
         replicas: usize,
         limit: Duration,
     ) -> anyhow::Result<Duration> {
-        let selector = Self::selector(component);
+        let selector = self.selector(component);
         Self::until(
             &format!("{replicas} ready pods of {component}"),
             limit,
@@ -156,9 +195,9 @@ impl Cluster {
         .await
     }
 
-    /// `status.activeVersion` and the Ready condition of the `reports` ReportVersion.
+    /// `status.activeVersion` and the Ready condition of the release's ReportVersion.
     pub fn report_version(&self) -> anyhow::Result<(String, serde_json::Value)> {
-        let rv = self.json(&["get", "rv", "reports"])?;
+        let rv = self.json(&["get", "rv", &self.report_version_name()])?;
         Ok((
             rv["status"]["activeVersion"]
                 .as_str()
@@ -168,11 +207,33 @@ impl Cluster {
         ))
     }
 
+    /// `helm upgrade --reuse-values --set …` of the release, as a user changes a setting:
+    /// waits until the release is ready again.
+    pub fn set_values(&self, values: &[&str]) -> anyhow::Result<()> {
+        let chart = self.chart.to_string_lossy().into_owned();
+        let mut args = vec![
+            "upgrade",
+            self.release.as_str(),
+            chart.as_str(),
+            "-n",
+            self.namespace.as_str(),
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "10m",
+        ];
+        for value in values {
+            args.extend(["--set", value]);
+        }
+        helm(&args)?;
+        Ok(())
+    }
+
     pub fn patch_version(&self, version: &str) -> anyhow::Result<()> {
         self.kubectl(&[
             "patch",
             "rv",
-            "reports",
+            &self.report_version_name(),
             "--type",
             "merge",
             "-p",

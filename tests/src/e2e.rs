@@ -477,7 +477,7 @@ async fn console_sees_every_replica(
     );
     let reports: Vec<String> = cluster
         .pods(&format!(
-            "app.kubernetes.io/instance={},app.kubernetes.io/name=reports",
+            "app.kubernetes.io/instance={},app.kubernetes.io/component=reports",
             cluster.release
         ))?
         .into_iter()
@@ -570,6 +570,8 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
         pulsar_url: std::env::var("PULSAR_URL").context("PULSAR_URL of the node's broker")?,
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: String::new(),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     };
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL of the node")?;
     let replicas = cluster.replicas("campaigns")?;
@@ -680,7 +682,7 @@ async fn inject_faults(
     replicas: usize,
     started: Instant,
 ) -> anyhow::Result<Vec<Fault>> {
-    let selector = Cluster::selector("campaigns");
+    let selector = cluster.selector("campaigns");
     let at = || started.elapsed().as_secs_f64();
     let mut faults = Vec::new();
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -753,11 +755,11 @@ async fn inject_faults(
     // 3. kubectl rollout restart: every pod replaced, one surge at a time.
     let t = at();
     let asked = Instant::now();
-    cluster.kubectl(&["rollout", "restart", "deployment/campaigns"])?;
+    cluster.kubectl(&["rollout", "restart", &cluster.deployment("campaigns")])?;
     cluster.kubectl(&[
         "rollout",
         "status",
-        "deployment/campaigns",
+        &cluster.deployment("campaigns"),
         "--timeout=300s",
     ])?;
     cluster
@@ -765,7 +767,7 @@ async fn inject_faults(
         .await?;
     faults.push(Fault {
         action: "kubectl rollout restart".into(),
-        pod: "deployment/campaigns".into(),
+        pod: cluster.deployment("campaigns"),
         at_s: t,
         recovered_ms: asked.elapsed().as_secs_f64() * 1000.0,
         requests_during: 0,
@@ -794,7 +796,7 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
     // The switches alternate v2, v1, …: start from v1, so that each is a real change.
     serve(cluster, "v1").await?;
     let replicas = cluster
-        .pods(&Cluster::selector("reports"))?
+        .pods(&cluster.selector("reports"))?
         .into_iter()
         .filter(|p| p.ready && !p.deleting)
         .map(|p| (p.name.clone(), format!("http://{}:8020", p.ip)))
@@ -902,12 +904,19 @@ pub struct Degraded {
 /// Degraded after the operator's deadline, and v1 is served throughout; scaled back, the
 /// switch happens.
 pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<Degraded> {
+    // The default deadline is 2 minutes; a user who wants the alert sooner shortens it (the
+    // operator restarts with it).
+    cluster.set_values(&[&format!("operator.progressDeadline={PROGRESS_DEADLINE}")])?;
     serve(cluster, "v1").await?;
     let v2_replicas = cluster.replicas("data-service-v2")?;
-    cluster.kubectl(&["scale", "deployment/data-service-v2", "--replicas=0"])?;
+    cluster.kubectl(&[
+        "scale",
+        &cluster.deployment("data-service-v2"),
+        "--replicas=0",
+    ])?;
     Cluster::until("data-service-v2 at 0 pods", Duration::from_secs(60), || {
         Ok(cluster
-            .pods(&Cluster::selector("data-service-v2"))?
+            .pods(&cluster.selector("data-service-v2"))?
             .is_empty())
     })
     .await?;
@@ -939,7 +948,7 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
     let scaled = Instant::now();
     cluster.kubectl(&[
         "scale",
-        "deployment/data-service-v2",
+        &cluster.deployment("data-service-v2"),
         &format!("--replicas={v2_replicas}"),
     ])?;
     Cluster::until(
@@ -1005,6 +1014,15 @@ pub struct Operations {
     /// Each failed payment as the client saw it (seconds into the upgrade).
     pub payment_failures_during_upgrade: Vec<String>,
     pub version_after_upgrade: String,
+    /// `helm rollback` to the revision before the upgrade, under the same load (counted with
+    /// the upgrade's).
+    pub rollback_ms: f64,
+    /// What the ReportVersion asks for and serves after the rollback: the switch made before
+    /// the upgrade, which neither Helm operation may revert.
+    pub desired_after_rollback: String,
+    pub version_after_rollback: String,
+    /// The version the switch before the upgrade went to.
+    pub switched_to: String,
 }
 
 /// The operator pod deleted mid-switch (while the switch waits for its data service), then
@@ -1017,15 +1035,11 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let data_service_replicas = cluster.replicas(&data_service)?;
 
     // A switch that stays in progress: its data service is scaled away first.
-    cluster.kubectl(&[
-        "scale",
-        &format!("deployment/{data_service}"),
-        "--replicas=0",
-    ])?;
+    cluster.kubectl(&["scale", &cluster.deployment(&data_service), "--replicas=0"])?;
     Cluster::until(
         &format!("{data_service} at 0 pods"),
         Duration::from_secs(60),
-        || Ok(cluster.pods(&Cluster::selector(&data_service))?.is_empty()),
+        || Ok(cluster.pods(&cluster.selector(&data_service))?.is_empty()),
     )
     .await?;
     let stop = CancellationToken::new();
@@ -1036,7 +1050,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     })
     .await?;
     // Mid-switch: the operator pod goes, its replacement must pick the switch up.
-    let operator = Cluster::selector("operator");
+    let operator = cluster.selector("operator");
     let old: Vec<String> = cluster
         .pods(&operator)?
         .into_iter()
@@ -1062,7 +1076,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let scaled = Instant::now();
     cluster.kubectl(&[
         "scale",
-        &format!("deployment/{data_service}"),
+        &cluster.deployment(&data_service),
         &format!("--replicas={data_service_replicas}"),
     ])?;
     Cluster::until(
@@ -1076,7 +1090,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     .await?;
     let http = client()?;
     for pod in cluster
-        .pods(&Cluster::selector("reports"))?
+        .pods(&cluster.selector("reports"))?
         .iter()
         .filter(|p| !p.deleting)
     {
@@ -1145,18 +1159,42 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         "10m",
     ];
     crate::cluster::helm(&args)?;
-    for deployment in
-        kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
-    {
-        cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
-    }
+    let rolled_out = || -> anyhow::Result<()> {
+        for deployment in
+            kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
+        {
+            cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
+        }
+        Ok(())
+    };
+    rolled_out()?;
     let upgrade = started.elapsed();
+    let (version_after, _) = cluster.report_version()?;
+    // Back to the revision before the upgrade: Helm re-applies that revision's manifest, which
+    // must not carry the report version back with it.
+    let started = Instant::now();
+    crate::cluster::helm(&[
+        "rollback",
+        cluster.release.as_str(),
+        "-n",
+        cluster.namespace.as_str(),
+        "--wait",
+        "--timeout",
+        "10m",
+    ])?;
+    rolled_out()?;
+    let rollback = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let reads_upgrade = reads.await?;
     let (payments_sent, payment_failures) = payments.await?;
     let after = live_pods(cluster)?;
-    let (version_after, _) = cluster.report_version()?;
+    let (version_after_rollback, _) = cluster.report_version()?;
+    let desired_after_rollback =
+        cluster.json(&["get", "rv", &cluster.report_version_name()])?["spec"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
     let report = Operations {
         operator_replaced_ms: operator_replaced.as_secs_f64() * 1000.0,
         converged_after_data_service_ms: converged.as_secs_f64() * 1000.0,
@@ -1169,6 +1207,10 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         payments_failed_during_upgrade: payment_failures.len() as u64,
         payment_failures_during_upgrade: payment_failures,
         version_after_upgrade: version_after,
+        rollback_ms: rollback.as_secs_f64() * 1000.0,
+        desired_after_rollback,
+        version_after_rollback,
+        switched_to: to.to_owned(),
     };
     print_rows(
         "The operator pod deleted mid-switch; helm upgrade under load",
@@ -1198,7 +1240,12 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
                 ),
             ),
             (
-                "reads during the upgrade: requests / failed / not in the active version".into(),
+                "helm rollback to the revision before → rolled".into(),
+                format!("{:.0} ms", report.rollback_ms),
+            ),
+            (
+                "reads during upgrade + rollback: requests / failed / not in the active version"
+                    .into(),
                 format!(
                     "{} / {} / {}",
                     report.reads_during_upgrade.requests,
@@ -1207,15 +1254,22 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
                 ),
             ),
             (
-                "payments during the upgrade: sent / failed".into(),
+                "payments during upgrade + rollback: sent / failed".into(),
                 format!(
                     "{} / {}",
                     report.payments_during_upgrade, report.payments_failed_during_upgrade
                 ),
             ),
             (
-                "active version after the upgrade".into(),
-                report.version_after_upgrade.clone(),
+                format!(
+                    "switched to {to}; active after the upgrade / after the rollback (desired)"
+                ),
+                format!(
+                    "{} / {} ({})",
+                    report.version_after_upgrade,
+                    report.version_after_rollback,
+                    report.desired_after_rollback
+                ),
             ),
         ],
     );
@@ -1232,13 +1286,22 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     Ok(report)
 }
 
-/// The release's pods that are not being deleted.
+/// The release's running pods that are not being deleted (not the finished pods of `helm
+/// test`).
 fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
-    Ok(cluster
-        .pods(&format!("app.kubernetes.io/instance={}", cluster.release))?
-        .into_iter()
-        .filter(|p| !p.deleting)
-        .map(|p| p.name)
+    let list = cluster.json(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app.kubernetes.io/instance={}", cluster.release),
+        "--field-selector=status.phase=Running",
+    ])?;
+    Ok(list["items"]
+        .as_array()
+        .context("a pod list")?
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|pod| pod["metadata"]["name"].as_str().map(str::to_owned))
         .collect())
 }
 
@@ -1290,6 +1353,9 @@ pub struct Security {
 
 /// The namespace of the pod that does not belong to the release.
 const OUTSIDER_NAMESPACE: &str = "e2e-outsider";
+/// How long the Degraded part lets a switch wait: long enough for a rollout on a busy 2-core
+/// cluster, short enough for the test.
+const PROGRESS_DEADLINE: &str = "20s";
 /// The node's pause image (scripts/k8s-node.sh imports it; it cannot be pulled).
 const PAUSE_IMAGE: &str = "localhost/aeropartners/pause:3.10";
 
@@ -1300,7 +1366,13 @@ const PAUSE_IMAGE: &str = "localhost/aeropartners/pause:3.10";
 /// read-only root filesystem (the node's /proc, not the manifest).
 pub async fn security(cluster: &Cluster) -> anyhow::Result<Security> {
     let started = Instant::now();
-    let network = network_policy(cluster).await?;
+    // Off in the default values (it needs a CNI that enforces it): turned on as a user
+    // would, and off again after, since the checks that follow read the database and the
+    // broker from a node's address, which the policy refuses.
+    cluster.set_values(&["networkPolicy.enabled=true"])?;
+    let network = network_policy(cluster).await;
+    cluster.set_values(&["networkPolicy.enabled=false"])?;
+    let network = network?;
     let rbac = rbac(cluster)?;
     let containers = containers(cluster)?;
     let report = Security {
@@ -1402,7 +1474,9 @@ async fn probe(
     loop {
         attempts += 1;
         let (connected, outcome) = connect_from(pid, ip, port)?;
-        if connected == expected_to_connect || !expected_to_connect || Instant::now() >= limit {
+        // Retried both ways: a policy just created takes each node's kube-router a moment to
+        // enforce, and a pod just started a moment to be reachable.
+        if connected == expected_to_connect || Instant::now() >= limit {
             return Ok(Probe {
                 from: from.to_owned(),
                 to: format!("{to} {ip}:{port}"),
@@ -1417,8 +1491,8 @@ async fn probe(
 }
 
 /// The ClusterIP and the first port of a Service.
-fn service_address(cluster: &Cluster, name: &str) -> anyhow::Result<(String, u16)> {
-    let service = cluster.json(&["get", "service", name])?;
+fn service_address(cluster: &Cluster, component: &str) -> anyhow::Result<(String, u16)> {
+    let service = cluster.json(&["get", "service", &cluster.service_name(component)])?;
     Ok((
         service["spec"]["clusterIP"]
             .as_str()
@@ -1432,17 +1506,16 @@ fn service_address(cluster: &Cluster, name: &str) -> anyhow::Result<(String, u16
     ))
 }
 
-/// The release's payments pods hold the database credentials; PostgreSQL itself is outside
-/// the cluster here (as with a managed database), where no NetworkPolicy of the release can
-/// guard it, so the port a stranger must not reach is theirs. Probes from a gateway pod (in
-/// the release), and from a pod in another namespace that even carries the release's
+/// The release's payments pods hold the database credentials, and the in-chart PostgreSQL
+/// holds the data: ports a stranger must not reach. Probes from a gateway pod (in the
+/// release), and from a pod in another namespace that even carries the release's
 /// `app.kubernetes.io/instance` label (a label is no way in); the outsider reaching the
 /// gateway, which the edge policy opens, proves its network works and that the refusals are
-/// the policy's.
+/// the policy's. The pods may be on any node: the probes cross nodes as often as not.
 async fn network_policy(cluster: &Cluster) -> anyhow::Result<Vec<Probe>> {
     let ready = |component: &str| -> anyhow::Result<crate::cluster::Pod> {
         cluster
-            .pods(&Cluster::selector(component))?
+            .pods(&cluster.selector(component))?
             .into_iter()
             .find(|p| p.ready && !p.deleting)
             .with_context(|| format!("a ready {component} pod"))
@@ -1451,6 +1524,7 @@ async fn network_policy(cluster: &Cluster) -> anyhow::Result<Vec<Probe>> {
     let gateway = ready("gateway")?;
     let (payments_service, payments_port) = service_address(cluster, "payments")?;
     let (_, gateway_port) = service_address(cluster, "gateway")?;
+    let (database_service, database_port) = service_address(cluster, "postgresql")?;
     let gateway_pid = container_process(&gateway.uid, "aeropartners")
         .with_context(|| format!("the process of {} on this node", gateway.name))?;
 
@@ -1488,6 +1562,20 @@ async fn network_policy(cluster: &Cluster) -> anyhow::Result<Vec<Probe>> {
             "payments Service",
             (payments_service.as_str(), payments_port),
             false,
+        ),
+        (
+            &stranger,
+            outsider_pid,
+            "PostgreSQL Service",
+            (database_service.as_str(), database_port),
+            false,
+        ),
+        (
+            &insider,
+            gateway_pid,
+            "PostgreSQL Service",
+            (database_service.as_str(), database_port),
+            true,
         ),
         (
             &stranger,
@@ -1561,7 +1649,8 @@ spec:
 /// scope, else that one; expected answer).
 fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
     const RV: &str = "reportversions.aeropartners.io";
-    const RV_REPORTS: &str = "reportversions.aeropartners.io/reports";
+    let rv_reports = format!("{RV}/{}", cluster.report_version_name());
+    let rv_reports = rv_reports.as_str();
     let checks: &[(&str, &str, &str, &str, &str, bool)] = &[
         // The operator reconciles ReportVersions, reads the data services' Deployments, writes
         // the status and Events.
@@ -1578,7 +1667,9 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
         // …and nothing else: not the spec, not the Deployments, no secrets, no other namespace.
         ("operator", "patch", RV, "", "", false),
         ("operator", "update", RV, "", "", false),
-        ("operator", "create", RV, "", "", false),
+        // It creates the release's ReportVersion when it is missing (RBAC cannot narrow a
+        // create to one name).
+        ("operator", "create", RV, "", "", true),
         ("operator", "delete", RV, "", "", false),
         ("operator", "create", "deployments.apps", "", "", false),
         ("operator", "patch", "deployments.apps", "", "", false),
@@ -1619,10 +1710,10 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
         ("operator", "list", "nodes", "", "-", false),
         // The reports replicas follow their one ReportVersion and switch it
         // (PUT /api/reports/version patches spec.version).
-        ("reports", "get", RV_REPORTS, "", "", true),
-        ("reports", "list", RV_REPORTS, "", "", true),
-        ("reports", "watch", RV_REPORTS, "", "", true),
-        ("reports", "patch", RV_REPORTS, "", "", true),
+        ("reports", "get", rv_reports, "", "", true),
+        ("reports", "list", rv_reports, "", "", true),
+        ("reports", "watch", rv_reports, "", "", true),
+        ("reports", "patch", rv_reports, "", "", true),
         // …and nothing else: not another ReportVersion, not the status, not deleting it.
         ("reports", "list", RV, "", "", false),
         (
@@ -1633,8 +1724,8 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
             "",
             false,
         ),
-        ("reports", "patch", RV_REPORTS, "status", "", false),
-        ("reports", "delete", RV_REPORTS, "", "", false),
+        ("reports", "patch", rv_reports, "status", "", false),
+        ("reports", "delete", rv_reports, "", "", false),
         ("reports", "create", RV, "", "", false),
         ("reports", "get", "secrets", "", "", false),
         ("reports", "list", "secrets", "", "", false),
@@ -1643,7 +1734,7 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
         ("reports", "delete", "pods", "", "", false),
         ("reports", "get", "deployments.apps", "", "", false),
         ("reports", "create", "events.events.k8s.io", "", "", false),
-        ("reports", "get", RV_REPORTS, "", "default", false),
+        ("reports", "get", rv_reports, "", "default", false),
         (
             "reports",
             "create",
@@ -1657,8 +1748,9 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
     let mut answers = Vec::new();
     for &(account, verb, resource, subresource, namespace, expected) in checks {
         let user = format!(
-            "system:serviceaccount:{}:{}-{account}",
-            cluster.namespace, cluster.release
+            "system:serviceaccount:{}:{}",
+            cluster.namespace,
+            cluster.name(account)
         );
         let mut args = vec!["auth", "can-i", verb, resource, "--as", user.as_str()];
         let namespace = match namespace {
@@ -1907,8 +1999,24 @@ impl Targets for Operations {
                     && upgrade.other_version == 0
                     && self.payments_failed_during_upgrade == 0,
                 format!(
-                    "helm upgrade: {} reads failed, {} in another version, {} payments failed",
+                    "helm upgrade + rollback: {} reads failed, {} in another version, {} payments failed",
                     upgrade.failed, upgrade.other_version, self.payments_failed_during_upgrade
+                ),
+            ),
+            unless(
+                [
+                    &self.version_after_upgrade,
+                    &self.version_after_rollback,
+                    &self.desired_after_rollback,
+                ]
+                .iter()
+                .all(|v| **v == self.switched_to),
+                format!(
+                    "the switch to {} did not survive: active {} after the upgrade, {} after the rollback (desired {})",
+                    self.switched_to,
+                    self.version_after_upgrade,
+                    self.version_after_rollback,
+                    self.desired_after_rollback
                 ),
             ),
         ]

@@ -764,6 +764,8 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         pulsar_url: std::env::var("PULSAR_URL").context("PULSAR_URL")?,
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: prefix.clone(),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     };
     // Every event of the run, as the broker delivers it to a subscription of our own made
     // before the first request.

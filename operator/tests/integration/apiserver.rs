@@ -13,7 +13,10 @@ use kube::{
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
     runtime::wait::{await_condition, conditions},
 };
-use operator::crd::{ReportVersion, Version};
+use operator::{
+    controller::Settings,
+    crd::{ReportVersion, Version},
+};
 use tokio_util::sync::CancellationToken;
 
 async fn client() -> Client {
@@ -161,7 +164,7 @@ fn start_operator(client: &Client, ns: &str, deadline: Duration) -> Cancellation
     let shutdown = CancellationToken::new();
     let (client, ns, token) = (client.clone(), ns.to_owned(), shutdown.clone());
     tokio::spawn(async move {
-        operator::controller::run(client, Some(&ns), deadline, "reports".to_owned(), token).await
+        operator::controller::run(client, Settings::new(Some(&ns), deadline), token).await
     });
     shutdown
 }
@@ -415,4 +418,124 @@ async fn a_version_is_promoted_only_once_the_reports_replicas_are_ready() {
     })
     .await;
     assert_eq!(condition(&rv, "Ready").as_deref(), Some("True"));
+}
+
+/// A release named `shop` prefixes its objects: the operator reads `shop-data-service-v2` and
+/// `shop-reports`, and looks after `shop-reports` only, not another release's ReportVersion in
+/// the same namespace.
+#[tokio::test]
+async fn an_operator_looks_after_its_own_release_only() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client).await;
+    for (name, labels) in [
+        (
+            "shop-data-service-v1",
+            serde_json::json!({"aeropartners.io/data-service": "v1"}),
+        ),
+        (
+            "shop-data-service-v2",
+            serde_json::json!({"aeropartners.io/data-service": "v2"}),
+        ),
+        (
+            "shop-reports",
+            serde_json::json!({"aeropartners.io/reports": "true"}),
+        ),
+    ] {
+        deployment(&client, &ns, name, labels, true).await;
+    }
+    let resource = ApiResource::erase::<ReportVersion>(&());
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    for name in ["shop-reports", "other-reports"] {
+        let rv: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aeropartners.io/v1alpha1", "kind": "ReportVersion",
+            "metadata": {"name": name}, "spec": {"version": "v2"}
+        }))
+        .unwrap();
+        dynamic.create(&PostParams::default(), &rv).await.unwrap();
+    }
+    let settings = Settings {
+        reports_deployment: "shop-reports".to_owned(),
+        data_service_deployment: "shop-data-service-{version}".to_owned(),
+        report_version: Some("shop-reports".to_owned()),
+        ..Settings::new(Some(&ns), Duration::from_secs(120))
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(operator::controller::run(
+        client.clone(),
+        settings,
+        shutdown.clone(),
+    ));
+    let _operator = shutdown.drop_guard();
+    let api: Api<ReportVersion> = Api::namespaced(client.clone(), &ns);
+    let mut served = None;
+    for _ in 0..300 {
+        served = api
+            .get("shop-reports")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.active_version);
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served,
+        Some(Version::V2),
+        "the prefixed data service was found ready"
+    );
+    // Reconciled within a second of the first, had it been watched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.get("other-reports").await.unwrap().status,
+        None,
+        "another release's ReportVersion is not this operator's"
+    );
+}
+
+/// The chart no longer renders the ReportVersion: the operator creates it once, owned by its
+/// own Deployment, and never puts its spec back afterwards (a live switch survives).
+#[tokio::test]
+async fn the_operator_creates_its_report_version_once_and_leaves_the_spec_alone() {
+    use operator::ensure::{Managed, Outcome, ensure};
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client).await;
+    deployment(&client, &ns, "shop-operator", serde_json::json!({}), true).await;
+    let managed = Managed {
+        namespace: ns.clone(),
+        name: "shop-reports".to_owned(),
+        initial: Version::V1,
+        owner: Some("shop-operator".to_owned()),
+    };
+    assert_eq!(ensure(&client, &managed).await.unwrap(), Outcome::Created);
+    let api: Api<ReportVersion> = Api::namespaced(client.clone(), &ns);
+    let rv = api.get("shop-reports").await.unwrap();
+    assert_eq!(rv.spec.version, Version::V1);
+    let owner = &rv.metadata.owner_references.as_ref().expect("an owner")[0];
+    let operator = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("shop-operator")
+        .await
+        .unwrap();
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Deployment", "shop-operator")
+    );
+    assert_eq!(Some(&owner.uid), operator.metadata.uid.as_ref());
+
+    // A user switches; the next operator start (a restart, an upgrade) keeps the switch.
+    api.patch(
+        "shop-reports",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"version": "v2"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ensure(&client, &managed).await.unwrap(), Outcome::Existed);
+    assert_eq!(
+        api.get("shop-reports").await.unwrap().spec.version,
+        Version::V2
+    );
 }

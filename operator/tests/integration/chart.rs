@@ -45,6 +45,10 @@ fn values_files() -> Vec<Vec<&'static str>> {
         vec![],
         vec![
             "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../kind-values.yaml"),
+        ],
+        vec![
+            "-f",
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../charts/aeropartners/ci/ci-values.yaml"
@@ -79,6 +83,16 @@ fn every_rendered_manifest_is_accepted_by_the_api_server() {
     ok(
         &run("kubectl", &["create", "namespace", &namespace], None),
         "create namespace",
+    );
+    // What the controller-manager (absent beside this API server) would make: the `helm test`
+    // pods run as the namespace's default ServiceAccount.
+    ok(
+        &run(
+            "kubectl",
+            &["create", "serviceaccount", "default", "-n", &namespace],
+            None,
+        ),
+        "the default ServiceAccount",
     );
     ok(
         &run(
@@ -131,16 +145,23 @@ fn every_rendered_manifest_is_accepted_by_the_api_server() {
             kinds,
             "every object accepted:\n{applied}"
         );
+        // ci-values.yaml renders a second release's names ("shop").
+        let fullname = if values.iter().any(|v| v.ends_with("ci-values.yaml")) {
+            "shop"
+        } else {
+            "aeropartners"
+        };
         for kind in [
-            "deployment.apps/campaigns ",
-            "deployment.apps/reports ",
-            "poddisruptionbudget.policy/reports ",
-            "role.rbac.authorization.k8s.io/aeropartners-reports ",
-            "poddisruptionbudget.policy/gateway ",
-            "reportversion.aeropartners.io/reports ",
-            "job.batch/",
+            format!("deployment.apps/{fullname}-campaigns "),
+            format!("deployment.apps/{fullname}-reports "),
+            format!("poddisruptionbudget.policy/{fullname}-reports "),
+            format!("role.rbac.authorization.k8s.io/{fullname}-reports "),
+            format!("poddisruptionbudget.policy/{fullname}-gateway "),
+            format!("service/{fullname} "),
+            format!("service/{fullname}-operator "),
+            "job.batch/".to_owned(),
         ] {
-            assert!(applied.contains(kind), "{kind} missing:\n{applied}");
+            assert!(applied.contains(&kind), "{kind} missing:\n{applied}");
         }
     }
 }
@@ -187,13 +208,33 @@ fn the_reports_account_can_touch_only_its_report_version() {
     );
     let account = format!("system:serviceaccount:{namespace}:aeropartners-reports");
     for (verb, resource, allowed) in [
-        ("get", "reportversions.aeropartners.io/reports", true),
-        ("watch", "reportversions.aeropartners.io/reports", true),
-        ("list", "reportversions.aeropartners.io/reports", true),
-        ("patch", "reportversions.aeropartners.io/reports", true),
+        (
+            "get",
+            "reportversions.aeropartners.io/aeropartners-reports",
+            true,
+        ),
+        (
+            "watch",
+            "reportversions.aeropartners.io/aeropartners-reports",
+            true,
+        ),
+        (
+            "list",
+            "reportversions.aeropartners.io/aeropartners-reports",
+            true,
+        ),
+        (
+            "patch",
+            "reportversions.aeropartners.io/aeropartners-reports",
+            true,
+        ),
         ("patch", "reportversions.aeropartners.io/other", false),
         ("list", "reportversions.aeropartners.io", false),
-        ("delete", "reportversions.aeropartners.io/reports", false),
+        (
+            "delete",
+            "reportversions.aeropartners.io/aeropartners-reports",
+            false,
+        ),
         ("get", "secrets", false),
         ("list", "deployments.apps", false),
     ] {
@@ -217,7 +258,7 @@ fn the_reports_account_can_touch_only_its_report_version() {
             "auth",
             "can-i",
             "patch",
-            "reportversions.aeropartners.io/reports",
+            "reportversions.aeropartners.io/aeropartners-reports",
             "--subresource",
             "status",
             "-n",
@@ -238,7 +279,7 @@ fn the_reports_account_can_touch_only_its_report_version() {
             &[
                 "get",
                 "deployment",
-                "reports",
+                "aeropartners-reports",
                 "-n",
                 &namespace,
                 "-o",
@@ -270,10 +311,13 @@ fn the_reports_account_can_touch_only_its_report_version() {
 fn the_values_schema_rejects_a_misspelt_key_and_bad_values() {
     for (set, complaint) in [
         ("paymnets.replicas=3", "paymnets"),
-        ("campaigns.replicas=1", "minimum"),
+        ("campaigns.replicas=0", "minimum"),
         ("reportVersion.version=v3", "must be one of"),
-        ("reports.replicas=1", "minimum"),
+        ("reports.replicas=0", "minimum"),
         ("reports.cacheTtl=soon", "pattern"),
+        ("gateway.service.type=External", "must be one of"),
+        ("image.digest=latest", "pattern"),
+        ("payments.nodeSelctor.zone=a", "nodeSelctor"),
     ] {
         let output = run(
             "helm",
@@ -377,4 +421,419 @@ fn template(extra: &[&str]) -> String {
         &run("helm", &args, None),
         &format!("helm template {extra:?}"),
     )
+}
+
+/// The objects `helm template` renders with `extra` arguments (empty documents dropped).
+fn objects(extra: &[&str]) -> Vec<serde_json::Value> {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&template(extra)).expect("helm renders YAML");
+    documents.into_iter().filter(|d| d.is_object()).collect()
+}
+
+fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Every pod template of the rendered Deployments (with their names).
+fn pod_specs(objects: &[serde_json::Value]) -> Vec<(String, &serde_json::Value)> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .map(|o| {
+            (
+                o["metadata"]["name"].as_str().unwrap().to_owned(),
+                &o["spec"]["template"]["spec"],
+            )
+        })
+        .collect()
+}
+
+fn env<'a>(container: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// With the in-chart PostgreSQL (the default) the database exists only once the release does:
+/// a post-install hook would run only after `helm install --wait`, which waits for pods whose
+/// readiness waits for the schema. So there the migration Job is part of the release; with an
+/// external database it is a hook before any pod starts; disabled, the services migrate.
+#[test]
+fn the_migrations_never_wait_for_a_hook_that_waits_for_them() {
+    let default = objects(&[]);
+    let job = find(&default, "Job", "aeropartners-migrate-1");
+    assert!(
+        job["metadata"]["annotations"]["helm.sh/hook"].is_null(),
+        "no hook with the in-chart PostgreSQL: {}",
+        job["metadata"]
+    );
+    for (name, pod) in pod_specs(&default) {
+        if name.ends_with("-operator") {
+            continue;
+        }
+        let container = &pod["containers"][0];
+        assert_eq!(
+            env(container, "MIGRATE_ON_START").map(|e| e["value"].clone()),
+            Some(serde_json::json!("false")),
+            "{name}: the Job migrates"
+        );
+        assert!(env(container, "DATABASE_STARTUP_WAIT").is_some(), "{name}");
+    }
+
+    let external = objects(&[
+        "--set",
+        "postgresql.enabled=false",
+        "--set",
+        "externalDatabase.existingSecret=db",
+    ]);
+    let hook = find(&external, "Job", "aeropartners-migrate");
+    assert_eq!(
+        hook["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-install,pre-upgrade"
+    );
+
+    let disabled = objects(&["--set", "migrations.enabled=false"]);
+    assert!(!disabled.iter().any(|o| o["kind"] == "Job"));
+    let (_, payments) = pod_specs(&disabled)
+        .into_iter()
+        .find(|(n, _)| n == "aeropartners-payments")
+        .unwrap();
+    assert_eq!(
+        env(&payments["containers"][0], "MIGRATE_ON_START").unwrap()["value"],
+        "true",
+        "nothing else migrates, so the services do"
+    );
+}
+
+/// The CRD is a template (so `helm upgrade` upgrades it), kept on uninstall, and the same
+/// schema the Rust types generate; the chart renders no ReportVersion (the operator creates
+/// it, so Helm never owns the `spec.version` users switch).
+#[test]
+fn the_crd_upgrades_with_the_chart_and_the_report_version_is_not_helms() {
+    let default = objects(&[]);
+    let crd = find(
+        &default,
+        "CustomResourceDefinition",
+        "reportversions.aeropartners.io",
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let generated: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(CRD).unwrap()).unwrap();
+    assert_eq!(crd["spec"], generated["spec"], "the chart's CRD is crds/'s");
+    assert!(!default.iter().any(|o| o["kind"] == "ReportVersion"));
+    let operator = find(&default, "Deployment", "aeropartners-operator");
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    for (name, value) in [
+        ("REPORT_VERSION_NAME", "aeropartners-reports"),
+        ("REPORT_VERSION_INITIAL", "v1"),
+        ("OWNER_DEPLOYMENT", "aeropartners-operator"),
+        ("REPORTS_DEPLOYMENT", "aeropartners-reports"),
+        (
+            "DATA_SERVICE_DEPLOYMENT",
+            "aeropartners-data-service-{version}",
+        ),
+    ] {
+        assert_eq!(env(container, name).unwrap()["value"], value, "{name}");
+    }
+    let role = find(&default, "Role", "aeropartners-operator");
+    assert!(role["rules"][0]["verbs"].to_string().contains("create"));
+
+    let without = objects(&["--set", "crds.enabled=false"]);
+    assert!(
+        !without
+            .iter()
+            .any(|o| o["kind"] == "CustomResourceDefinition")
+    );
+}
+
+/// Two releases in one namespace: no object name in common, and every selector carries its
+/// release; internal services are ClusterIP, so no node port is taken on every node.
+#[test]
+fn two_releases_share_a_namespace() {
+    let first = objects(&[]);
+    let second: Vec<serde_json::Value> = {
+        let mut args = vec!["template", "shop", CHART, "--kube-version", KUBE_VERSION];
+        args.extend(["--set", "crds.enabled=false"]);
+        let documents: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&ok(&run("helm", &args, None), "helm template shop"))
+                .unwrap();
+        documents.into_iter().filter(|d| d.is_object()).collect()
+    };
+    let names = |objects: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        objects
+            .iter()
+            .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+            .collect()
+    };
+    let (a, b) = (names(&first), names(&second));
+    let shared: Vec<&String> = a.intersection(&b).collect();
+    assert!(shared.is_empty(), "both releases render {shared:?}");
+    assert!(
+        b.contains("\"Deployment\"/\"shop-aeropartners-payments\""),
+        "{b:?}"
+    );
+    for object in first.iter().chain(&second) {
+        if object["kind"] == "Service" {
+            // No type is ClusterIP (the headless Services say clusterIP: None).
+            let kind = object["spec"]["type"].as_str().unwrap_or("ClusterIP");
+            assert_eq!(kind, "ClusterIP", "{}", object["metadata"]["name"]);
+        }
+        if object["kind"] == "Deployment" {
+            let selector = &object["spec"]["selector"]["matchLabels"];
+            assert!(
+                selector["app.kubernetes.io/instance"].is_string(),
+                "{selector}"
+            );
+            assert!(
+                selector["app.kubernetes.io/component"].is_string(),
+                "{selector}"
+            );
+        }
+    }
+    // The gateway routes to its own release's services.
+    let gateway = find(&second, "Deployment", "shop-aeropartners-gateway");
+    let args = gateway["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("http://shop-aeropartners-payments:8010/pagos"),
+        "{args}"
+    );
+    // kind's values expose the edge as the node ports kind-config.yaml maps to localhost.
+    let kind = objects(&[
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../kind-values.yaml"),
+    ]);
+    let config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../kind-config.yaml"))
+            .unwrap();
+    for (service, port) in [
+        ("aeropartners", 30000),
+        ("aeropartners-campaigns-proxy", 30080),
+        ("aeropartners-event-collector", 30090),
+    ] {
+        let object = find(&kind, "Service", service);
+        assert_eq!(object["spec"]["type"], "NodePort");
+        assert_eq!(object["spec"]["ports"][0]["nodePort"], port);
+        assert!(
+            config.contains(&format!("containerPort: {port}")),
+            "{port} mapped"
+        );
+    }
+}
+
+/// Images: the tag defaults to the chart's appVersion, a digest pins it, pull secrets reach
+/// every pod (the migration Job and the test pods included).
+#[test]
+fn images_are_pinned_and_pulled_with_the_given_secrets() {
+    let app_version = std::fs::read_to_string(format!("{CHART}/Chart.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let default = objects(&[]);
+    let operator = find(&default, "Deployment", "aeropartners-operator");
+    assert_eq!(
+        operator["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("localhost/aeropartners:{app_version}")
+    );
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let pinned = objects(&[
+        "--set",
+        &format!("image.digest={digest}"),
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+    ]);
+    let mut pods = 0;
+    for object in &pinned {
+        let pod = match object["kind"].as_str() {
+            Some("Deployment" | "Job") => &object["spec"]["template"]["spec"],
+            Some("Pod") => &object["spec"],
+            _ => continue,
+        };
+        let image = pod["containers"][0]["image"].as_str().unwrap();
+        if image.starts_with("localhost/aeropartners") {
+            pods += 1;
+            assert_eq!(image, format!("localhost/aeropartners@{digest}"));
+        }
+        assert_eq!(
+            pod["imagePullSecrets"][0]["name"], "regcred",
+            "{}",
+            object["metadata"]["name"]
+        );
+    }
+    assert!(pods >= 14, "{pods} pods of the image");
+}
+
+/// Monitoring that can work: the operator has a Service to be scraped through, the
+/// ServiceMonitor carries the labels a Prometheus selects by and matches the release's
+/// Services, and a NetworkPolicy lets the named scraper in.
+#[test]
+fn the_operator_and_every_service_can_be_scraped() {
+    let rendered = objects(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "serviceMonitor.labels.release=kube-prometheus-stack",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+    ]);
+    let monitor = find(&rendered, "ServiceMonitor", "aeropartners");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let scraped: Vec<&str> = rendered
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .filter(|o| {
+            selector
+                .iter()
+                .all(|(k, v)| o["metadata"]["labels"][k] == *v)
+        })
+        .filter(|o| {
+            o["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "http")
+        })
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(scraped.contains(&"aeropartners-operator"), "{scraped:?}");
+    assert!(scraped.contains(&"aeropartners-payments"), "{scraped:?}");
+    let policy = find(&rendered, "NetworkPolicy", "aeropartners-metrics");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "http");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+        "monitoring"
+    );
+}
+
+/// An external PostgreSQL (CloudNativePG's `<cluster>-app` Secret, key `uri`) and an external
+/// Pulsar with a token and a CA: every pod reads them from the Secrets named.
+#[test]
+fn external_database_and_broker_credentials_reach_every_pod() {
+    let rendered = objects(&[
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/aeropartners/ci/ci-values.yaml"
+        ),
+    ]);
+    let mut checked = 0;
+    for (name, pod) in pod_specs(&rendered) {
+        if name.ends_with("-operator") {
+            continue;
+        }
+        let container = &pod["containers"][0];
+        let database = env(container, "DATABASE_URL").unwrap();
+        assert_eq!(
+            database["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "aeropartners-app", "key": "uri"}),
+            "{name}"
+        );
+        assert_eq!(
+            env(container, "PULSAR_AUTH_TOKEN").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+            "pulsar-token-aeropartners"
+        );
+        let trust = env(container, "PULSAR_TLS_TRUST_CERTS_FILE").unwrap()["value"]
+            .as_str()
+            .unwrap();
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| trust.starts_with(m["mountPath"].as_str().unwrap()));
+        assert!(mounted, "{name}: {trust} is mounted");
+        checked += 1;
+    }
+    assert_eq!(checked, 9, "every service pod");
+}
+
+/// `helm test` checks something: the gateway and the operator ready, a payment round trip,
+/// the served report version, each a test hook running the release's own image.
+#[test]
+fn helm_test_checks_the_release() {
+    let rendered = objects(&[]);
+    let tests: Vec<&serde_json::Value> = rendered
+        .iter()
+        .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .collect();
+    let args: Vec<String> = tests
+        .iter()
+        .map(|t| t["spec"]["containers"][0]["args"].to_string())
+        .collect();
+    for wanted in [
+        r#"["check","ready","http://aeropartners:8000"]"#,
+        r#"["check","payment","--gateway","http://aeropartners:8000"]"#,
+        r#"["check","report-version","--gateway","http://aeropartners:8000"]"#,
+        r#"["check","ready","http://aeropartners-operator:8095"]"#,
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted} in {args:?}");
+    }
+}
+
+/// The schema lets the chart be a subchart (Helm passes `global`) and run one replica (with a
+/// warning), and takes the usual pod knobs per component.
+#[test]
+fn the_schema_allows_composition_small_installs_and_pod_knobs() {
+    let output = run(
+        "helm",
+        &[
+            "install",
+            "aeropartners",
+            CHART,
+            "--dry-run=client",
+            // The other tests installed the CRD outside Helm: this release does not own it.
+            "--set",
+            "crds.enabled=false",
+            "--set",
+            "global.imageRegistry=example.com",
+            "--set",
+            "payments.replicas=1",
+            "--set",
+            "payments.priorityClassName=critical",
+            "--set",
+            "payments.tolerations[0].operator=Exists",
+        ],
+        None,
+    );
+    let stdout = ok(&output, "helm install --dry-run with global and 1 replica");
+    assert!(
+        stdout.contains("WARNING: payments.replicas is 1"),
+        "NOTES warns:\n{stdout}"
+    );
+    let rendered = objects(&[
+        "--set",
+        "payments.priorityClassName=critical",
+        "--set",
+        "payments.tolerations[0].operator=Exists",
+        "--set",
+        "common.podAnnotations.team=pay",
+    ]);
+    let payments = &find(&rendered, "Deployment", "aeropartners-payments")["spec"]["template"];
+    assert_eq!(payments["spec"]["priorityClassName"], "critical");
+    assert_eq!(payments["spec"]["tolerations"][0]["operator"], "Exists");
+    assert_eq!(payments["metadata"]["annotations"]["team"], "pay");
+    let spread = payments["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .unwrap();
+    assert_eq!(spread[0]["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(spread[0]["matchLabelKeys"][0], "pod-template-hash");
+    assert_eq!(spread[1]["topologyKey"], "topology.kubernetes.io/zone");
+    let pdb = find(&rendered, "PodDisruptionBudget", "aeropartners-payments");
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
 }

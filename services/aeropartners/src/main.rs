@@ -1,6 +1,8 @@
 //! `aeropartners <service>`: the one binary (and one container image) of the platform.
 //! Each subcommand is a thin shell around a bounded context's `run_*` function.
 
+mod check;
+
 use clap::{Parser, Subcommand};
 use platform::{config::DatabaseConfig, messaging::dead_letter, shutdown, telemetry};
 
@@ -43,6 +45,9 @@ enum Command {
     Migrate(DatabaseConfig),
     /// Dead letters: list what waits in the `-DLQ` topics, replay it to its subscription.
     Dlq(dead_letter::cli::DlqArgs),
+    /// Checks a running release (what the chart's `helm test` runs): readiness, a payment
+    /// round trip, the served report version.
+    Check(check::CheckArgs),
 }
 
 #[tokio::main]
@@ -60,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::DataService(config) => data_service::run(config, shutdown).await,
         Command::Reports(args) => reports::run(args, shutdown).await,
         Command::EventCollector(config) => event_collector::run(config, shutdown).await,
+        Command::Check(args) => check::run(args).await,
         Command::Dlq(args) => dead_letter::cli::run(args)
             .await
             .map(|report| {

@@ -27,6 +27,7 @@ async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String,
         database_url: database.url.clone(),
         database_max_connections: 5,
         migrate_on_start: true,
+        database_startup_wait: std::time::Duration::ZERO,
     };
     let payments_pool = payments::database(&config).await.unwrap();
     let campaigns_pool = campaigns::database(&config).await.unwrap();

@@ -1,7 +1,9 @@
 //! Typed configuration shared by every service. Every key is a flag and an environment
 //! variable; `.env.example` at the repository root documents them all.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
 
 /// Settings every HTTP service needs.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +81,10 @@ pub struct DatabaseConfig {
     /// Apply pending migrations at start-up (safe with several replicas: they serialise on a lock).
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
+    /// How long start-up waits for a database that does not answer yet, retrying with backoff
+    /// (the chart's in-cluster PostgreSQL starts beside the services); 0 fails at once.
+    #[arg(long, env = "DATABASE_STARTUP_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub database_startup_wait: Duration,
 }
 
 /// Settings of the Apache Pulsar client.
@@ -93,6 +99,14 @@ pub struct PulsarConfig {
     /// Prefix put before every topic name; lets test runs and tenants share one broker.
     #[arg(long, env = "PULSAR_TOPIC_PREFIX", default_value = "")]
     pub pulsar_topic_prefix: String,
+    /// A token for Pulsar's token authentication (a JWT the broker's `tokenSecretKey` or
+    /// `tokenPublicKey` verifies); anonymous when unset. Never printed.
+    #[arg(long, env = "PULSAR_AUTH_TOKEN", hide_env_values = true)]
+    pub pulsar_auth_token: Option<SecretString>,
+    /// PEM file of the CA certificates a `pulsar+ssl://` broker's certificate is checked
+    /// against; the system's roots when unset.
+    #[arg(long, env = "PULSAR_TLS_TRUST_CERTS_FILE")]
+    pub pulsar_tls_trust_certs_file: Option<PathBuf>,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, `7d` or a bare number of seconds.

@@ -9,6 +9,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::config::DatabaseConfig;
 
 /// Tables every context gets in its own schema: outbox, inbox and idempotency keys.
@@ -58,18 +60,36 @@ pub fn with_schema(options: PgConnectOptions, schema: &str) -> PgConnectOptions 
         .application_name(&format!("aeropartners-{schema}"))
 }
 
-/// Opens the context's pool.
+/// Opens the context's pool. A database that cannot be reached is retried with backoff for
+/// up to `database_startup_wait` (a PostgreSQL starting beside the service answers after it);
+/// anything else, a wrong password say, fails at once.
 pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, DbError> {
     let options = connect_options(&config.database_url, schema)?;
-    PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await
-        .map_err(DbError::Connect)
+    let open = || {
+        PgPoolOptions::new()
+            .max_connections(config.database_max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+    };
+    let deadline = std::time::Instant::now() + config.database_startup_wait;
+    open.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(3))
+            .without_max_times(),
+    )
+    .when(|error| is_unreachable(error) && std::time::Instant::now() < deadline)
+    .notify(|error, delay| {
+        tracing::warn!(%error, ?delay, schema, "PostgreSQL does not answer yet; retrying");
+    })
+    .await
+    .map_err(DbError::Connect)
 }
 
-/// The context's pool, migrated first when the configuration says so.
+/// The context's pool, migrated first when the configuration says so. When something else
+/// migrates (the chart's migration Job, which may run beside the pods), start-up waits up to
+/// `database_startup_wait` for the schema, so that nothing reads a table before it exists;
+/// past that it goes on, and `/ready` says what is pending.
 pub async fn connect_and_migrate(
     config: &DatabaseConfig,
     schema: &str,
@@ -78,24 +98,53 @@ pub async fn connect_and_migrate(
     let pool = connect(config, schema).await?;
     if config.migrate_on_start {
         migrate(&pool, schema, migrator).await?;
+    } else if !config.database_startup_wait.is_zero() {
+        await_migrations(&pool, schema, migrator, config.database_startup_wait).await?;
     }
     Ok(pool)
 }
 
+async fn await_migrations(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &Migrator,
+    within: Duration,
+) -> Result<(), DbError> {
+    let deadline = std::time::Instant::now() + within;
+    let mut logged = false;
+    while !migrations_applied(pool, schema, migrator).await? {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(schema, ?within, "the schema is still not migrated; starting anyway");
+            return Ok(());
+        }
+        if !std::mem::replace(&mut logged, true) {
+            tracing::info!(schema, "waiting for the schema's migrations (applied by another process)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 /// Creates the schema if needed, then applies the platform tables and the context's own
 /// migrations inside it. Each migrator keeps its history in a table of that schema, and the
-/// migrator's advisory lock serialises replicas that start together.
+/// migrator's advisory lock serialises replicas that start together. Migrations recorded in the
+/// schema but unknown to this binary are not an error: they are a newer release's, met after a
+/// rollback (`helm rollback` runs the older image against the schema the newer one left), and
+/// every migration here only adds (none drops or renames), so older code runs on the newer
+/// schema.
 pub async fn migrate(pool: &PgPool, schema: &str, context: &Migrator) -> Result<(), DbError> {
     let fail = |source| DbError::Migrate {
         schema: schema.to_owned(),
         source,
     };
     let mut platform = clone_migrator(&PLATFORM_MIGRATIONS);
+    platform.set_ignore_missing(true);
     platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
     platform.create_schema(schema.to_owned());
     platform.run(pool).await.map_err(fail)?;
 
     let mut own = clone_migrator(context);
+    own.set_ignore_missing(true);
     own.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
     own.create_schema(schema.to_owned());
     own.run(pool).await.map_err(fail)?;

@@ -41,6 +41,12 @@ pub enum MessagingError {
     Timeout(Duration),
     #[error("event cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("cannot read PULSAR_TLS_TRUST_CERTS_FILE {path}: {source}")]
+    TrustCerts {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The JSON envelope every event travels in (API.md §7).
@@ -92,7 +98,22 @@ pub struct Broker {
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 
 async fn build_client(config: &PulsarConfig) -> Result<Pulsar<TokioExecutor>, MessagingError> {
-    Ok(Pulsar::builder(config.pulsar_url.clone(), TokioExecutor)
+    let mut builder = Pulsar::builder(config.pulsar_url.clone(), TokioExecutor);
+    if let Some(token) = &config.pulsar_auth_token {
+        use secrecy::ExposeSecret;
+        builder = builder.with_auth(pulsar::Authentication {
+            name: "token".to_owned(),
+            data: token.expose_secret().as_bytes().to_vec(),
+        });
+    }
+    if let Some(path) = &config.pulsar_tls_trust_certs_file {
+        let pem = std::fs::read(path).map_err(|source| MessagingError::TrustCerts {
+            path: path.clone(),
+            source,
+        })?;
+        builder = builder.with_certificate_chain(pem);
+    }
+    Ok(builder
         .with_connection_retry_options(ConnectionRetryOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),

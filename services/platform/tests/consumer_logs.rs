@@ -65,6 +65,8 @@ async fn every_line_carries_only_its_own_event_span() {
         pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     };
     let broker = Broker::connect(&config).await.unwrap();
     let events: Vec<Envelope> = (0..120)

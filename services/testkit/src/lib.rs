@@ -58,6 +58,8 @@ pub fn pulsar_config() -> PulsarConfig {
             .expect("PULSAR_URL must point at the real broker (make test starts one)"),
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     }
 }
 

@@ -239,12 +239,15 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         database_url: database_url.to_owned(),
         database_max_connections: 20,
         migrate_on_start: true,
+        database_startup_wait: std::time::Duration::ZERO,
     };
     let pool = event_collector::database(&database).await?;
     let pulsar = PulsarConfig {
         pulsar_url: pulsar_url.to_owned(),
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: format!("bench{}-collector-", std::process::id()),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     };
     let broker = Broker::connect(&pulsar).await?;
     let shutdown = CancellationToken::new();

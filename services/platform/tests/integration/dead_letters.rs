@@ -40,6 +40,8 @@ fn config() -> PulsarConfig {
         pulsar_url: std::env::var("PULSAR_URL").expect("PULSAR_URL must point at the real broker"),
         pulsar_namespace: "public/default".into(),
         pulsar_topic_prefix: format!("t{}-", Uuid::new_v4().simple()),
+        pulsar_auth_token: None,
+        pulsar_tls_trust_certs_file: None,
     }
 }
 
