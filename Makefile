@@ -122,7 +122,7 @@ test: disk-check infra-up k8s-up console fmt-check shellcheck lint crds-check ##
 	exit $$status
 
 .PHONY: e2e
-e2e: build ## The chart on a real single-node Kubernetes (kubelet, kube-proxy, CoreDNS): smoke test, scenarios #2 and #9, Degraded, operator restart, helm upgrade
+e2e: build ## The README's kind path (make deploy, default values, helm test) on a real three-node cluster from binaries, then the smoke test, scenarios #2 and #9, Degraded, operator restart, helm upgrade and rollback
 	@scripts/e2e.sh run
 
 .PHONY: postman
@@ -191,6 +191,8 @@ IMAGE ?= $(shell cat $(IMAGE_FILE) 2>/dev/null || echo $(IMAGE_REPOSITORY):$(APP
 NAMESPACE ?= aeropartners
 RELEASE ?= aeropartners
 KIND_CLUSTER ?= aeropartners
+# kind-multinode-config.yaml: a control plane and two workers in two zones, as `make e2e` runs.
+KIND_CONFIG ?= kind-config.yaml
 # Values `make deploy` adds to the chart's defaults: kind's NodePorts (empty for none).
 DEPLOY_VALUES ?= kind-values.yaml
 # The release's ReportVersion: <fullname>-reports, where the fullname is the release's name
@@ -207,7 +209,7 @@ images: ## Build the container image (Docker) with every binary, tagged by its c
 
 .PHONY: kind-up
 kind-up: ## Create the kind cluster with the user-facing ports mapped to localhost
-	kind create cluster --config kind-config.yaml
+	kind create cluster --config $(KIND_CONFIG)
 
 .PHONY: kind-load
 kind-load: ## Load the image into the kind cluster

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Functions shared by scripts/kube-apiserver.sh (API server only, loopback) and
-# scripts/k8s-node.sh (a whole single-node cluster in a network namespace):
+# scripts/k8s-cluster.sh (the multi-node cluster of make e2e, in network namespaces):
 # processes recorded by PID, a self-signed PKI, kubeconfigs. Sourced, not run.
 #
 # The caller defines log() and die().

@@ -2,7 +2,7 @@
  * The pod sandbox's "pause" process: holds the pod's namespaces open while its
  * containers come and go, reaps the zombies a container leaves it (it is PID 1 of
  * the pod when the PID namespace is shared), and exits on SIGINT/SIGTERM.
- * Built static by scripts/k8s-node.sh into localhost/aeropartners/pause, because
+ * Built static by scripts/k8s-cluster.sh into localhost/aeropartners/pause, because
  * the node cannot pull registry.k8s.io/pause.
  */
 #include <signal.h>

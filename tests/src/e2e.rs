@@ -114,15 +114,20 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
 pub struct Observability {
     /// Metric names the dashboards and rules query.
     pub queried: usize,
-    /// `/metrics` endpoints read: every Ready pod of the release, and the broker's.
+    /// Services of the release whose `/metrics` answered (each with an `http` port).
+    pub services: usize,
+    /// Deployments of the release: each must be scrapable through a Service.
+    pub deployments: usize,
+    /// `/metrics` endpoints read: those Services, every Ready pod of the release, the broker.
     pub endpoints: usize,
     /// Queried names no endpoint serves.
     pub missing: Vec<String>,
 }
 
 /// Every metric the chart's Grafana dashboards and PrometheusRule query is served by some
-/// `/metrics` of the release (its pods, the operator's included) or by the broker. Run after
-/// the Postman collection, so every path has answered at least once.
+/// `/metrics` the chart's ServiceMonitor would scrape (the release's Services, the operator's
+/// included) or by the broker. Run after the Postman collection, so every path has answered
+/// at least once.
 pub async fn observability(cluster: &Cluster) -> anyhow::Result<Observability> {
     let mut queried = std::collections::BTreeSet::new();
     let dashboards = cluster.chart.join("dashboards");
@@ -138,7 +143,41 @@ pub async fn observability(cluster: &Cluster) -> anyhow::Result<Observability> {
 
     let http = client()?;
     let mut served = std::collections::BTreeSet::new();
+    // Through the Services, as the chart's ServiceMonitor scrapes: every Service of the release
+    // with a port named `http` (the operator's included, which feeds the Degraded alert).
     let mut endpoints = Vec::new();
+    let services = cluster.json(&[
+        "get",
+        "services",
+        "-l",
+        &format!(
+            "app.kubernetes.io/name=aeropartners,app.kubernetes.io/instance={}",
+            cluster.release
+        ),
+    ])?;
+    for service in services["items"].as_array().context("a Service list")? {
+        let ip = service["spec"]["clusterIP"].as_str().unwrap_or("None");
+        let port = service["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "http")
+            .and_then(|p| p["port"].as_i64());
+        if let (false, Some(port)) = (ip == "None", port) {
+            endpoints.push(format!("http://{ip}:{port}/metrics"));
+        }
+    }
+    let through_services = endpoints.len();
+    let deployments = cluster.json(&[
+        "get",
+        "deployments",
+        "-l",
+        &format!("app.kubernetes.io/instance={}", cluster.release),
+    ])?["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    // And every Ready pod on its own: a Service answers from one replica at a time, and a
+    // labelled series appears only on the replica that counted it.
     let pods = cluster.json(&[
         "get",
         "pods",
@@ -176,6 +215,8 @@ pub async fn observability(cluster: &Cluster) -> anyhow::Result<Observability> {
     }
     let report = Observability {
         queried: queried.len(),
+        services: through_services,
+        deployments,
         endpoints: endpoints.len(),
         missing: queried.difference(&served).cloned().collect(),
     };
@@ -184,9 +225,10 @@ pub async fn observability(cluster: &Cluster) -> anyhow::Result<Observability> {
 Dashboards and alerting rules against /metrics:"
     );
     println!(
-        "  {} metric names queried, {} endpoints read, missing: {}",
+        "  {} metric names queried, {} endpoints read ({} Services), missing: {}",
         report.queried,
         report.endpoints,
+        report.services,
         if report.missing.is_empty() {
             "none".to_owned()
         } else {
@@ -806,6 +848,7 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
         replicas,
         switch: scenario9::Switch::Patch {
             namespace: cluster.namespace.clone(),
+            name: cluster.report_version_name(),
         },
     };
     let config = scenario9::Config {
@@ -1006,8 +1049,12 @@ pub struct Operations {
     pub converged_after_data_service_ms: f64,
     pub reads_during_operator_restart: ReadLoad,
     pub upgrade_ms: f64,
+    /// The services' pods (not the data layer's) the upgrade replaced, of those before it.
     pub pods_replaced_by_upgrade: usize,
     pub pods_before_upgrade: usize,
+    /// The in-chart PostgreSQL's and Pulsar's pods the upgrade and rollback left running.
+    pub data_pods_kept: usize,
+    pub data_pods: usize,
     pub reads_during_upgrade: ReadLoad,
     pub payments_during_upgrade: u64,
     pub payments_failed_during_upgrade: u64,
@@ -1109,7 +1156,8 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
 
     // helm upgrade with a changed value (the config checksum rolls every Deployment), under
     // a load of report reads and payments; the active version must survive it.
-    let before = live_pods(cluster)?;
+    let before = live_pods(cluster, &format!("notin {DATA_LAYER}"))?;
+    let data_before = live_pods(cluster, &format!("in {DATA_LAYER}"))?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
     let payments = {
@@ -1188,7 +1236,8 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     stop.cancel();
     let reads_upgrade = reads.await?;
     let (payments_sent, payment_failures) = payments.await?;
-    let after = live_pods(cluster)?;
+    let after = live_pods(cluster, &format!("notin {DATA_LAYER}"))?;
+    let data_after = live_pods(cluster, &format!("in {DATA_LAYER}"))?;
     let (version_after_rollback, _) = cluster.report_version()?;
     let desired_after_rollback =
         cluster.json(&["get", "rv", &cluster.report_version_name()])?["spec"]["version"]
@@ -1202,6 +1251,11 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         upgrade_ms: upgrade.as_secs_f64() * 1000.0,
         pods_replaced_by_upgrade: before.iter().filter(|p| !after.contains(p)).count(),
         pods_before_upgrade: before.len(),
+        data_pods_kept: data_before
+            .iter()
+            .filter(|p| data_after.contains(p))
+            .count(),
+        data_pods: data_before.len(),
         reads_during_upgrade: reads_upgrade,
         payments_during_upgrade: payments_sent,
         payments_failed_during_upgrade: payment_failures.len() as u64,
@@ -1238,6 +1292,10 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
                     "{:.0} ms, {} of {} pods replaced",
                     report.upgrade_ms, report.pods_replaced_by_upgrade, report.pods_before_upgrade
                 ),
+            ),
+            (
+                "in-chart PostgreSQL and Pulsar pods left running".into(),
+                format!("{} of {}", report.data_pods_kept, report.data_pods),
             ),
             (
                 "helm rollback to the revision before → rolled".into(),
@@ -1286,14 +1344,22 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     Ok(report)
 }
 
+/// The in-chart data layer's components: a change of the services' settings must not restart
+/// them.
+const DATA_LAYER: &str = "(postgresql,pulsar)";
+
 /// The release's running pods that are not being deleted (not the finished pods of `helm
-/// test`).
-fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+/// test`), by uid (a StatefulSet's replacement keeps its name), of the components `set`
+/// selects (`in DATA_LAYER` or `notin DATA_LAYER`).
+fn live_pods(cluster: &Cluster, set: &str) -> anyhow::Result<Vec<String>> {
     let list = cluster.json(&[
         "get",
         "pods",
         "-l",
-        &format!("app.kubernetes.io/instance={}", cluster.release),
+        &format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component {set}",
+            cluster.release
+        ),
         "--field-selector=status.phase=Running",
     ])?;
     Ok(list["items"]
@@ -1301,7 +1367,7 @@ fn live_pods(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
         .context("a pod list")?
         .iter()
         .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
-        .filter_map(|pod| pod["metadata"]["name"].as_str().map(str::to_owned))
+        .filter_map(|pod| pod["metadata"]["uid"].as_str().map(str::to_owned))
         .collect())
 }
 
@@ -1356,7 +1422,7 @@ const OUTSIDER_NAMESPACE: &str = "e2e-outsider";
 /// How long the Degraded part lets a switch wait: long enough for a rollout on a busy 2-core
 /// cluster, short enough for the test.
 const PROGRESS_DEADLINE: &str = "20s";
-/// The node's pause image (scripts/k8s-node.sh imports it; it cannot be pulled).
+/// The node's pause image (scripts/k8s-cluster.sh imports it into every worker; it cannot be pulled).
 const PAUSE_IMAGE: &str = "localhost/aeropartners/pause:3.10";
 
 /// The running release defends itself: NetworkPolicy keeps a pod outside the release away from
@@ -1888,6 +1954,13 @@ impl Targets for Observability {
             .map(|name| {
                 format!("dashboards or alerting rules query {name}, which no /metrics serves")
             })
+            .chain(unless(
+                self.services == self.deployments,
+                format!(
+                    "{} Deployments but {} Services to scrape them through",
+                    self.deployments, self.services
+                ),
+            ))
             .collect()
     }
 }
@@ -1985,6 +2058,14 @@ impl Targets for Operations {
                 format!(
                     "while the operator restarted: {} reads failed, {} in the new version too early",
                     operator.failed, operator.other_version
+                ),
+            ),
+            unless(
+                self.data_pods_kept == self.data_pods,
+                format!(
+                    "a change of the services' settings restarted {} of {} data-layer pods",
+                    self.data_pods - self.data_pods_kept,
+                    self.data_pods
                 ),
             ),
             unless(

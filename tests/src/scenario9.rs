@@ -451,21 +451,21 @@ pub struct Target {
 pub enum Switch {
     /// `PUT /api/reports/version` through the gateway.
     Put,
-    /// `kubectl patch rv reports` in this namespace.
-    Patch { namespace: String },
+    /// `kubectl patch rv <name>` in this namespace.
+    Patch { namespace: String, name: String },
 }
 
 async fn switch(target: &Target, client: &reqwest::Client, version: &str) -> anyhow::Result<()> {
     match &target.switch {
-        Switch::Patch { namespace } => {
+        Switch::Patch { namespace, name } => {
             let patch = format!(r#"{{"spec":{{"version":"{version}"}}}}"#);
-            let namespace = namespace.clone();
+            let (namespace, name) = (namespace.clone(), name.clone());
             // Off the runtime: the load generator and the probers share it, and a worker
             // blocked on kubectl would delay their requests.
             tokio::task::spawn_blocking(move || {
                 kubectl(
                     &[
-                        "patch", "rv", "reports", "-n", &namespace, "--type", "merge", "-p", &patch,
+                        "patch", "rv", &name, "-n", &namespace, "--type", "merge", "-p", &patch,
                     ],
                     None,
                 )
@@ -494,8 +494,10 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         gateway: stack.gateway.clone(),
         replicas: stack.replicas.clone(),
         switch: match &stack.namespace {
+            // The ReportVersion `start` creates beside its reports replicas.
             Some(namespace) => Switch::Patch {
                 namespace: namespace.clone(),
+                name: "reports".to_owned(),
             },
             None => Switch::Put,
         },

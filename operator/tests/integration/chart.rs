@@ -54,13 +54,6 @@ fn values_files() -> Vec<Vec<&'static str>> {
                 "/../charts/aeropartners/ci/ci-values.yaml"
             ),
         ],
-        vec![
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../charts/aeropartners/ci/e2e-values.yaml"
-            ),
-        ],
     ]
 }
 
@@ -604,14 +597,20 @@ fn two_releases_share_a_namespace() {
         args.contains("http://shop-aeropartners-payments:8010/pagos"),
         "{args}"
     );
-    // kind's values expose the edge as the node ports kind-config.yaml maps to localhost.
+    // kind's values expose the edge as the node ports both kind configs map to localhost.
     let kind = objects(&[
         "-f",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../kind-values.yaml"),
     ]);
-    let config =
+    let configs = [
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../kind-config.yaml"))
-            .unwrap();
+            .unwrap(),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../kind-multinode-config.yaml"
+        ))
+        .unwrap(),
+    ];
     for (service, port) in [
         ("aeropartners", 30000),
         ("aeropartners-campaigns-proxy", 30080),
@@ -620,10 +619,12 @@ fn two_releases_share_a_namespace() {
         let object = find(&kind, "Service", service);
         assert_eq!(object["spec"]["type"], "NodePort");
         assert_eq!(object["spec"]["ports"][0]["nodePort"], port);
-        assert!(
-            config.contains(&format!("containerPort: {port}")),
-            "{port} mapped"
-        );
+        for config in &configs {
+            assert!(
+                config.contains(&format!("containerPort: {port}")),
+                "{port} mapped"
+            );
+        }
     }
 }
 

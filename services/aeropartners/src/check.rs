@@ -127,12 +127,14 @@ async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> 
 }
 
 /// Tries `attempt` every second until it succeeds or `deadline` passes; the last error says
-/// why it failed.
+/// why it failed. Each new reason to wait is printed once (a payment PENDIENTE, then
+/// PROCESANDO), not every second.
 async fn until<T, F, Fut>(deadline: Instant, what: &str, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    let mut last = String::new();
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
@@ -140,7 +142,11 @@ where
                 return Err(error.context(format!("{what}: gave up")));
             }
             Err(error) => {
-                tracing::info!(error = format!("{error:#}"), what, "not yet; retrying");
+                let reason = format!("{error:#}");
+                if reason != last {
+                    println!("waiting: {reason}");
+                    last = reason;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

@@ -114,11 +114,18 @@ async fn await_migrations(
     let mut logged = false;
     while !migrations_applied(pool, schema, migrator).await? {
         if std::time::Instant::now() >= deadline {
-            tracing::warn!(schema, ?within, "the schema is still not migrated; starting anyway");
+            tracing::warn!(
+                schema,
+                ?within,
+                "the schema is still not migrated; starting anyway"
+            );
             return Ok(());
         }
         if !std::mem::replace(&mut logged, true) {
-            tracing::info!(schema, "waiting for the schema's migrations (applied by another process)");
+            tracing::info!(
+                schema,
+                "waiting for the schema's migrations (applied by another process)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
