@@ -124,6 +124,35 @@ release_env() {
 	printf 'PULSAR_ADMIN_URL=http://%s-pulsar.%s.svc:8080\n' "${RELEASE}" "${NAMESPACE}"
 }
 
+# The chart at the previous commit that changed charts/aeropartners (the newest whose chart
+# differs from the one under test), extracted under target/e2e; nothing when there is none, or
+# when its version's major.minor differs (a breaking change, documented in docs/kubernetes.md,
+# which no in-place upgrade crosses).
+previous_chart() {
+	local dir=${E2E_DIR}/previous-chart commit='' candidate current previous
+	while read -r candidate; do
+		if ! git -C "${REPO_ROOT}" diff --quiet "${candidate}" -- charts/aeropartners; then
+			commit=${candidate}
+			break
+		fi
+	done < <(git -C "${REPO_ROOT}" log --format=%H -- charts/aeropartners 2>/dev/null)
+	[[ -n "${commit}" ]] || {
+		log "no earlier chart in the history: no upgrade from it"
+		return 0
+	}
+	rm -rf "${dir}"
+	mkdir -p "${dir}"
+	git -C "${REPO_ROOT}" archive "${commit}" charts/aeropartners | tar -x -C "${dir}"
+	current=$(awk '/^version:/ { print $2 }' "${REPO_ROOT}/charts/aeropartners/Chart.yaml")
+	previous=$(awk '/^version:/ { print $2 }' "${dir}/charts/aeropartners/Chart.yaml")
+	if [[ "${current%.*}" != "${previous%.*}" ]]; then
+		log "the previous chart (${previous}, ${commit:0:7}) is not upgradable in place to ${current}: no upgrade from it"
+		return 0
+	fi
+	log "the previous chart: ${previous} at ${commit:0:7}"
+	printf '%s\n' "${dir}/charts/aeropartners"
+}
+
 scenarios() {
 	# The Postman part runs newman inside the cluster's network, which has no way out:
 	# install it (npm ci, once) from here.
@@ -132,6 +161,9 @@ scenarios() {
 	local extra=() variables
 	read -r -a extra <<<"${E2E_ARGS:-}"
 	mapfile -t variables < <(release_env)
+	local previous
+	previous=$(previous_chart)
+	[[ -z "${previous}" ]] || extra+=(--previous-chart "${previous}")
 	(cd "${REPO_ROOT}" && in_cluster env "${variables[@]}" \
 		"${TARGET_DIR}/debug/e2e-kubernetes" --namespace "${NAMESPACE}" --release "${RELEASE}" \
 		--chart "${REPO_ROOT}/charts/aeropartners" "${extra[@]}")

@@ -895,6 +895,35 @@ pub struct ReadLoad {
     pub failures: Vec<String>,
 }
 
+/// Creates a payment through the gateway every 50 ms until `stop`: how many were sent, and
+/// each failure as the client saw it.
+fn post_payments(
+    gateway: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let http = client().expect("an HTTP client");
+        let (mut sent, mut failures) = (0u64, Vec::new());
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let started = Instant::now();
+        while !stop.is_cancelled() {
+            sent += 1;
+            // No Idempotency-Key, as a careless client sends it: nothing may retry it.
+            let answer = http
+                .post(format!("{gateway}/pagos/"))
+                .json(&serde_json::json!({"id_afiliado": "af-upgrade", "monto": 5,
+                    "moneda": "USD", "referencia_pago": format!("up-{run}-{sent}")}))
+                .send()
+                .await;
+            if !answer.as_ref().is_ok_and(|r| r.status().is_success()) {
+                failures.push(describe_failure(started, answer).await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (sent, failures)
+    })
+}
+
 /// Reads `/api/reports/payments` through the gateway every 20 ms until `stop`.
 fn read_reports(
     gateway: String,
@@ -1039,6 +1068,130 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
 }
 
 // ---------------------------------------------------------------------------------------------
+// from the previous chart to this one
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChartUpgrade {
+    /// The chart the release went back to, then came from (`version` of its Chart.yaml).
+    pub previous_chart: String,
+    /// `helm upgrade` to the previous chart, rolled out.
+    pub to_previous_ms: f64,
+    /// `helm upgrade` from it to this chart, rolled out.
+    pub to_current_ms: f64,
+    pub reads: ReadLoad,
+    pub payments: u64,
+    pub payment_failures: Vec<String>,
+    pub version_before: String,
+    pub version_after: String,
+    /// The CRD the cluster serves afterwards is this chart's.
+    pub crd_current: bool,
+}
+
+/// The release goes to the chart at the previous commit of charts/ and back to this one, each
+/// a `helm upgrade` under steady reads and writes: what a user's upgrade from the last release
+/// does, and its way back.
+pub async fn upgrade_from_previous(
+    cluster: &Cluster,
+    previous: &std::path::Path,
+) -> anyhow::Result<ChartUpgrade> {
+    let gateway = cluster.service_url("gateway")?;
+    let (version_before, _) = cluster.report_version()?;
+    let previous_chart = std::fs::read_to_string(previous.join("Chart.yaml"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version: ").map(str::to_owned))
+        .context("the previous chart's version")?;
+    let stop = CancellationToken::new();
+    let reads = read_reports(gateway.clone(), Some(version_before.clone()), stop.clone());
+    let payments = post_payments(gateway, stop.clone());
+    let upgrade_to = |chart: &std::path::Path| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let chart = chart.to_string_lossy().into_owned();
+        crate::cluster::helm(&[
+            "upgrade",
+            cluster.release.as_str(),
+            chart.as_str(),
+            "-n",
+            cluster.namespace.as_str(),
+            "--reuse-values",
+            "--wait",
+            "--wait-for-jobs",
+            "--timeout",
+            "10m",
+        ])?;
+        for deployment in
+            kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
+        {
+            cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
+        }
+        Ok(started.elapsed())
+    };
+    let to_previous = upgrade_to(previous)?;
+    let to_current = upgrade_to(&cluster.chart)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let reads = reads.await?;
+    let (payments, payment_failures) = payments.await?;
+    let (version_after, _) = cluster.report_version()?;
+    let served = kubectl(&["get", "crd", "reportversions.aeropartners.io", "-o", "json"])?;
+    let served: serde_json::Value = serde_json::from_str(&served)?;
+    let ours: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(
+        cluster
+            .chart
+            .join("files/crds/reportversions.aeropartners.io.yaml"),
+    )?)?;
+    let crd_current = served["spec"]["versions"] == ours["spec"]["versions"];
+    let report = ChartUpgrade {
+        previous_chart,
+        to_previous_ms: to_previous.as_secs_f64() * 1000.0,
+        to_current_ms: to_current.as_secs_f64() * 1000.0,
+        reads,
+        payments,
+        payment_failures,
+        version_before,
+        version_after,
+        crd_current,
+    };
+    print_rows(
+        &format!(
+            "helm upgrade to the previous chart ({}) and back, under load",
+            report.previous_chart
+        ),
+        &[
+            (
+                "to the previous chart → rolled; back to this one → rolled".into(),
+                format!(
+                    "{:.0} ms; {:.0} ms",
+                    report.to_previous_ms, report.to_current_ms
+                ),
+            ),
+            (
+                "reads: requests / failed / not in the active version".into(),
+                format!(
+                    "{} / {} / {}",
+                    report.reads.requests, report.reads.failed, report.reads.other_version
+                ),
+            ),
+            (
+                "payments: sent / failed".into(),
+                format!("{} / {}", report.payments, report.payment_failures.len()),
+            ),
+            (
+                "active version before / after; the CRD served is this chart's".into(),
+                format!(
+                    "{} / {}; {}",
+                    report.version_before, report.version_after, report.crd_current
+                ),
+            ),
+        ],
+    );
+    for failure in report.reads.failures.iter().chain(&report.payment_failures) {
+        println!("  failed: {failure}");
+    }
+    write_json("e2e-chart-upgrade.json", &report)?;
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
 // the operator, and helm upgrade
 
 #[derive(Debug, Clone, Serialize)]
@@ -1160,30 +1313,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let data_before = live_pods(cluster, &format!("in {DATA_LAYER}"))?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
-    let payments = {
-        let (gateway, stop) = (gateway.clone(), stop.clone());
-        tokio::spawn(async move {
-            let http = client().expect("an HTTP client");
-            let (mut sent, mut failures) = (0u64, Vec::new());
-            let run = uuid::Uuid::new_v4().simple().to_string();
-            let started = Instant::now();
-            while !stop.is_cancelled() {
-                sent += 1;
-                // No Idempotency-Key, as a careless client sends it: nothing may retry it.
-                let answer = http
-                    .post(format!("{gateway}/pagos/"))
-                    .json(&serde_json::json!({"id_afiliado": "af-upgrade", "monto": 5,
-                        "moneda": "USD", "referencia_pago": format!("up-{run}-{sent}")}))
-                    .send()
-                    .await;
-                if !answer.as_ref().is_ok_and(|r| r.status().is_success()) {
-                    failures.push(describe_failure(started, answer).await);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (sent, failures)
-        })
-    };
+    let payments = post_payments(gateway.clone(), stop.clone());
     let started = Instant::now();
     let chart = cluster.chart.to_string_lossy().into_owned();
     // A log directive for a target that does not exist, named after this run: a value that
@@ -2042,6 +2172,39 @@ impl Targets for Degraded {
             ),
         )
         .into_iter()
+        .collect()
+    }
+}
+
+impl Targets for ChartUpgrade {
+    fn missed(&self) -> Vec<String> {
+        [
+            unless(
+                self.reads.failed == 0
+                    && self.reads.other_version == 0
+                    && self.payment_failures.is_empty(),
+                format!(
+                    "upgrade from chart {}: {} reads failed, {} in another version, {} payments failed",
+                    self.previous_chart,
+                    self.reads.failed,
+                    self.reads.other_version,
+                    self.payment_failures.len()
+                ),
+            ),
+            unless(
+                self.version_after == self.version_before,
+                format!(
+                    "the active version went from {} to {} across the upgrade",
+                    self.version_before, self.version_after
+                ),
+            ),
+            unless(
+                self.crd_current,
+                "the CRD served after the upgrade is not this chart's".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
         .collect()
     }
 }

@@ -838,3 +838,57 @@ fn the_schema_allows_composition_small_installs_and_pod_knobs() {
     let pdb = find(&rendered, "PodDisruptionBudget", "aeropartners-payments");
     assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
 }
+
+/// The Dockerfile cannot be built here (its base images come from registries this machine
+/// cannot reach), so `make e2e` runs an image of the same binary that scripts/k8s-cluster.sh
+/// packs. The two must agree on what the chart relies on: the user the pods run as, and the
+/// entrypoint the chart's `args` are given to.
+#[test]
+fn the_dockerfile_and_the_e2e_image_agree_with_the_chart() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile")).unwrap();
+    let final_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .expect("a final stage");
+    let directive = |name: &str| {
+        final_stage
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in the final stage"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(directive("USER"), "65532:65532");
+    assert_eq!(
+        directive("ENTRYPOINT"),
+        r#"["/usr/local/bin/aeropartners"]"#
+    );
+    assert!(
+        final_stage.contains("/usr/local/bin/aeropartners"),
+        "the binary is copied where the entrypoint says"
+    );
+
+    let cluster = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/k8s-cluster.sh"
+    ))
+    .unwrap();
+    assert!(
+        cluster.contains("user=${4:-65532:65532}"),
+        "the e2e image runs as the Dockerfile's user"
+    );
+    assert!(
+        cluster.contains(r#"[\"/usr/local/bin/$(basename "${binary}")\"]"#),
+        "the e2e image's entrypoint is the Dockerfile's path"
+    );
+
+    let rendered = objects(&[]);
+    for (name, pod) in pod_specs(&rendered) {
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532, "{name}");
+        assert!(
+            pod["containers"][0]["command"].is_null(),
+            "{name} keeps the image's entrypoint"
+        );
+    }
+}

@@ -20,6 +20,7 @@ enum Part {
     Scenario9,
     Degraded,
     Operations,
+    Upgrade,
 }
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,10 @@ struct Args {
     /// Version switches of scenario #9.
     #[arg(long, default_value_t = 20)]
     switches: usize,
+    /// The chart at the previous commit of charts/ (scripts/e2e.sh extracts it): the release
+    /// goes to it and back under load. Without it that part does not run.
+    #[arg(long)]
+    previous_chart: Option<std::path::PathBuf>,
     /// Run only these parts (repeatable); all of them by default.
     #[arg(long, value_enum)]
     only: Vec<Part>,
@@ -77,6 +82,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(Part::Operations) {
         missed.extend(e2e::operations(&cluster).await?.missed());
+    }
+    if runs(Part::Upgrade) {
+        match &args.previous_chart {
+            Some(previous) => missed.extend(
+                e2e::upgrade_from_previous(&cluster, previous)
+                    .await?
+                    .missed(),
+            ),
+            None => println!("\nNo previous chart given (--previous-chart): no upgrade from it."),
+        }
     }
     if missed.is_empty() {
         println!("\ne2e: every target met");
