@@ -169,14 +169,36 @@ scenarios() {
 		--chart "${REPO_ROOT}/charts/aeropartners" "${extra[@]}")
 }
 
+# The machine's memory in use (MemTotal - MemAvailable, whatever uses it), every 2 s while the
+# e2e runs; `memory_report` prints the peak. A figure for the budget of a 24 GiB CI machine.
+sample_memory() {
+	while sleep 2; do
+		awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { print total - $2 }' /proc/meminfo
+	done >"${E2E_DIR}/memory.samples" &
+	MEMORY_SAMPLER=$!
+}
+
+memory_report() {
+	[[ -n "${MEMORY_SAMPLER:-}" ]] || return 0
+	kill "${MEMORY_SAMPLER}" 2>/dev/null || true
+	wait "${MEMORY_SAMPLER}" 2>/dev/null || true
+	sort -n "${E2E_DIR}/memory.samples" | tail -n 1 |
+		awk '{ printf "[e2e] peak memory in use on the machine during the e2e: %.1f GiB\n", $1 / 1048576 }' >&2
+}
+
 on_exit() {
 	local status=$?
+	memory_report
 	[[ "${E2E_KEEP:-}" == 1 ]] || down
+	log "make e2e took $((SECONDS - E2E_STARTED)) s"
 	exit "${status}"
 }
 
 run() {
+	E2E_STARTED=${SECONDS}
+	mkdir -p "${E2E_DIR}"
 	trap on_exit EXIT
+	sample_memory
 	install
 	scenarios
 }

@@ -353,24 +353,15 @@ start_scheduler() {
 # the VM's resolver.
 start_coredns() {
 	log "starting CoreDNS"
-	kubectl_cluster apply -f - >/dev/null <<-EOF
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRole
-		metadata: {name: "aeropartners:coredns"}
-		rules:
+	grant_reader aeropartners:coredns <<-EOF
 		  - apiGroups: [""]
 		    resources: [services, namespaces, pods]
 		    verbs: [list, watch]
 		  - apiGroups: [discovery.k8s.io]
 		    resources: [endpointslices]
 		    verbs: [list, watch]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: "aeropartners:coredns"}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "aeropartners:coredns"}
-		subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "aeropartners:coredns"}]
-		---
+	EOF
+	kubectl_cluster apply -f - >/dev/null <<-EOF
 		apiVersion: v1
 		kind: Service
 		metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
@@ -419,13 +410,30 @@ start_coredns() {
 		nsenter --target "$(holder_pid "${CONTROL_PLANE}")" --net -- "$(bin coredns)" -conf "${CONF}/Corefile"
 }
 
-# Read-only rights for each worker's kube-router (user aeropartners:kube-router).
-apply_kube_router_rbac() {
+# grant_reader USER: a ClusterRole with the rules read from stdin (YAML list items), bound to
+# the client-certificate user USER (the node processes that watch the cluster: CoreDNS,
+# kube-router).
+grant_reader() {
+	local user=$1 rules
+	rules=$(cat)
 	kubectl_cluster apply -f - >/dev/null <<-EOF
 		apiVersion: rbac.authorization.k8s.io/v1
 		kind: ClusterRole
-		metadata: {name: "aeropartners:kube-router"}
+		metadata: {name: "${user}"}
 		rules:
+		${rules}
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRoleBinding
+		metadata: {name: "${user}"}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "${user}"}
+		subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "${user}"}]
+	EOF
+}
+
+# Read-only rights for each worker's kube-router (user aeropartners:kube-router).
+apply_kube_router_rbac() {
+	grant_reader aeropartners:kube-router <<-EOF
 		  - apiGroups: [""]
 		    resources: [namespaces, pods, services, nodes, endpoints]
 		    verbs: [get, list, watch]
@@ -435,12 +443,6 @@ apply_kube_router_rbac() {
 		  - apiGroups: [discovery.k8s.io]
 		    resources: [endpointslices]
 		    verbs: [list, watch]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: "aeropartners:kube-router"}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "aeropartners:kube-router"}
-		subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "aeropartners:kube-router"}]
 	EOF
 }
 

@@ -207,10 +207,18 @@ impl Cluster {
         ))
     }
 
-    /// `helm upgrade --reuse-values --set …` of the release, as a user changes a setting:
-    /// waits until the release is ready again.
+    /// `helm upgrade --reuse-values --set …` of the release with its chart, as a user changes
+    /// a setting: waits until the release is ready again.
     pub fn set_values(&self, values: &[&str]) -> anyhow::Result<()> {
-        let chart = self.chart.to_string_lossy().into_owned();
+        self.upgrade(&self.chart, values)?;
+        Ok(())
+    }
+
+    /// `helm upgrade --reuse-values` of the release to `chart` with `values` set, waited for
+    /// (Jobs included), then every Deployment's rollout complete; how long it all took.
+    pub fn upgrade(&self, chart: &std::path::Path, values: &[&str]) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let chart = chart.to_string_lossy().into_owned();
         let mut args = vec![
             "upgrade",
             self.release.as_str(),
@@ -219,6 +227,7 @@ impl Cluster {
             self.namespace.as_str(),
             "--reuse-values",
             "--wait",
+            "--wait-for-jobs",
             "--timeout",
             "10m",
         ];
@@ -226,6 +235,15 @@ impl Cluster {
             args.extend(["--set", value]);
         }
         helm(&args)?;
+        self.rolled_out()?;
+        Ok(started.elapsed())
+    }
+
+    /// Every Deployment's rollout complete.
+    pub fn rolled_out(&self) -> anyhow::Result<()> {
+        for deployment in self.kubectl(&["get", "deployments", "-o", "name"])?.lines() {
+            self.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
+        }
         Ok(())
     }
 

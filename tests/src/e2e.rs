@@ -1,4 +1,4 @@
-//! `make e2e`: the chart installed on a real single-node cluster (scripts/e2e.sh), used and
+//! `make e2e`: the chart installed on a real three-node cluster (scripts/e2e.sh), used and
 //! broken the way its operators would: a smoke test of every user-facing Service, quality
 //! scenario #2 with pods deleted, killed and rolled by Kubernetes, scenario #9 with
 //! `kubectl patch rv`, a switch to a version whose data service is gone, the operator pod
@@ -1103,30 +1103,8 @@ pub async fn upgrade_from_previous(
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(version_before.clone()), stop.clone());
     let payments = post_payments(gateway, stop.clone());
-    let upgrade_to = |chart: &std::path::Path| -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let chart = chart.to_string_lossy().into_owned();
-        crate::cluster::helm(&[
-            "upgrade",
-            cluster.release.as_str(),
-            chart.as_str(),
-            "-n",
-            cluster.namespace.as_str(),
-            "--reuse-values",
-            "--wait",
-            "--wait-for-jobs",
-            "--timeout",
-            "10m",
-        ])?;
-        for deployment in
-            kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
-        {
-            cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
-        }
-        Ok(started.elapsed())
-    };
-    let to_previous = upgrade_to(previous)?;
-    let to_current = upgrade_to(&cluster.chart)?;
+    let to_previous = cluster.upgrade(previous, &[])?;
+    let to_current = cluster.upgrade(&cluster.chart, &[])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let reads = reads.await?;
@@ -1314,8 +1292,6 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
     let payments = post_payments(gateway.clone(), stop.clone());
-    let started = Instant::now();
-    let chart = cluster.chart.to_string_lossy().into_owned();
     // A log directive for a target that does not exist, named after this run: a value that
     // differs from the installed one on every run (the config checksum rolls every pod), and
     // changes nothing else. Commas escaped: `--set` splits on them.
@@ -1323,30 +1299,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         r"common.rustLog=info\,sqlx=warn\,pulsar=warn\,e2e_upgrade_{}=info",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let args = vec![
-        "upgrade",
-        cluster.release.as_str(),
-        chart.as_str(),
-        "-n",
-        cluster.namespace.as_str(),
-        "--reuse-values",
-        "--set",
-        &changed,
-        "--wait",
-        "--timeout",
-        "10m",
-    ];
-    crate::cluster::helm(&args)?;
-    let rolled_out = || -> anyhow::Result<()> {
-        for deployment in
-            kubectl(&["-n", &cluster.namespace, "get", "deployments", "-o", "name"])?.lines()
-        {
-            cluster.kubectl(&["rollout", "status", deployment, "--timeout=600s"])?;
-        }
-        Ok(())
-    };
-    rolled_out()?;
-    let upgrade = started.elapsed();
+    let upgrade = cluster.upgrade(&cluster.chart, &[&changed])?;
     let (version_after, _) = cluster.report_version()?;
     // Back to the revision before the upgrade: Helm re-applies that revision's manifest, which
     // must not carry the report version back with it.
@@ -1360,7 +1313,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
         "--timeout",
         "10m",
     ])?;
-    rolled_out()?;
+    cluster.rolled_out()?;
     let rollback = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
