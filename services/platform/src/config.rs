@@ -52,8 +52,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections one client IP may hold; its next ones are answered 503 with
     /// `Retry-After` and closed. 0 turns the limit off, the default, because behind the gateway
-    /// every request of every partner comes from the gateway's few addresses; the chart sets it
-    /// on the services partners reach directly.
+    /// every request of every partner comes from the gateway's few addresses, and behind a
+    /// NodePort or a load balancer from the nodes' (the chart leaves it off too).
     #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 0)]
     pub max_connections_per_client: usize,
 }
