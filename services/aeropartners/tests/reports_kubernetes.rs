@@ -57,6 +57,9 @@ impl Drop for Replica {
     }
 }
 
+/// The ReportVersion of a release named `aeropartners`, which the chart's reports Role names.
+const REPORT_VERSION: &str = "aeropartners-reports";
+
 fn replica(port: u16, kubeconfig: &str, database_url: &str, prefix: &str) -> Replica {
     Replica(
         Command::new(env!("CARGO_BIN_EXE_aeropartners"))
@@ -68,6 +71,8 @@ fn replica(port: u16, kubeconfig: &str, database_url: &str, prefix: &str) -> Rep
                 &format!("reports-{port}"),
                 "--version-source",
                 "kubernetes",
+                "--report-version-name",
+                REPORT_VERSION,
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("DATABASE_URL", database_url)
@@ -94,7 +99,7 @@ fn status(ns: &str, version: &str) {
         &[
             "patch",
             "rv",
-            "reports",
+            REPORT_VERSION,
             "-n",
             ns,
             "--subresource=status",
@@ -165,8 +170,10 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         .collect();
     assert_eq!(rbac.len(), 3, "the chart renders the reports RBAC");
     kubectl(&["apply", "-n", &ns, "-f", "-"], Some(&rbac.join("\n---")));
-    let rv = r#"{"apiVersion":"aeropartners.io/v1alpha1","kind":"ReportVersion","metadata":{"name":"reports"},"spec":{"version":"v1"}}"#;
-    kubectl(&["apply", "-n", &ns, "-f", "-"], Some(rv));
+    let rv = format!(
+        r#"{{"apiVersion":"aeropartners.io/v1alpha1","kind":"ReportVersion","metadata":{{"name":"{REPORT_VERSION}"}},"spec":{{"version":"v1"}}}}"#
+    );
+    kubectl(&["apply", "-n", &ns, "-f", "-"], Some(&rv));
     status(&ns, "v1");
 
     // A kubeconfig with the ServiceAccount's token, through the relay.
@@ -279,7 +286,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
             &[
                 "get",
                 "rv",
-                "reports",
+                REPORT_VERSION,
                 "-n",
                 &ns,
                 "-o",
