@@ -43,6 +43,10 @@ enum Command {
     Operator(operator::Config),
     /// Apply every context's migrations and exit (a Kubernetes Job / Helm hook).
     Migrate(DatabaseConfig),
+    /// Partner API keys: create (shown once), list, revoke.
+    Claves(access::cli::ClavesArgs),
+    /// The audit trail of privileged actions, newest first.
+    Auditoria(access::cli::AuditoriaArgs),
     /// Dead letters: list what waits in the `-DLQ` topics, replay it to its subscription.
     Dlq(dead_letter::cli::DlqArgs),
     /// Checks a running release (what the chart's `helm test` runs): readiness, a payment
@@ -66,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Reports(args) => reports::run(args, shutdown).await,
         Command::EventCollector(config) => event_collector::run(config, shutdown).await,
         Command::Check(args) => check::run(args).await,
+        Command::Claves(args) => access::cli::claves(args).await.map(|answer| {
+            println!("{answer}");
+        }),
+        Command::Auditoria(args) => access::cli::auditoria(args).await.map(|answer| {
+            println!("{answer}");
+        }),
         Command::Dlq(args) => dead_letter::cli::run(args)
             .await
             .map(|report| {

@@ -32,7 +32,12 @@ async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String,
     let payments_pool = payments::database(&config).await.unwrap();
     let campaigns_pool = campaigns::database(&config).await.unwrap();
     let payments_url = serve(
-        payments::app(payments_pool, LazyBroker::default(), &http_config()),
+        payments::app(
+            payments_pool,
+            LazyBroker::default(),
+            &http_config(),
+            &access::Acceso::desarrollo(),
+        ),
         shutdown,
     )
     .await;

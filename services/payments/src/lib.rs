@@ -8,6 +8,7 @@ pub mod infrastructure;
 
 use std::{sync::Arc, time::Duration};
 
+use access::Acceso;
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
     db,
@@ -45,6 +46,8 @@ pub struct ApiConfig {
     pub pulsar: PulsarConfig,
     #[command(flatten)]
     pub retention: RetentionConfig,
+    #[command(flatten)]
+    pub auth: access::AuthConfig,
     /// Share of a tracked conversion's value paid to its affiliate as a commission payment.
     #[arg(long, env = "COMMISSION_RATE", default_value = "0.10")]
     pub commission_rate: rust_decimal::Decimal,
@@ -70,9 +73,14 @@ pub struct WorkerConfig {
     pub stalled_after: Duration,
 }
 
-/// Connects the pool and applies migrations when configured to.
+/// Connects the pool and applies migrations when configured to (the context's own, and the
+/// access context's, whose keys authenticate this API's callers).
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
+    let pool = db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?;
+    if config.migrate_on_start {
+        access::almacen::migrate(&pool).await?;
+    }
+    Ok(pool)
 }
 
 fn readiness(pool: PgPool, broker: LazyBroker, broker_required: bool) -> ContextReadiness {
@@ -98,7 +106,7 @@ const CREATE_QUEUE: GroupCommitConfig = GroupCommitConfig {
 ///
 /// Its create queue's writers run until the application is dropped: requests still waiting
 /// hold the queue open, so every accepted request is answered.
-pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
+pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig, acceso: &Acceso) -> http::App {
     let (creacion, _writers) = application::ColaCreacion::start(
         "payments",
         Arc::new(application::CreadorDePagos::new(pool.clone())),
@@ -112,7 +120,13 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
     };
     let (router, openapi) = api::router(state);
     let readiness = Arc::new(readiness(pool, broker, false));
-    http::app("payments", router, openapi, readiness, http)
+    http::app(
+        "payments",
+        acceso.proteger(router),
+        openapi,
+        readiness,
+        http,
+    )
 }
 
 /// The commission consumer's subscription: Key_Shared, so replicas share the conversions.
@@ -161,8 +175,15 @@ pub async fn run_api(config: ApiConfig, shutdown: CancellationToken) -> anyhow::
         Rule::platform_tables(&config.retention),
     )
     .spawn(config.retention.retention_interval, shutdown.clone());
+    let acceso = Acceso::start(
+        &config.auth,
+        &[config.http.listen],
+        pool.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
-    let app = app(pool, broker, &config.http);
+    let app = app(pool, broker, &config.http, &acceso);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(relay, retention, commissions);

@@ -37,7 +37,12 @@ async fn payments_are_accepted_while_the_broker_is_down_and_published_after(
         8,
         shutdown.clone(),
     ));
-    let app = payments::app(pool.clone(), LazyBroker::ready(broker), &http_config());
+    let app = payments::app(
+        pool.clone(),
+        LazyBroker::ready(broker),
+        &http_config(),
+        &access::Acceso::desarrollo(),
+    );
 
     let mut ids = Vec::new();
     for i in 0..3 {

@@ -71,11 +71,11 @@ async fn each_committed_change_counts_once_in_its_state(o: PgPoolOptions, c: PgC
     assert_eq!(transiciones("EXITOSO"), 1);
     assert_eq!(transiciones("FALLIDO"), 0);
 
-    revertir_pago(&pool, pago.id, "contracargo".into(), "req-rev")
+    revertir_pago(&pool, pago.id, "contracargo".into(), "tests", "req-rev")
         .await
         .unwrap();
     // Reverting again answers the same payment without a change.
-    revertir_pago(&pool, pago.id, "contracargo".into(), "req-rev")
+    revertir_pago(&pool, pago.id, "contracargo".into(), "tests", "req-rev")
         .await
         .unwrap();
     assert_eq!(transiciones("REVERSADO"), 1);

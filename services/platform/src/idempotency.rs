@@ -46,7 +46,9 @@ pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct IdempotencyStore {
     pool: PgPool,
-    scope: &'static str,
+    /// The key namespace: the service's (`pagos`), and within it the caller's (see
+    /// [`IdempotencyStore::within`]).
+    scope: std::borrow::Cow<'static, str>,
     /// How long a key is remembered (API.md: at least 24 h).
     retention: Duration,
     /// How long a claim protects an unfinished request past its last renewal; after that a
@@ -62,9 +64,19 @@ impl IdempotencyStore {
     pub fn with_claim_lease(pool: PgPool, scope: &'static str, claim_lease: Duration) -> Self {
         Self {
             pool,
-            scope,
+            scope: std::borrow::Cow::Borrowed(scope),
             retention: Duration::from_secs(24 * 3600),
             claim_lease,
+        }
+    }
+
+    /// The same store with keys of their own for `caller` (an affiliate): two partners may use
+    /// the same `Idempotency-Key` without ever seeing each other's answers, as Stripe keeps
+    /// keys per account.
+    pub fn within(&self, caller: &str) -> Self {
+        Self {
+            scope: std::borrow::Cow::Owned(format!("{}/{caller}", self.scope)),
+            ..self.clone()
         }
     }
 
@@ -96,7 +108,7 @@ impl IdempotencyStore {
                         AND idempotency_keys.request_hash = EXCLUDED.request_hash) \
                  RETURNING true",
             )
-            .bind(self.scope)
+            .bind(self.scope.as_ref())
             .bind(key)
             .bind(fingerprint)
             .bind(interval(self.claim_lease))
@@ -110,7 +122,7 @@ impl IdempotencyStore {
                 "SELECT request_hash, response_status, response_body, response_headers \
                      FROM idempotency_keys WHERE scope = $1 AND key = $2",
             )
-            .bind(self.scope)
+            .bind(self.scope.as_ref())
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -142,7 +154,7 @@ impl IdempotencyStore {
             "UPDATE idempotency_keys SET response_status = $3, response_body = $4, \
              response_headers = $5 WHERE scope = $1 AND key = $2",
         )
-        .bind(self.scope)
+        .bind(self.scope.as_ref())
         .bind(key)
         .bind(i16::try_from(status).unwrap_or(500))
         .bind(body)
@@ -157,7 +169,7 @@ impl IdempotencyStore {
         sqlx::query(
             "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL",
         )
-        .bind(self.scope)
+        .bind(self.scope.as_ref())
         .bind(key)
         .execute(&self.pool)
         .await?;
@@ -175,7 +187,7 @@ impl IdempotencyStore {
                 "UPDATE idempotency_keys SET locked_until = now() + $3::interval \
                  WHERE scope = $1 AND key = $2 AND response_status IS NULL",
             )
-            .bind(self.scope)
+            .bind(self.scope.as_ref())
             .bind(key)
             .bind(interval(self.claim_lease))
             .execute(&self.pool)

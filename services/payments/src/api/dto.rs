@@ -10,9 +10,11 @@ use crate::domain::{EstadoPago, Moneda, OrigenComision, Pago};
 /// exact problem (a missing field and a wrong type are told apart by the extractor).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CrearPagoBody {
-    /// The affiliate being paid (1..255 characters).
+    /// The affiliate being paid (1..255 characters). With an API key it may be left out: the
+    /// key's affiliate is paid, and naming another is refused (403).
     #[schema(example = "afiliado-123")]
-    pub id_afiliado: String,
+    #[serde(default)]
+    pub id_afiliado: Option<String>,
     /// Amount > 0 with at most 2 decimals, as a JSON number.
     #[schema(value_type = f64, example = 150.25)]
     pub monto: serde_json::Number,

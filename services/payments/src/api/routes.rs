@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 
+use access::{Alcance, Ambito, Llamante, Permiso, Resultado};
 use axum::{
     Json,
     extract::{Path, Query, State},
@@ -25,7 +26,7 @@ use super::dto::{
 };
 use crate::{
     application::{ColaCreacion, Creacion, ErrorPagos, SolicitudCreacion, revertir_pago},
-    domain::{EstadoPago, NuevoPago},
+    domain::{EstadoPago, NuevoPago, Pago},
     infrastructure::repositorio::{self, EntradaTraza},
 };
 
@@ -89,6 +90,10 @@ impl From<ErrorPagos> for Problem {
     }
 }
 
+/// The references of the commissions the platform pays (`COM-…`, derived from the tracked
+/// conversion): a partner may not take one, or a commission would find its reference in use.
+const PREFIJO_COMISIONES: &str = "COM-";
+
 fn capitalizar(texto: &str) -> String {
     let mut chars = texto.chars();
     chars
@@ -114,6 +119,8 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
     responses(
         (status = 200, description = "Pago aceptado (o el original, si es una repetición)", body = PagoCreado),
         (status = 400, description = "Solicitud no válida", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Sin credencial, o credencial no válida", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "La clave no tiene payments:write, o id_afiliado no es el de la clave", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "referencia_pago en uso con otros datos, o la primera solicitud con esa clave sigue en curso", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reutilizada con otro cuerpo", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Servicio saturado o deteniéndose; no se guardó nada (ver Retry-After)", body = Problem, content_type = "application/problem+json"),
@@ -121,20 +128,53 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
 )]
 async fn crear(
     State(state): State<ApiState>,
+    llamante: Llamante,
     RequestId(request_id): RequestId,
     headers: HeaderMap,
     body: ApiJson<CrearPagoBody>,
 ) -> Result<JsonReply, Problem> {
     idempotency_key(&headers)?;
+    let clave = llamante.afiliado(Alcance::PagosEscritura)?;
+    let id_afiliado = match (clave, &body.value.id_afiliado) {
+        (Some(clave), Some(nombrado)) if nombrado.trim() != clave.id_afiliado => {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Prohibido",
+                format!(
+                    "La clave {} es del afiliado {}; no puede crear pagos para '{}'",
+                    clave.id_clave,
+                    clave.id_afiliado,
+                    nombrado.trim()
+                ),
+            ));
+        }
+        (Some(clave), _) => clave.id_afiliado.clone(),
+        (None, nombrado) => nombrado.clone().unwrap_or_default(),
+    };
+    if body
+        .value
+        .referencia_pago
+        .trim()
+        .starts_with(PREFIJO_COMISIONES)
+    {
+        return Err(Problem::validation(vec![FieldError::new(
+            "referencia_pago",
+            format!(
+                "las referencias que empiezan por {PREFIJO_COMISIONES} son de las comisiones que crea la plataforma"
+            ),
+        )]));
+    }
+    let idempotency = state.idempotency.within(&id_afiliado);
     let solicitud = NuevoPago::validar(
-        &body.value.id_afiliado,
+        &id_afiliado,
         exact_decimal(&body.value.monto),
         &body.value.moneda,
         &body.value.referencia_pago,
     )
     .map_err(ErrorPagos::from)?;
     idempotent(
-        &state.idempotency,
+        &idempotency,
         &headers,
         "POST",
         "/pagos",
@@ -181,12 +221,18 @@ async fn crear(
     responses(
         (status = 200, body = ListaPagos),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sin payments:read ni permiso `get payments`, o id_afiliado de otro afiliado", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn listar(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ListaPagos>, Problem> {
+    let ambito = llamante
+        .ambito(Alcance::PagosLectura, Permiso::LEER_PAGOS)
+        .await?;
     let mut errores = Vec::new();
     for nombre in params.keys() {
         if !["estado", "id_afiliado", "limite", "cursor"].contains(&nombre.as_str()) {
@@ -229,9 +275,16 @@ async fn listar(
     if !errores.is_empty() {
         return Err(Problem::validation(errores));
     }
+    let id_afiliado = match (&ambito, params.get("id_afiliado")) {
+        (Ambito::Afiliado(propio), Some(nombrado)) if nombrado != propio => {
+            return Err(otro_afiliado(propio));
+        }
+        (Ambito::Afiliado(propio), _) => Some(propio.clone()),
+        (Ambito::Todos, nombrado) => nombrado.cloned(),
+    };
     let filtro = repositorio::FiltroRecientes {
         estado,
-        id_afiliado: params.get("id_afiliado").cloned(),
+        id_afiliado,
         antes_de,
     };
     let pagos = repositorio::recientes(&state.pool, &filtro, limite)
@@ -269,19 +322,42 @@ fn leer_cursor(raw: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
     responses(
         (status = 200, body = PagoDetalle),
         (status = 400, description = "Id mal formado", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Pago no encontrado", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Pago no encontrado (o de otro afiliado)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn obtener(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id_pago): Path<String>,
 ) -> Result<Json<PagoDetalle>, Problem> {
     let id = id_desde_ruta(&id_pago)?;
+    let pago = visible(&state, &llamante, id).await?;
+    Ok(Json(PagoDetalle::from(&pago)))
+}
+
+/// The payment `id` if the caller may see it: another affiliate's is answered as if it did not
+/// exist, so ids cannot be probed.
+async fn visible(state: &ApiState, llamante: &Llamante, id: Uuid) -> Result<Pago, Problem> {
+    let ambito = llamante
+        .ambito(Alcance::PagosLectura, Permiso::LEER_PAGOS)
+        .await?;
     let pago = repositorio::buscar(&state.pool, id)
         .await
         .map_err(ErrorPagos::from)?
+        .filter(|pago| ambito.ve(&pago.id_afiliado))
         .ok_or(ErrorPagos::NoEncontrado)?;
-    Ok(Json(PagoDetalle::from(&pago)))
+    Ok(pago)
+}
+
+fn otro_afiliado(propio: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Prohibido",
+        format!("La clave es del afiliado {propio}; solo puede consultar sus propios pagos"),
+    )
 }
 
 /// Everything that happened to a payment, oldest first: reception, processing, gateway answer,
@@ -292,18 +368,18 @@ async fn obtener(
     responses(
         (status = 200, body = [EntradaTraza]),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn eventos(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id_pago): Path<String>,
 ) -> Result<Json<Vec<EntradaTraza>>, Problem> {
     let id = id_desde_ruta(&id_pago)?;
-    repositorio::buscar(&state.pool, id)
-        .await
-        .map_err(ErrorPagos::from)?
-        .ok_or(ErrorPagos::NoEncontrado)?;
+    visible(&state, &llamante, id).await?;
     let traza = repositorio::traza(&state.pool, id)
         .await
         .map_err(ErrorPagos::from)?;
@@ -313,9 +389,17 @@ async fn eventos(
 /// Outbox health: how many events were published, wait, or failed and are being retried.
 #[utoipa::path(
     get, path = "/pagos/outbox/estadisticas", tag = "pagos",
-    responses((status = 200, body = OutboxStats))
+    responses(
+        (status = 200, body = OutboxStats),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Solo operadores con `get payments`", body = Problem, content_type = "application/problem+json"),
+    )
 )]
-async fn estadisticas_outbox(State(state): State<ApiState>) -> Result<Json<OutboxStats>, Problem> {
+async fn estadisticas_outbox(
+    State(state): State<ApiState>,
+    llamante: Llamante,
+) -> Result<Json<OutboxStats>, Problem> {
+    llamante.operador(Permiso::LEER_PAGOS, "outbox").await?;
     Ok(Json(
         outbox::stats(&state.pool).await.map_err(ErrorPagos::from)?,
     ))
@@ -329,12 +413,18 @@ async fn estadisticas_outbox(State(state): State<ApiState>) -> Result<Json<Outbo
     responses(
         (status = 200, body = PagosPorMinuto),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn por_minuto(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<PagosPorMinuto>, Problem> {
+    let ambito = llamante
+        .ambito(Alcance::PagosLectura, Permiso::LEER_PAGOS)
+        .await?;
     let mut errores: Vec<FieldError> = params
         .keys()
         .filter(|nombre| nombre.as_str() != "minutos")
@@ -356,7 +446,7 @@ async fn por_minuto(
         .duration_trunc(chrono::TimeDelta::minutes(1))
         .unwrap_or(ahora);
     let desde = este_minuto - chrono::TimeDelta::minutes(minutos - 1);
-    let filas = repositorio::por_minuto(&state.pool, desde)
+    let filas = repositorio::por_minuto(&state.pool, desde, ambito.afiliado())
         .await
         .map_err(ErrorPagos::from)?;
     let mut minutos: Vec<MinutoDePagos> = (0..minutos)
@@ -391,17 +481,21 @@ async fn por_minuto(
     responses(
         (status = 200, body = PagoDetalle),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Solo operadores con `create payments/revert`", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "El pago no está EXITOSO", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn revertir(
     State(state): State<ApiState>,
+    llamante: Llamante,
     RequestId(request_id): RequestId,
     Path(id_pago): Path<String>,
     body: ApiJson<RevertirBody>,
 ) -> Result<Json<PagoDetalle>, Problem> {
     let id = id_desde_ruta(&id_pago)?;
+    llamante.operador(Permiso::REVERTIR_PAGO, &id_pago).await?;
     let motivo = body.value.motivo.trim();
     if motivo.is_empty() || motivo.chars().count() > 500 {
         return Err(Problem::validation(vec![FieldError::new(
@@ -409,6 +503,20 @@ async fn revertir(
             "debe tener entre 1 y 500 caracteres",
         )]));
     }
-    let pago = revertir_pago(&state.pool, id, motivo.to_owned(), &request_id).await?;
-    Ok(Json(PagoDetalle::from(&pago)))
+    let revertido = revertir_pago(
+        &state.pool,
+        id,
+        motivo.to_owned(),
+        &llamante.principal.actor(),
+        &request_id,
+    )
+    .await;
+    let (resultado, detalle) = match &revertido {
+        Ok(_) => (Resultado::Permitido, motivo.to_owned()),
+        Err(error) => (Resultado::Fallido, error.to_string()),
+    };
+    llamante
+        .auditar(Permiso::REVERTIR_PAGO, &id.to_string(), resultado, &detalle)
+        .await;
+    Ok(Json(PagoDetalle::from(&revertido?)))
 }

@@ -158,19 +158,29 @@ async fn crear_lote_en(
         .collect();
     let insertados: HashSet<Uuid> = repositorio::insertar_si_nuevos(&mut *conn, &nuevos).await?;
 
-    let repetidas: Vec<&str> = lote
+    let repetidas: Vec<(&str, &str)> = lote
         .iter()
         .zip(&candidatos)
         .filter(|(_, (pago, _))| !insertados.contains(&pago.id))
-        .map(|(s, _)| s.solicitud.referencia_pago.as_str())
+        .map(|(s, _)| {
+            (
+                s.solicitud.id_afiliado.as_str(),
+                s.solicitud.referencia_pago.as_str(),
+            )
+        })
         .collect();
-    let existentes: HashMap<String, Pago> = if repetidas.is_empty() {
+    let existentes: HashMap<(String, String), Pago> = if repetidas.is_empty() {
         HashMap::new()
     } else {
         repositorio::buscar_por_referencias(&mut *conn, &repetidas)
             .await?
             .into_iter()
-            .map(|pago| (pago.referencia_pago.clone(), pago))
+            .map(|pago| {
+                (
+                    (pago.id_afiliado.clone(), pago.referencia_pago.clone()),
+                    pago,
+                )
+            })
             .collect()
     };
 
@@ -185,7 +195,10 @@ async fn crear_lote_en(
         }
         // The conflicting row is committed (the insert waited for it) or in this transaction.
         let existente = existentes
-            .get(&solicitud.solicitud.referencia_pago)
+            .get(&(
+                solicitud.solicitud.id_afiliado.clone(),
+                solicitud.solicitud.referencia_pago.clone(),
+            ))
             .ok_or(sqlx::Error::RowNotFound)?;
         let (evento_traza, detalle, resultado) =
             if existente.es_misma_solicitud(&solicitud.solicitud) {

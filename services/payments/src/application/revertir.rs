@@ -13,6 +13,7 @@ pub async fn revertir_pago(
     pool: &PgPool,
     id_pago: Uuid,
     motivo: String,
+    por: &str,
     request_id: &str,
 ) -> Result<Pago, ErrorPagos> {
     let mut tx = pool.begin().await?;
@@ -26,7 +27,7 @@ pub async fn revertir_pago(
                 &mut tx,
                 pago.id,
                 "PAGO_REVERTIDO",
-                &format!("Pago revertido: {motivo}"),
+                &format!("Pago revertido por {por}: {motivo}"),
                 Some(request_id),
             )
             .await?;

@@ -110,7 +110,7 @@ pub async fn insertar_si_nuevos(
                                           fecha_creacion, fecha_actualizacion, eventos_emitidos, \
                                           comision, n) \
                 ORDER BY n \
-                ON CONFLICT (referencia_pago) DO NOTHING RETURNING id), \
+                ON CONFLICT (id_afiliado, referencia_pago) DO NOTHING RETURNING id), \
              trazas AS ( \
                 INSERT INTO pago_traza (id_pago, evento, detalle, request_id) \
                 SELECT l.id_pago, l.evento, l.detalle, l.request_id \
@@ -300,12 +300,15 @@ pub async fn recientes(
 pub async fn por_minuto(
     pool: &PgPool,
     desde: DateTime<Utc>,
+    id_afiliado: Option<&str>,
 ) -> Result<Vec<(DateTime<Utc>, String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT date_trunc('minute', fecha_creacion) AS minuto, estado, count(*) \
-         FROM pagos WHERE fecha_creacion >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+         FROM pagos WHERE fecha_creacion >= $1 AND ($2::text IS NULL OR id_afiliado = $2) \
+         GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(desde)
+    .bind(id_afiliado)
     .fetch_all(pool)
     .await
 }
@@ -324,12 +327,23 @@ pub async fn bloquear(tx: &mut PgConnection, id: Uuid) -> Result<Option<Pago>, s
     cargar(tx, select_pago!("id = $1 FOR UPDATE"), id).await
 }
 
-/// The payments holding any of `referencias`.
+/// The payments holding any of `referencias`, each an `(id_afiliado, referencia_pago)` pair.
 pub async fn buscar_por_referencias(
     tx: &mut PgConnection,
-    referencias: &[&str],
+    referencias: &[(&str, &str)],
 ) -> Result<Vec<Pago>, sqlx::Error> {
-    cargar_muchos(tx, select_pago!("referencia_pago = ANY($1)"), referencias).await
+    let (afiliados, referencias): (Vec<&str>, Vec<&str>) = referencias.iter().copied().unzip();
+    sqlx::query_as::<_, FilaPago>(select_pago!(
+        "(id_afiliado, referencia_pago) IN \
+         (SELECT * FROM unnest($1::text[], $2::text[]))"
+    ))
+    .bind(afiliados)
+    .bind(referencias)
+    .fetch_all(tx)
+    .await?
+    .into_iter()
+    .map(Pago::try_from)
+    .collect()
 }
 
 async fn cargar_muchos<'e, B>(

@@ -335,7 +335,7 @@ async fn idempotency_key_replays_refuses_other_bodies_and_reports_in_flight(
 
     // A first request still in flight: its claim exists, its response does not yet.
     sqlx::query("INSERT INTO idempotency_keys (scope, key, request_hash, locked_until, expires_at) \
-                 VALUES ('pagos', 'key-busy', 'h', now() + interval '1 minute', now() + interval '1 day')")
+                 VALUES ('pagos/afiliado-1', 'key-busy', 'h', now() + interval '1 minute', now() + interval '1 day')")
         .execute(&pool).await.unwrap();
     let busy = call(
         &app,

@@ -13,3 +13,4 @@ mod commissions;
 mod group_commit;
 mod lifecycle;
 mod redelivery;
+mod tenancy;

@@ -1,0 +1,458 @@
+//! Who is calling, for every service: the [`Acceso`] a service installs on its router, and the
+//! [`Llamante`] extractor a handler takes to learn the caller and ask what it may do.
+//!
+//! A request names its caller with `Authorization: Bearer <credential>` (or `X-Api-Key`):
+//! - a partner API key (`ap_sk_…`, `ap_rk_…`), checked against the key store;
+//! - anything else is a Kubernetes token, reviewed by the API server (TokenReview), and each
+//!   operator action is authorised by it (SubjectAccessReview).
+//!
+//! Answers follow RFC 9110 and API.md's problem+json rule: no or a bad credential is 401 with
+//! `WWW-Authenticate: Bearer`; a valid caller without the right is 403; another affiliate's
+//! object is 404 (its handler's business, with [`Ambito::ve`]).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, FromRequestParts, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
+    middleware::{self, Next},
+    response::Response,
+};
+use platform::http::{Problem, REQUEST_ID_HEADER};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auditoria::{Auditoria, Registro, Resultado},
+    domain::{Alcance, Ambito, ClaveApi, ClaveDeAfiliado, Permiso, Principal, clave::PREFIJO},
+    infrastructure::{
+        almacen::{Rechazo, VerificadorDeClaves},
+        kubernetes::{AutoridadDeOperadores, Kubernetes},
+    },
+};
+
+/// How strictly callers are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Every route but the probes needs a credential (the default, and the chart's).
+    Enforce,
+    /// A request without a credential acts as an all-powerful developer, as the original
+    /// system let anyone: its pytest suite and Postman collection run unchanged. Credentials
+    /// that are sent are still checked. Refused unless every listener is on loopback.
+    Development,
+}
+
+/// The header a development-mode answer carries, so no one mistakes it for a protected one.
+pub const AUTH_MODE_HEADER: &str = "x-auth-mode";
+
+/// Authentication settings (flags and environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthConfig {
+    /// `enforce`, or `development` (loopback listeners only: see [`AuthMode`]).
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "enforce")]
+    pub auth_mode: AuthMode,
+    /// Authenticate and authorise operators with the Kubernetes API server (TokenReview and
+    /// SubjectAccessReview, with the pod's service account). Off, operator tokens are refused.
+    #[arg(long, env = "AUTH_KUBERNETES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_kubernetes: bool,
+    /// The namespace whose Roles grant operator rights (the release's).
+    #[arg(long, env = "AUTH_NAMESPACE", default_value = "default")]
+    pub auth_namespace: String,
+    /// Audiences an operator token must be meant for (comma-separated); empty accepts the API
+    /// server's own tokens (`kubectl create token`, the cluster's OIDC tokens).
+    #[arg(long, env = "AUTH_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub auth_token_audiences: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            auth_mode: AuthMode::Enforce,
+            auth_kubernetes: false,
+            auth_namespace: "default".to_owned(),
+            auth_token_audiences: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorConfiguracion {
+    #[error(
+        "AUTH_MODE=development serves every route without a credential and is only allowed \
+         when every listener is on loopback; {0} is not. Use AUTH_MODE=enforce, or listen on \
+         127.0.0.1"
+    )]
+    DesarrolloFueraDeLoopback(SocketAddr),
+    #[error("cannot reach the Kubernetes API server to authenticate operators: {0}")]
+    Kubernetes(#[source] kube::Error),
+}
+
+impl AuthConfig {
+    /// Refuses development mode on any listener that is not loopback.
+    pub fn comprobar(&self, listeners: &[SocketAddr]) -> Result<(), ErrorConfiguracion> {
+        if self.auth_mode == AuthMode::Development {
+            if let Some(abierto) = listeners.iter().find(|l| !l.ip().is_loopback()) {
+                return Err(ErrorConfiguracion::DesarrolloFueraDeLoopback(*abierto));
+            }
+            tracing::warn!(
+                "AUTH_MODE=development: requests without a credential act with every right; \
+                 for this machine only (every listener is on loopback)"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A service's access control: its mode, the key store, the operator authority and the audit
+/// trail. Cheap to clone.
+#[derive(Clone)]
+pub struct Acceso {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    modo: AuthMode,
+    claves: Option<VerificadorDeClaves>,
+    autoridad: Option<Arc<dyn AutoridadDeOperadores>>,
+    auditoria: Option<Auditoria>,
+}
+
+impl Acceso {
+    /// Development mode with no key store and no operator authority: for tests of a service's
+    /// behaviour that is not about its callers.
+    pub fn desarrollo() -> Self {
+        Self::from_parts(AuthMode::Development, None, None)
+    }
+
+    /// The access control of a service whose database is `pool`: keys from the store (kept
+    /// coherent by a listener that runs until `shutdown`), operators from Kubernetes when
+    /// configured. `listeners` are the service's addresses, checked against the mode.
+    pub async fn start(
+        config: &AuthConfig,
+        listeners: &[SocketAddr],
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ErrorConfiguracion> {
+        config.comprobar(listeners)?;
+        let autoridad: Option<Arc<dyn AutoridadDeOperadores>> = if config.auth_kubernetes {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(ErrorConfiguracion::Kubernetes)?;
+            Some(Arc::new(Kubernetes::new(
+                client,
+                config.auth_namespace.clone(),
+                config.auth_token_audiences.clone(),
+            )))
+        } else {
+            None
+        };
+        Ok(Self::with_store(
+            config.auth_mode,
+            pool,
+            autoridad,
+            shutdown,
+        ))
+    }
+
+    /// Like [`Acceso::start`] with the authority given (tests pass one built on their own
+    /// API server).
+    pub fn with_store(
+        modo: AuthMode,
+        pool: PgPool,
+        autoridad: Option<Arc<dyn AutoridadDeOperadores>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let claves = VerificadorDeClaves::new(pool.clone());
+        tokio::spawn(claves.clone().escuchar_cambios(pool.clone(), shutdown));
+        let mut acceso = Self::from_parts(modo, Some(claves), autoridad);
+        if let Some(inner) = Arc::get_mut(&mut acceso.inner) {
+            inner.auditoria = Some(Auditoria::new(pool));
+        }
+        acceso
+    }
+
+    fn from_parts(
+        modo: AuthMode,
+        claves: Option<VerificadorDeClaves>,
+        autoridad: Option<Arc<dyn AutoridadDeOperadores>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                modo,
+                claves,
+                autoridad,
+                auditoria: None,
+            }),
+        }
+    }
+
+    pub fn modo(&self) -> AuthMode {
+        self.inner.modo
+    }
+
+    /// Installs this access control on a service's routes: every handler that takes a
+    /// [`Llamante`] finds it, and development-mode answers say so in `X-Auth-Mode`.
+    pub fn proteger<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        router.layer(middleware::from_fn_with_state(self.clone(), instalar))
+    }
+
+    /// Who sent `parts`' credential.
+    async fn identificar(&self, parts: &Parts) -> Result<Principal, Problem> {
+        let Some(credencial) = credencial(parts)? else {
+            return match self.inner.modo {
+                AuthMode::Development => Ok(Principal::Desarrollo),
+                AuthMode::Enforce => Err(no_autenticado(
+                    "Falta la credencial: envíe `Authorization: Bearer <clave de API o token de Kubernetes>`",
+                )),
+            };
+        };
+        if credencial.starts_with(PREFIJO) {
+            let clave = ClaveApi::analizar(credencial)
+                .map_err(|motivo| no_autenticado(format!("Clave de API no válida: {motivo}")))?;
+            let Some(claves) = &self.inner.claves else {
+                return Err(no_autenticado("Este servicio no admite claves de API"));
+            };
+            return match claves.verificar(&clave).await {
+                Ok(afiliado) => Ok(Principal::Afiliado(afiliado)),
+                Err(Rechazo::Almacen(error)) => Err(Problem::database(&error)),
+                Err(rechazo) => {
+                    tracing::info!(target: "audit", clave = clave.id(), %rechazo, "API key refused");
+                    Err(no_autenticado(format!(
+                        "Clave de API no aceptada: {rechazo}"
+                    )))
+                }
+            };
+        }
+        let Some(autoridad) = &self.inner.autoridad else {
+            return Err(no_autenticado(
+                "La credencial no es una clave de API (ap_sk_…, ap_rk_…) y este despliegue no \
+                 autentica operadores con Kubernetes (AUTH_KUBERNETES)",
+            ));
+        };
+        match autoridad.autenticar(credencial).await {
+            Ok(Some(operador)) => Ok(Principal::Operador(operador)),
+            Ok(None) => Err(no_autenticado(
+                "El token no es válido para el clúster (TokenReview)",
+            )),
+            Err(error) => Err(autoridad_no_disponible(&error)),
+        }
+    }
+}
+
+/// The credential of a request, from `Authorization: Bearer` or `X-Api-Key`.
+fn credencial(parts: &Parts) -> Result<Option<&str>, Problem> {
+    if let Some(valor) = parts.headers.get(header::AUTHORIZATION) {
+        let valor = valor
+            .to_str()
+            .map_err(|_| no_autenticado("La cabecera Authorization no es texto"))?;
+        let Some((esquema, token)) = valor.split_once(' ') else {
+            return Err(no_autenticado(
+                "Authorization debe ser `Bearer <credencial>`",
+            ));
+        };
+        if !esquema.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(no_autenticado(
+                "Authorization debe ser `Bearer <credencial>`",
+            ));
+        }
+        return Ok(Some(token.trim()));
+    }
+    match parts.headers.get("x-api-key") {
+        Some(valor) => match valor.to_str() {
+            Ok(texto) if !texto.trim().is_empty() => Ok(Some(texto.trim())),
+            _ => Err(no_autenticado("X-Api-Key está vacía o no es texto")),
+        },
+        None => Ok(None),
+    }
+}
+
+fn no_autenticado(detalle: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "No autenticado",
+        detalle,
+    )
+    .with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"aeropartners\""),
+    )
+}
+
+fn prohibido(detalle: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Prohibido", detalle)
+}
+
+fn autoridad_no_disponible(error: &dyn std::fmt::Display) -> Problem {
+    tracing::warn!(%error, "operator authority unavailable");
+    Problem::unavailable(
+        "No se pudo verificar la credencial con el clúster; reintente en un momento",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
+}
+
+async fn instalar(
+    axum::extract::State(acceso): axum::extract::State<Acceso>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.extensions_mut().insert(acceso.clone());
+    let mut response = next.run(request).await;
+    if acceso.inner.modo == AuthMode::Development {
+        response.headers_mut().insert(
+            HeaderName::from_static(AUTH_MODE_HEADER),
+            HeaderValue::from_static("development"),
+        );
+    }
+    response
+}
+
+/// The caller of a request, authenticated. Taking it makes a handler's route require a
+/// credential (or development mode); what the caller may do, the handler asks with its
+/// methods, which also keep the audit trail.
+pub struct Llamante {
+    pub principal: Principal,
+    acceso: Acceso,
+    origen: Option<SocketAddr>,
+    request_id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Llamante {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(acceso) = parts.extensions.get::<Acceso>().cloned() else {
+            return Err(Problem::internal(
+                &"a route takes Llamante but its router has no Acceso (Acceso::proteger)",
+            ));
+        };
+        let principal = acceso.identificar(parts).await?;
+        Ok(Self {
+            principal,
+            acceso,
+            origen: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| *peer),
+            request_id: parts
+                .headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+}
+
+impl Llamante {
+    /// For a partner route that writes as the partner: the key, if it holds `alcance`. `None`
+    /// in development mode (the body names the affiliate, as in the original system). An
+    /// operator is refused: operators act on partners' objects, not as partners.
+    pub fn afiliado(&self, alcance: Alcance) -> Result<Option<&ClaveDeAfiliado>, Problem> {
+        match &self.principal {
+            Principal::Afiliado(clave) if clave.permite(alcance) => Ok(Some(clave)),
+            Principal::Afiliado(clave) => Err(prohibido(format!(
+                "La clave {} no tiene el alcance {alcance}",
+                clave.id_clave
+            ))),
+            Principal::Operador(operador) => Err(prohibido(format!(
+                "Esta operación es de un afiliado, con una clave de API con el alcance \
+                 {alcance}; {} es un operador",
+                operador.usuario
+            ))),
+            Principal::Desarrollo => Ok(None),
+        }
+    }
+
+    /// For a read a partner may make of its own objects and an operator of everyone's: a key
+    /// holding `alcance` sees its affiliate's, an operator allowed `permiso` sees all.
+    pub async fn ambito(&self, alcance: Alcance, permiso: Permiso) -> Result<Ambito, Problem> {
+        match &self.principal {
+            Principal::Afiliado(_) => {
+                let clave = self.afiliado(alcance)?.map(|c| c.id_afiliado.clone());
+                Ok(clave.map_or(Ambito::Todos, Ambito::Afiliado))
+            }
+            Principal::Operador(_) => {
+                self.autorizar(permiso).await?;
+                Ok(Ambito::Todos)
+            }
+            Principal::Desarrollo => Ok(Ambito::Todos),
+        }
+    }
+
+    /// For an operator action: allowed when Kubernetes RBAC grants `permiso` to the caller
+    /// (or in development mode). A refusal is audited; the handler audits the outcome of an
+    /// allowed action with [`Llamante::auditar`].
+    pub async fn operador(&self, permiso: Permiso, objeto: &str) -> Result<(), Problem> {
+        match &self.principal {
+            Principal::Afiliado(clave) => {
+                self.auditar(
+                    permiso,
+                    objeto,
+                    Resultado::Denegado,
+                    "una clave de afiliado",
+                )
+                .await;
+                Err(prohibido(format!(
+                    "Esta operación es de un operador ({permiso}, con un token de Kubernetes); \
+                     la clave {} es de un afiliado",
+                    clave.id_clave
+                )))
+            }
+            Principal::Operador(_) => match self.autorizar(permiso).await {
+                Ok(()) => Ok(()),
+                Err(problem) => {
+                    if problem.status == StatusCode::FORBIDDEN {
+                        self.auditar(permiso, objeto, Resultado::Denegado, "RBAC")
+                            .await;
+                    }
+                    Err(problem)
+                }
+            },
+            Principal::Desarrollo => Ok(()),
+        }
+    }
+
+    async fn autorizar(&self, permiso: Permiso) -> Result<(), Problem> {
+        let Principal::Operador(operador) = &self.principal else {
+            return Ok(());
+        };
+        let Some(autoridad) = &self.acceso.inner.autoridad else {
+            return Err(prohibido("Este despliegue no autoriza operadores"));
+        };
+        match autoridad.autorizar(operador, permiso).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(prohibido(format!(
+                "{} no tiene permiso para `{permiso}` en el grupo aeropartners.io \
+                 (kubectl auth can-i {permiso}.aeropartners.io)",
+                operador.usuario
+            ))),
+            Err(error) => Err(autoridad_no_disponible(&error)),
+        }
+    }
+
+    /// Records a privileged action in the audit trail (and the `audit` log target).
+    pub async fn auditar(
+        &self,
+        permiso: Permiso,
+        objeto: &str,
+        resultado: Resultado,
+        detalle: &str,
+    ) {
+        let registro = Registro {
+            tipo_actor: self.principal.tipo_actor(),
+            actor: self.principal.actor(),
+            accion: permiso.to_string(),
+            objeto: objeto.to_owned(),
+            origen: self.origen.map(|o| o.ip().to_string()).unwrap_or_default(),
+            request_id: self.request_id.clone(),
+            resultado,
+            detalle: detalle.to_owned(),
+        };
+        match &self.acceso.inner.auditoria {
+            Some(auditoria) => auditoria.registrar(registro).await,
+            None => registro.log(),
+        }
+    }
+}
