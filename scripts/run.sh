@@ -17,6 +17,11 @@
 #                      the listening ports (defaults: 8000 8010 8012 8011 8013 8001 8002 8080
 #                      9001 9002 8020 8021 8090 8091)
 #   AFFILIATES_FILE    the collector's affiliates (default: config/afiliados.demo.yaml)
+#   AUTH_MODE          `development` (the default here): a request without a credential acts
+#                      with every right, so the original system's clients run unchanged; the
+#                      services accept it only because every listener is on 127.0.0.1.
+#                      `enforce` requires partner keys (`aeropartners claves crear`), as the
+#                      chart does.
 #
 # How Ctrl-C works here: a terminal sends SIGINT to its whole foreground process group. The
 # services run in sessions of their own (setsid), so only make and this script get it, and this
@@ -66,6 +71,7 @@ collector_a_port=${PORT_COLLECTOR_A:-8090}
 collector_b_port=${PORT_COLLECTOR_B:-8091}
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 export AFFILIATES_FILE=${AFFILIATES_FILE:-${repo_root}/config/afiliados.demo.yaml}
+export AUTH_MODE=${AUTH_MODE:-development}
 
 local_url() { printf 'http://127.0.0.1:%s' "$1"; }
 
@@ -308,6 +314,13 @@ Aeropartners is running, every service ready after $((SECONDS - started)) s (log
 Every service also serves /health, /ready, /metrics, /openapi.json and /docs.
 A service process that dies is restarted. Press Ctrl-C to stop everything.
 MSG
+if [[ ${AUTH_MODE} == development ]]; then
+	say "Open development mode (AUTH_MODE=development): requests need no credential, for this"
+	say "machine only; every service listens on 127.0.0.1 and refuses this mode on any other"
+	say "address. AUTH_MODE=enforce make run requires partner keys, as the chart does."
+else
+	say "AUTH_MODE=${AUTH_MODE}: partner routes need a key (aeropartners claves crear --afiliado ...)."
+fi
 
 # Runs until a signal; the supervisors keep the services up meanwhile.
 wait "${supervisors[@]}"

@@ -74,6 +74,72 @@ impl Cluster {
         }
     }
 
+    /// `Bearer <key>` of a partner key for `afiliado`, made the way the README tells a user
+    /// to: `kubectl exec deploy/<fullname>-payments -- aeropartners claves crear`. One key per
+    /// affiliate per run, kept for the parts that follow.
+    pub fn partner_authorization(&self, afiliado: &str) -> anyhow::Result<String> {
+        static KEYS: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<String, String>>,
+        > = std::sync::LazyLock::new(Default::default);
+        if let Some(key) = KEYS.lock().unwrap().get(afiliado) {
+            return Ok(key.clone());
+        }
+        let deployment = format!("deploy/{}", self.name("payments"));
+        let output = self.kubectl(&[
+            "exec",
+            &deployment,
+            "--",
+            "aeropartners",
+            "claves",
+            "crear",
+            "--afiliado",
+            afiliado,
+            "--descripcion",
+            "e2e",
+        ])?;
+        let key = output
+            .lines()
+            .map(str::trim)
+            .find(|line| line.starts_with("ap_sk_"))
+            .with_context(|| format!("`aeropartners claves crear` printed no key: {output}"))?;
+        let authorization = format!("Bearer {key}");
+        KEYS.lock()
+            .unwrap()
+            .insert(afiliado.to_owned(), authorization.clone());
+        Ok(authorization)
+    }
+
+    /// `Bearer <token>` of a ServiceAccount bound to the release's `<fullname>-operations` Role,
+    /// as an operator of the release is (docs/security.md).
+    pub fn operator_authorization(&self) -> anyhow::Result<String> {
+        self.bound_token("e2e-operator", "operations")
+    }
+
+    /// A token of ServiceAccount `account` bound to the release's `<fullname>-<role>` Role
+    /// (created the first time; `kubectl create token`, valid for two hours).
+    pub fn bound_token(&self, account: &str, role: &str) -> anyhow::Result<String> {
+        if self
+            .kubectl(&[
+                "get",
+                "serviceaccount",
+                account,
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])?
+            .trim()
+            .is_empty()
+        {
+            self.kubectl(&["create", "serviceaccount", account])?;
+            let subject = format!("{}:{account}", self.namespace);
+            let role = format!("--role={}-{role}", self.fullname());
+            let subject = format!("--serviceaccount={subject}");
+            self.kubectl(&["create", "rolebinding", account, &role, &subject])?;
+        }
+        let token = self.kubectl(&["create", "token", account, "--duration=2h"])?;
+        Ok(format!("Bearer {}", token.trim()))
+    }
+
     /// The name of a component's objects (Deployment, Service, PDB, ServiceAccount…).
     pub fn name(&self, component: &str) -> String {
         format!("{}-{component}", self.fullname())

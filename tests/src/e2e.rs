@@ -97,6 +97,28 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
         args.push("--env-var".to_owned());
         args.push(format!("{variable}={}", cluster.service_url(service)?));
     }
+    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, and reverts as an
+    // operator: with keys and a token as a user of the chart would (docs/security.md).
+    let bare = |authorization: String| {
+        authorization
+            .strip_prefix("Bearer ")
+            .map(str::to_owned)
+            .unwrap_or(authorization)
+    };
+    for (variable, authorization) in [
+        (
+            "partner_key",
+            cluster.partner_authorization("AFILIADO_001")?,
+        ),
+        (
+            "partner_key_lote",
+            cluster.partner_authorization("AFILIADO_002")?,
+        ),
+        ("operator_token", cluster.operator_authorization()?),
+    ] {
+        args.push("--env-var".to_owned());
+        args.push(format!("{variable}={}", bare(authorization)));
+    }
     println!("\nThe Postman collection against the chart's Services:");
     let status = std::process::Command::new("bash")
         .args(&args)
@@ -312,8 +334,10 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     ));
 
     let reference = format!("e2e-smoke-{}", uuid::Uuid::new_v4().simple());
+    let partner = cluster.partner_authorization("af-e2e")?;
     let created: serde_json::Value = http
         .post(format!("{gateway}/pagos/"))
+        .header("authorization", &partner)
         .json(
             &serde_json::json!({"id_afiliado": "af-e2e", "monto": 42.5, "moneda": "USD",
                                   "referencia_pago": reference}),
@@ -328,6 +352,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let final_state = loop {
         let payment: serde_json::Value = http
             .get(format!("{gateway}/pagos/{id}"))
+            .header("authorization", &partner)
             .send()
             .await?
             .error_for_status()?
@@ -850,6 +875,13 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
             namespace: cluster.namespace.clone(),
             name: cluster.report_version_name(),
         },
+        payees: scenario9::open_payees()
+            .into_iter()
+            .map(|(payee, _)| {
+                let authorization = cluster.partner_authorization(&payee)?;
+                Ok((payee, Some(authorization)))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let config = scenario9::Config {
         binary: std::path::PathBuf::new(),
@@ -898,10 +930,13 @@ pub struct ReadLoad {
 /// Creates a payment through the gateway every 50 ms until `stop`: how many were sent, and
 /// each failure as the client saw it.
 fn post_payments(
+    cluster: &Cluster,
     gateway: String,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    let partner = cluster.partner_authorization("af-upgrade");
     tokio::spawn(async move {
+        let partner = partner.expect("a partner key for af-upgrade");
         let http = client().expect("an HTTP client");
         let (mut sent, mut failures) = (0u64, Vec::new());
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -911,6 +946,7 @@ fn post_payments(
             // No Idempotency-Key, as a careless client sends it: nothing may retry it.
             let answer = http
                 .post(format!("{gateway}/pagos/"))
+                .header("authorization", &partner)
                 .json(&serde_json::json!({"id_afiliado": "af-upgrade", "monto": 5,
                     "moneda": "USD", "referencia_pago": format!("up-{run}-{sent}")}))
                 .send()
@@ -1102,7 +1138,7 @@ pub async fn upgrade_from_previous(
         .context("the previous chart's version")?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(version_before.clone()), stop.clone());
-    let payments = post_payments(gateway, stop.clone());
+    let payments = post_payments(cluster, gateway, stop.clone());
     let to_previous = cluster.upgrade(previous, &[])?;
     let to_current = cluster.upgrade(&cluster.chart, &[])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1291,7 +1327,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let data_before = live_pods(cluster, &format!("in {DATA_LAYER}"))?;
     let stop = CancellationToken::new();
     let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
-    let payments = post_payments(gateway.clone(), stop.clone());
+    let payments = post_payments(cluster, gateway.clone(), stop.clone());
     // A log directive for a target that does not exist, named after this run: a value that
     // differs from the installed one on every run (the config checksum rolls every pod), and
     // changes nothing else. Commas escaped: `--set` splits on them.
@@ -1495,6 +1531,8 @@ pub struct ContainerCheck {
 pub struct Security {
     pub network: Vec<Probe>,
     pub rbac: Vec<Permission>,
+    /// Who the API lets do what, through the gateway.
+    pub api: Vec<ApiAccess>,
     pub containers: Vec<ContainerCheck>,
     /// The whole part, the outsider pod's start included.
     pub took_ms: f64,
@@ -1523,10 +1561,12 @@ pub async fn security(cluster: &Cluster) -> anyhow::Result<Security> {
     cluster.set_values(&["networkPolicy.enabled=false"])?;
     let network = network?;
     let rbac = rbac(cluster)?;
+    let api = api_access(cluster).await?;
     let containers = containers(cluster)?;
     let report = Security {
         network,
         rbac,
+        api,
         containers,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
     };
@@ -1553,6 +1593,17 @@ pub async fn security(cluster: &Cluster) -> anyhow::Result<Security> {
             p.request,
             if p.allowed { "yes" } else { "no" },
             mark(p.allowed == p.expected)
+        );
+    }
+    println!("\nSecurity: who the API lets do what (through the gateway)");
+    for a in &report.api {
+        println!(
+            "  {:<58} {:<34} {:<4} expected {:<4} {}",
+            a.request,
+            a.caller,
+            a.status,
+            a.expected,
+            mark(a.status == a.expected)
         );
     }
     println!("\nSecurity: every container of the release, from the node's /proc");
@@ -1793,6 +1844,95 @@ spec:
         .context("the outsider pod")
 }
 
+/// One call through the gateway, by one kind of caller.
+#[derive(Debug, Serialize)]
+pub struct ApiAccess {
+    pub request: String,
+    pub caller: String,
+    pub status: u16,
+    pub expected: u16,
+}
+
+/// The API checks who calls: no credential is 401; a partner's key reaches its own payments
+/// only; reverting takes a Kubernetes user the `<fullname>-operations` Role is bound to, a
+/// `<fullname>-viewer` may only read (TokenReview and SubjectAccessReview on this cluster).
+async fn api_access(cluster: &Cluster) -> anyhow::Result<Vec<ApiAccess>> {
+    let http = client()?;
+    let gateway = cluster.service_url("gateway")?;
+    let own = cluster.partner_authorization("af-security")?;
+    let other = cluster.partner_authorization("af-security-other")?;
+    let operator = cluster.operator_authorization()?;
+    let viewer = cluster.bound_token("e2e-viewer", "viewer")?;
+    let created: serde_json::Value = http
+        .post(format!("{gateway}/pagos"))
+        .header("authorization", &own)
+        .json(&serde_json::json!({"monto": 1, "moneda": "USD",
+            "referencia_pago": format!("sec-{}", uuid::Uuid::new_v4().simple())}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id_pago"].as_str().context("id_pago")?.to_owned();
+    let payment = format!("/pagos/{id}");
+    let revert = format!("/pagos/{id}/revertir");
+    let cases: [(&str, &str, &str, Option<&str>, u16); 9] = [
+        ("GET", "/pagos", "nobody", None, 401),
+        ("GET", &payment, "its affiliate's key", Some(&own), 200),
+        (
+            "GET",
+            &payment,
+            "another affiliate's key",
+            Some(&other),
+            404,
+        ),
+        ("GET", &payment, "a viewer", Some(&viewer), 200),
+        (
+            "GET",
+            &payment,
+            "a forged token",
+            Some("Bearer forged"),
+            401,
+        ),
+        ("PATCH", &revert, "its affiliate's key", Some(&own), 403),
+        ("PATCH", &revert, "a viewer", Some(&viewer), 403),
+        // Allowed, and refused by the payment's state (PENDIENTE or just charged): 409, or
+        // 200 if the charge already succeeded.
+        ("PATCH", &revert, "an operator", Some(&operator), 409),
+        (
+            "GET",
+            "/pagos/outbox/estadisticas",
+            "an operator",
+            Some(&operator),
+            200,
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (method, path, caller, authorization, expected) in cases {
+        let mut request = http.request(method.parse()?, format!("{gateway}{path}"));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        if method == "PATCH" {
+            request = request.json(&serde_json::json!({"motivo": "e2e security"}));
+        }
+        let status = request.send().await?.status().as_u16();
+        // The operator's revert is allowed: what it meets depends on the charge's timing.
+        let expected = if caller == "an operator" && method == "PATCH" && status == 200 {
+            200
+        } else {
+            expected
+        };
+        answers.push(ApiAccess {
+            request: format!("{method} {}", path.replace(&id, "{id}")),
+            caller: caller.to_owned(),
+            status,
+            expected,
+        });
+    }
+    Ok(answers)
+}
+
 /// What the operator's and the reports' ServiceAccounts may and may not do: each line is
 /// (account, verb, resource[/name], subresource, namespace: "" the release's, "-" cluster
 /// scope, else that one; expected answer).
@@ -1893,6 +2033,35 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
             false,
         ),
         ("reports", "create", "namespaces", "", "-", false),
+        // payments asks the API server who calls (TokenReview) and whether they may
+        // (SubjectAccessReview): system:auth-delegator, and nothing else.
+        (
+            "payments",
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            "",
+            "-",
+            true,
+        ),
+        (
+            "payments",
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            "",
+            "-",
+            true,
+        ),
+        ("payments", "get", "secrets", "", "", false),
+        ("payments", "patch", RV, "", "", false),
+        (
+            "payments",
+            "create",
+            "payments.aeropartners.io",
+            "revert",
+            "",
+            false,
+        ),
+        ("payments", "list", "pods", "", "", false),
     ];
     let mut answers = Vec::new();
     for &(account, verb, resource, subresource, namespace, expected) in checks {
@@ -2249,6 +2418,14 @@ impl Targets for Security {
                     p.account,
                     if p.allowed { "" } else { "not" },
                     p.request
+                ));
+            }
+        }
+        for a in &self.api {
+            if a.status != a.expected {
+                missed.push(format!(
+                    "API: {} by {} answered {}, expected {}",
+                    a.request, a.caller, a.status, a.expected
                 ));
             }
         }

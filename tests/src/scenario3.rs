@@ -356,6 +356,8 @@ impl Launcher<'_> {
             .args(args)
             .env("DATABASE_URL", self.db)
             .env("PULSAR_TOPIC_PREFIX", self.prefix)
+            // Loopback listeners, the runner's clients without keys: as `make run`.
+            .env("AUTH_MODE", "development")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());

@@ -446,6 +446,14 @@ pub struct Target {
     /// `(name, base URL)` of every reports replica, probed directly.
     pub replicas: Vec<(String, String)>,
     pub switch: Switch,
+    /// The affiliates the payments load pays, in turn, each with the `Authorization` to pay it
+    /// with (none against a platform in development mode).
+    pub payees: Vec<(String, Option<String>)>,
+}
+
+/// The payments load's affiliates on a platform in development mode: no credential needed.
+pub fn open_payees() -> Vec<(String, Option<String>)> {
+    (0..7).map(|n| (format!("af-{n}"), None)).collect()
 }
 
 pub enum Switch {
@@ -501,6 +509,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             },
             None => Switch::Put,
         },
+        payees: open_payees(),
     };
     let report = measure(config, &target).await;
     if let Some(ns) = &stack.namespace {
@@ -585,11 +594,12 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
         })
     };
     let payments = {
-        let (client, gateway, stop, rate) = (
+        let (client, gateway, stop, rate, payees) = (
             client.clone(),
             target.gateway.clone(),
             stop.clone(),
             config.payments_rate,
+            target.payees.clone(),
         );
         tokio::spawn(async move {
             let (mut sent, mut failed) = (0u64, 0u64);
@@ -602,10 +612,14 @@ pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report>
                 }
                 sent += 1;
                 let moneda = ["USD", "EUR", "COP"][(sent % 3) as usize];
-                let ok = client
-                    .post(format!("{gateway}/pagos"))
+                let (payee, authorization) = &payees[(sent as usize) % payees.len()];
+                let mut request = client.post(format!("{gateway}/pagos"));
+                if let Some(authorization) = authorization {
+                    request = request.header("authorization", authorization);
+                }
+                let ok = request
                     .json(&serde_json::json!({
-                        "id_afiliado": format!("af-{}", sent % 7), "monto": 10 + sent % 90,
+                        "id_afiliado": payee, "monto": 10 + sent % 90,
                         "moneda": moneda,
                         "referencia_pago": format!("s9-{run}-{sent}"),
                     }))

@@ -108,6 +108,27 @@ before the release does (an external one); see migrations.yaml. */}}
   value: {{ .Values.common.database.startupWait | quote }}
 {{- end -}}
 
+{{/* The ServiceAccount of a service that authenticates operators (access.yaml), or nothing. */}}
+{{- define "aeropartners.authAccount" -}}
+{{- if has .name .root.Values.auth.operatorServices -}}
+{{ include "aeropartners.component" (dict "root" .root "name" .name) }}
+{{- end -}}
+{{- end -}}
+
+{{/* How service `name` checks its callers (services/access: AuthConfig): operators through
+the API server only with its ServiceAccount (aeropartners.authAccount). */}}
+{{- define "aeropartners.authEnv" -}}
+{{- $auth := .root.Values.auth -}}
+- name: AUTH_MODE
+  value: {{ $auth.mode | quote }}
+- name: AUTH_KUBERNETES
+  value: {{ and $auth.kubernetes (has .name $auth.operatorServices) | toString | quote }}
+- name: AUTH_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: AUTH_TOKEN_AUDIENCES
+  value: {{ join "," $auth.tokenAudiences | quote }}
+{{- end -}}
+
 {{/* The broker's credentials and trust, when an external Pulsar asks for them. */}}
 {{- define "aeropartners.pulsarEnv" -}}
 {{- $pulsar := .Values.externalPulsar -}}

@@ -892,3 +892,72 @@ fn the_dockerfile_and_the_e2e_image_agree_with_the_chart() {
         );
     }
 }
+
+#[test]
+fn no_two_objects_of_a_release_share_a_name() {
+    let mut seen = std::collections::BTreeSet::new();
+    for object in objects(&[]) {
+        let id = format!("{}/{}", object["kind"], object["metadata"]["name"]);
+        assert!(seen.insert(id.clone()), "rendered twice: {id}");
+    }
+}
+
+/// The services that authenticate operators ask the API server (TokenReview,
+/// SubjectAccessReview) with a ServiceAccount of their own bound to system:auth-delegator; the
+/// Roles a user is bound to to operate the release name the permissions they ask about
+/// (services/access/src/domain/permiso.rs).
+#[test]
+fn operators_are_checked_by_the_api_server_with_shipped_roles() {
+    let default = objects(&[]);
+    let payments = find(&default, "Deployment", "aeropartners-payments");
+    let spec = &payments["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "aeropartners-payments");
+    let container = &spec["containers"][0];
+    assert_eq!(env(container, "AUTH_MODE").unwrap()["value"], "enforce");
+    assert_eq!(env(container, "AUTH_KUBERNETES").unwrap()["value"], "true");
+    let binding = find(
+        &default,
+        "ClusterRoleBinding",
+        "default-aeropartners-payments-auth-delegator",
+    );
+    assert_eq!(binding["roleRef"]["name"], "system:auth-delegator");
+    assert_eq!(binding["subjects"][0]["name"], "aeropartners-payments");
+    // Every permission a service asks about is granted by the operations Role, and the reads
+    // by the viewer Role too; the viewer cannot act.
+    let rules = |role: &str| -> Vec<(String, String)> {
+        let mut granted = Vec::new();
+        for rule in find(&default, "Role", role)["rules"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.push((
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+        granted
+    };
+    let (operations, viewer) = (
+        rules("aeropartners-operations"),
+        rules("aeropartners-viewer"),
+    );
+    for permiso in access::Permiso::TODOS {
+        let resource = match permiso.subrecurso {
+            Some(sub) => format!("{}/{sub}", permiso.recurso),
+            None => permiso.recurso.to_owned(),
+        };
+        let wanted = (resource, permiso.verbo.to_owned());
+        assert!(operations.contains(&wanted), "operations lacks {permiso}");
+        assert_eq!(
+            viewer.contains(&wanted),
+            permiso.de_lectura(),
+            "viewer and {permiso}"
+        );
+    }
+    assert!(operations.contains(&("reportversions".into(), "patch".into())));
+    assert!(!viewer.contains(&("reportversions".into(), "patch".into())));
+    // Off, no ServiceAccount token is mounted for it and nothing is bound.
+    let off = objects(&["--set", "auth.kubernetes=false"]);
+    assert!(!off.iter().any(|o| o["kind"] == "ClusterRoleBinding"));
+}

@@ -246,17 +246,16 @@ fn credencial(parts: &Parts) -> Result<Option<&str>, Problem> {
         let valor = valor
             .to_str()
             .map_err(|_| no_autenticado("La cabecera Authorization no es texto"))?;
-        let Some((esquema, token)) = valor.split_once(' ') else {
-            return Err(no_autenticado(
-                "Authorization debe ser `Bearer <credencial>`",
-            ));
-        };
-        if !esquema.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        let (esquema, token) = valor.split_once(' ').unwrap_or((valor, ""));
+        if !esquema.eq_ignore_ascii_case("bearer") {
             return Err(no_autenticado(
                 "Authorization debe ser `Bearer <credencial>`",
             ));
         }
-        return Ok(Some(token.trim()));
+        // `Bearer` with nothing after it is what a client sends from an unset variable (a
+        // Postman environment without a key): no credential, not a malformed one.
+        let token = token.trim();
+        return Ok((!token.is_empty()).then_some(token));
     }
     match parts.headers.get("x-api-key") {
         Some(valor) => match valor.to_str() {

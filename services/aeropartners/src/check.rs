@@ -25,10 +25,13 @@ enum Check {
         urls: Vec<String>,
     },
     /// A payment through the gateway reaches a final state (EXITOSO or FALLIDO): the API, the
-    /// outbox, the broker and the worker all work.
+    /// outbox, the broker and the worker all work. It pays the affiliate `HELM_TEST` with a
+    /// restricted key made for the check in the key store, and revoked after it.
     Payment {
         #[arg(long)]
         gateway: String,
+        #[command(flatten)]
+        database: platform::config::DatabaseConfig,
     },
     /// The gateway serves a confirmed report version.
     ReportVersion {
@@ -53,8 +56,35 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        Check::Payment { gateway } => {
-            payment(&client, gateway.trim_end_matches('/'), deadline).await?
+        Check::Payment { gateway, database } => {
+            let pool = platform::db::connect(&database, access::almacen::SCHEMA).await?;
+            let almacen = access::AlmacenDeClaves::new(pool);
+            let (clave, registro) = almacen
+                .crear(access::NuevaClave {
+                    id_afiliado: "HELM_TEST".into(),
+                    tipo: access::domain::TipoClave::Rk,
+                    alcances: [
+                        access::Alcance::PagosEscritura,
+                        access::Alcance::PagosLectura,
+                    ]
+                    .into(),
+                    descripcion: "helm test".into(),
+                    expira: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                    creada_por: "helm-test".into(),
+                })
+                .await?;
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", clave.revelar()).parse()?,
+            );
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .default_headers(headers)
+                .build()?;
+            let checked = payment(&client, gateway.trim_end_matches('/'), deadline).await;
+            almacen.revocar(&registro.id_clave, "helm-test").await?;
+            checked?
         }
         Check::ReportVersion { gateway } => {
             let url = format!("{}/api/reports/version", gateway.trim_end_matches('/'));

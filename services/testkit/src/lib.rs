@@ -336,6 +336,8 @@ impl ServiceProcess {
             .args(args)
             .env("DATABASE_URL", database_url)
             .env("PULSAR_TOPIC_PREFIX", topic_prefix)
+            // Loopback listeners, a harness's clients without keys: as `make run`.
+            .env("AUTH_MODE", "development")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -312,6 +312,7 @@ async fn start(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::R
                 Ok(Command::new(&args.binary)
                     .args(service_args)
                     .envs(env)
+                    .env("AUTH_MODE", "development")
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
                     .stderr(log)
@@ -579,6 +580,7 @@ async fn cold_starts(
                 .args(&service_args)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .env("DATABASE_URL", database_url)
+                .env("AUTH_MODE", "development")
                 .env(
                     "PULSAR_TOPIC_PREFIX",
                     format!("cold{}-", uuid::Uuid::new_v4().simple()),

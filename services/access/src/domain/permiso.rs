@@ -1,7 +1,7 @@
 //! What an operator action requires of Kubernetes RBAC, as kube-rbac-proxy asks it: a verb on a
 //! resource (and subresource) of the `aeropartners.io` group in the release's namespace. RBAC
 //! matches these as strings, so the resources need not exist as objects; the chart's
-//! `aeropartners-viewer` and `aeropartners-operator` Roles grant them (docs/security.md), and a
+//! `<fullname>-viewer` and `<fullname>-operations` Roles grant them (docs/security.md), and a
 //! user gets them the Kubernetes way: `kubectl create rolebinding`.
 
 /// The API group every permission names.

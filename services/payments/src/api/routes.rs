@@ -136,6 +136,8 @@ async fn crear(
     idempotency_key(&headers)?;
     let clave = llamante.afiliado(Alcance::PagosEscritura)?;
     let id_afiliado = match (clave, &body.value.id_afiliado) {
+        // Named but blank: validation says so (400), whoever calls.
+        (Some(_), Some(nombrado)) if nombrado.trim().is_empty() => nombrado.clone(),
         (Some(clave), Some(nombrado)) if nombrado.trim() != clave.id_afiliado => {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
