@@ -273,15 +273,19 @@ impl Cluster {
         ))
     }
 
-    /// `helm upgrade --reuse-values --set …` of the release with its chart, as a user changes
-    /// a setting: waits until the release is ready again.
+    /// `helm upgrade --reset-then-reuse-values --set …` of the release with its chart, as a
+    /// user changes a setting: waits until the release is ready again.
     pub fn set_values(&self, values: &[&str]) -> anyhow::Result<()> {
         self.upgrade(&self.chart, values)?;
         Ok(())
     }
 
-    /// `helm upgrade --reuse-values` of the release to `chart` with `values` set, waited for
-    /// (Jobs included), then every Deployment's rollout complete; how long it all took.
+    /// `helm upgrade --reset-then-reuse-values` of the release to `chart` with `values` set,
+    /// waited for (Jobs included), then every Deployment's rollout complete; how long it all
+    /// took. Not `--reuse-values`: that also keeps the *old chart's defaults*, so moving to a
+    /// chart with a new value (or back from one) renders with the other chart's defaults and
+    /// fails its schema (helm/helm#8085). `--reset-then-reuse-values` (Helm 3.14) keeps only
+    /// what the user set, on top of the target chart's defaults.
     pub fn upgrade(&self, chart: &std::path::Path, values: &[&str]) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let chart = chart.to_string_lossy().into_owned();
@@ -291,7 +295,7 @@ impl Cluster {
             chart.as_str(),
             "-n",
             self.namespace.as_str(),
-            "--reuse-values",
+            "--reset-then-reuse-values",
             "--wait",
             "--wait-for-jobs",
             "--timeout",

@@ -89,6 +89,18 @@ pub enum ErrorConfiguracion {
 }
 
 impl AuthConfig {
+    /// The audiences an operator token must carry. An empty `AUTH_TOKEN_AUDIENCES` (as the
+    /// chart sets it by default) parses as one empty name, which would make every TokenReview
+    /// fail: it means none.
+    pub fn audiences(&self) -> Vec<String> {
+        self.auth_token_audiences
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Refuses development mode on any listener that is not loopback.
     pub fn comprobar(&self, listeners: &[SocketAddr]) -> Result<(), ErrorConfiguracion> {
         if self.auth_mode == AuthMode::Development {
@@ -142,7 +154,7 @@ impl Acceso {
             Some(Arc::new(Kubernetes::new(
                 client,
                 config.auth_namespace.clone(),
-                config.auth_token_audiences.clone(),
+                config.audiences(),
             )))
         } else {
             None

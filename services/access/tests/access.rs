@@ -263,6 +263,22 @@ async fn development_mode_lets_the_anonymous_through_and_still_checks_what_is_se
     assert_eq!(status, 401);
 }
 
+/// The chart sets `AUTH_TOKEN_AUDIENCES=""` by default: that is no audience, not one empty
+/// audience no token carries (every operator was refused on the cluster until this).
+#[test]
+fn an_empty_audience_list_means_the_api_servers_own() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: access::AuthConfig,
+    }
+    let empty = Cli::try_parse_from(["t", "--auth-token-audiences="]).unwrap();
+    assert_eq!(empty.auth.audiences(), Vec::<String>::new());
+    let two = Cli::try_parse_from(["t", "--auth-token-audiences=a, b"]).unwrap();
+    assert_eq!(two.auth.audiences(), ["a", "b"]);
+}
+
 #[test]
 fn development_mode_refuses_a_listener_off_loopback() {
     let config = access::AuthConfig {

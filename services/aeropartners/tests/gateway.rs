@@ -515,3 +515,43 @@ async fn serves_the_console_and_its_replica_and_health_views() {
     shutdown.cancel();
     database.drop_database().await;
 }
+
+/// The gateway routes by prefix, and a route is no boundary if `..` can leave it: dot
+/// segments and encoded separators, in any spelling, are refused before routing and never
+/// reach an upstream (there they would resolve to a path no route leads to, such as a
+/// service's `/metrics`).
+#[tokio::test]
+async fn a_path_that_would_leave_its_route_never_reaches_an_upstream() {
+    use std::sync::atomic::Ordering;
+
+    let (upstream, seen) = cutting_upstream(0, false).await;
+    let app = gateway::app(&gateway_to(&upstream, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    for path in [
+        "/pagos/%2e%2e/metrics",
+        "/pagos/%2E%2e/ready",
+        "/pagos/.%2e/metrics",
+        "/pagos/%2e./metrics",
+        "/pagos/../metrics",
+        "/pagos/./abc",
+        "/pagos%2F..%2Fmetrics",
+        "/pagos/abc%2fdef",
+        "/pagos/abc%5C..%5Cmetrics",
+    ] {
+        let answer = call(&app, "GET", path, None, &[]).await;
+        assert_eq!(answer.status, 400, "{path}: {:?}", answer.body);
+        assert!(
+            answer.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Ruta no admitida"),
+            "{path}: {:?}",
+            answer.body
+        );
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing was forwarded");
+    let answer = call(&app, "GET", "/pagos/a.b", None, &[]).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}

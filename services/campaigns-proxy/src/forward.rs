@@ -35,6 +35,9 @@ fn upstream_path(request: &Request) -> String {
 }
 
 pub async fn forward(State(pool): State<Arc<Pool>>, request: Request) -> Response {
+    if let Some(reason) = upstream::unsafe_path(request.uri().path()) {
+        return Problem::bad_request(format!("Ruta no admitida: {reason}")).into_response();
+    }
     let method = request.method().clone();
     let path = upstream_path(&request);
     let headers = upstream::forwardable(request.headers());

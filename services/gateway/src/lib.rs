@@ -157,6 +157,9 @@ struct Gateway {
 }
 
 async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    if let Some(reason) = upstream::unsafe_path(request.uri().path()) {
+        return Problem::bad_request(format!("Ruta no admitida: {reason}")).into_response();
+    }
     let Some(urls) = gateway
         .routes
         .resolve(request.uri().path(), request.uri().query())

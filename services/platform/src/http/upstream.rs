@@ -42,6 +42,25 @@ pub fn may_retry(error: &reqwest::Error, method: &Method, headers: &HeaderMap) -
     error.is_connect() || is_idempotent(method, headers)
 }
 
+/// Why a path may not be forwarded: the upstream URL is built by appending the rest of the path
+/// to the route's target, and the HTTP client resolves it by WHATWG URL rules, under which `..`,
+/// `.%2e`, `%2e.` and `%2e%2e` are all "go up one segment" and `\` is `/`. Forwarded as it is,
+/// `/pagos/%2e%2e/metrics` reaches the upstream's `/metrics`, a path no route leads to; and
+/// `%2F` hides a separator from the routing that a server behind may decode. Such paths are
+/// refused (400) before routing, never normalised: a client that sends one is probing, and a
+/// normalised path would still differ from what the client asked for.
+pub fn unsafe_path(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Some("la ruta contiene una barra codificada (%2F, %5C) o una barra invertida");
+    }
+    let dot_segment = lower.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    dot_segment.then_some("la ruta contiene un segmento `.` o `..` (también codificado como %2e)")
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and are never forwarded;
 /// `Host` is the upstream's own.
 const NOT_FORWARDED: [HeaderName; 8] = [
@@ -106,6 +125,38 @@ pub async fn into_response(upstream: reqwest::Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_refused_in_every_spelling() {
+        for path in [
+            "/pagos/../metrics",
+            "/pagos/%2e%2e/metrics",
+            "/pagos/%2E%2E/metrics",
+            "/pagos/.%2e/metrics",
+            "/pagos/%2e./metrics",
+            "/pagos/./x",
+            "/pagos/%2e",
+            "/api/reports/payments/%2e%2e/version",
+            "/pagos%2f..%2fmetrics",
+            "/pagos/x%2Fy",
+            "/pagos/a%5cb",
+            "/pagos/a\\..\\metrics",
+            "/..",
+        ] {
+            assert!(unsafe_path(path).is_some(), "{path}");
+        }
+        for path in [
+            "/pagos",
+            "/pagos/",
+            "/pagos/0190c0de-0000-7000-8000-000000000000/eventos",
+            "/pagos/a.b",
+            "/pagos/...",
+            "/pagos/%2e%2e%2e",
+            "/event-collector/events/x.y.z",
+        ] {
+            assert!(unsafe_path(path).is_none(), "{path}");
+        }
+    }
 
     #[test]
     fn only_reads_and_guarded_writes_are_idempotent() {
