@@ -122,6 +122,8 @@ release_env() {
 	printf 'DATABASE_URL=%s\n' "${database}"
 	printf 'PULSAR_URL=pulsar://%s-pulsar.%s.svc:6650\n' "${RELEASE}" "${NAMESPACE}"
 	printf 'PULSAR_ADMIN_URL=http://%s-pulsar.%s.svc:8080\n' "${RELEASE}" "${NAMESPACE}"
+	# The API server's audit log (metadata of ReportVersion changes), read by the security part.
+	printf 'APISERVER_AUDIT_LOG=%s\n' "$("${CLUSTER}" env | sed -n 's/^AUDIT_LOG=//p')"
 }
 
 # The chart at the previous commit that changed charts/aeropartners (the newest whose chart

@@ -287,6 +287,19 @@ etcd_ready() {
 
 start_apiserver() {
 	log "starting kube-apiserver on https://${CONTROL_PLANE_IP}:${APISERVER_PORT}"
+	# The audit log records who changed a ReportVersion (user, verb, outcome): the e2e checks
+	# that a switch through the API is recorded under the operator who asked, not under the
+	# reports' ServiceAccount. Metadata only, nothing else audited.
+	cat >"${CONF}/audit-policy.yaml" <<-EOF
+		apiVersion: audit.k8s.io/v1
+		kind: Policy
+		omitStages: [RequestReceived]
+		rules:
+		  - level: Metadata
+		    resources: [{group: aeropartners.io, resources: [reportversions]}]
+		    verbs: [create, update, patch, delete]
+		  - level: None
+	EOF
 	# --kubelet-preferred-address-types=InternalIP: otherwise it resolves a node's hostname
 	#   through the VM's resolver.
 	# --cert-dir: where it would write self-signed certs; the default is outside our dir.
@@ -308,6 +321,8 @@ start_apiserver() {
 		--service-account-key-file="${PKI}/sa.pub" \
 		--service-account-signing-key-file="${PKI}/sa.key" \
 		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--audit-policy-file="${CONF}/audit-policy.yaml" \
+		--audit-log-path="${LOGS}/audit.log" --audit-log-maxsize=20 --audit-log-maxbackup=1 \
 		--profiling=false
 	wait_started kube-apiserver "${RUN}/kube-apiserver.pid" "${LOGS}/kube-apiserver.log" 90 apiserver_ready
 }
@@ -832,6 +847,7 @@ write_env() {
 		printf 'NODE_CIDR=%s\n' "${NODE_CIDR}"
 		printf 'NODES="%s"\n' "${WORKERS[*]}"
 		printf 'HOLDERS="%s"\n' "${holders[*]}"
+		printf 'AUDIT_LOG=%s\n' "${LOGS}/audit.log"
 	} >"${ENV_FILE}"
 }
 

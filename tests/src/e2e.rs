@@ -1908,6 +1908,78 @@ async fn api_access(cluster: &Cluster) -> anyhow::Result<Vec<ApiAccess>> {
         ),
     ];
     let mut answers = Vec::new();
+    // The version switch: asked for the version already desired, so nothing moves, but the
+    // API server decides who may, as it would for a real switch.
+    let desired: serde_json::Value = http
+        .get(format!("{gateway}/api/reports/version"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let switch = serde_json::json!({"active": desired["desired"]});
+    for (caller, authorization, expected) in [
+        ("nobody", None, 401),
+        ("its affiliate's key", Some(own.as_str()), 403),
+        ("a viewer", Some(viewer.as_str()), 403),
+        ("an operator", Some(operator.as_str()), 200),
+    ] {
+        let mut request = http
+            .put(format!("{gateway}/api/reports/version"))
+            .json(&switch);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        answers.push(ApiAccess {
+            request: "PUT /api/reports/version".into(),
+            caller: caller.to_owned(),
+            status: request.send().await?.status().as_u16(),
+            expected,
+        });
+    }
+    // The API server's audit log names the people who asked, and never the reports' account.
+    if let Ok(path) = std::env::var("APISERVER_AUDIT_LOG") {
+        let log = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let patches: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(|event: &serde_json::Value| {
+                event["verb"] == "patch"
+                    && event["objectRef"]["resource"] == "reportversions"
+                    && event["objectRef"]["name"] == cluster.report_version_name()
+            })
+            .collect();
+        let by = |account: &str, code: u16| {
+            let user = format!("system:serviceaccount:{}:{account}", cluster.namespace);
+            u16::from(patches.iter().any(|e| {
+                e["user"]["username"] == user.as_str() && e["responseStatus"]["code"] == code
+            }))
+        };
+        for (caller, recorded) in [
+            (
+                "the operator's patch, allowed (200)",
+                by("e2e-operator", 200),
+            ),
+            ("the viewer's patch, refused (403)", by("e2e-viewer", 403)),
+        ] {
+            answers.push(ApiAccess {
+                request: "API server audit log".into(),
+                caller: caller.to_owned(),
+                status: recorded,
+                expected: 1,
+            });
+        }
+        answers.push(ApiAccess {
+            request: "API server audit log".into(),
+            caller: "patches by the reports' own account".to_owned(),
+            status: u16::from(patches.iter().any(|e| {
+                e["user"]["username"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!(":{}", cluster.name("reports"))))
+            })),
+            expected: 0,
+        });
+    }
     for (method, path, caller, authorization, expected) in cases {
         let mut request = http.request(method.parse()?, format!("{gateway}{path}"));
         if let Some(authorization) = authorization {
@@ -1997,12 +2069,20 @@ fn rbac(cluster: &Cluster) -> anyhow::Result<Vec<Permission>> {
         ),
         ("operator", "create", "namespaces", "", "-", false),
         ("operator", "list", "nodes", "", "-", false),
-        // The reports replicas follow their one ReportVersion and switch it
-        // (PUT /api/reports/version patches spec.version).
+        // The reports replicas follow their one ReportVersion; a switch patches it with the
+        // caller's token (PUT /api/reports/version), never with theirs.
         ("reports", "get", rv_reports, "", "", true),
         ("reports", "list", rv_reports, "", "", true),
         ("reports", "watch", rv_reports, "", "", true),
-        ("reports", "patch", rv_reports, "", "", true),
+        ("reports", "patch", rv_reports, "", "", false),
+        (
+            "reports",
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            "",
+            "-",
+            true,
+        ),
         // …and nothing else: not another ReportVersion, not the status, not deleting it.
         ("reports", "list", RV, "", "", false),
         (

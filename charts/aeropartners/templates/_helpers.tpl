@@ -271,6 +271,11 @@ spec:
       terminationGracePeriodSeconds: {{ $root.Values.common.terminationGracePeriodSeconds }}
       {{- if .serviceAccount }}
       serviceAccountName: {{ .serviceAccount }}
+      # The deprecated alias too, set by the API server when only the name is given: a later
+      # revision (a rollback, a downgrade) that drops the account must remove both, or the
+      # API server copies the alias back into the name and every new pod is refused for an
+      # account that revision deleted (found by the e2e's move to the previous chart).
+      serviceAccount: {{ .serviceAccount }}
       {{- else }}
       automountServiceAccountToken: false
       {{- end }}

@@ -216,10 +216,11 @@ fn the_reports_account_can_touch_only_its_report_version() {
             "reportversions.aeropartners.io/aeropartners-reports",
             true,
         ),
+        // The switch patches with the operator's own token, never the service's.
         (
             "patch",
             "reportversions.aeropartners.io/aeropartners-reports",
-            true,
+            false,
         ),
         ("patch", "reportversions.aeropartners.io/other", false),
         ("list", "reportversions.aeropartners.io", false),
@@ -955,8 +956,15 @@ fn operators_are_checked_by_the_api_server_with_shipped_roles() {
             "viewer and {permiso}"
         );
     }
-    assert!(operations.contains(&("reportversions".into(), "patch".into())));
-    assert!(!viewer.contains(&("reportversions".into(), "patch".into())));
+    // reports asks about operators too, with the account it watches its ReportVersion with.
+    let reports = find(&default, "Deployment", "aeropartners-reports");
+    let container = &reports["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(container, "AUTH_KUBERNETES").unwrap()["value"], "true");
+    find(
+        &default,
+        "ClusterRoleBinding",
+        "default-aeropartners-reports-auth-delegator",
+    );
     // Off, no ServiceAccount token is mounted for it and nothing is bound.
     let off = objects(&["--set", "auth.kubernetes=false"]);
     assert!(!off.iter().any(|o| o["kind"] == "ClusterRoleBinding"));

@@ -324,6 +324,9 @@ async fn instalar(
 /// methods, which also keep the audit trail.
 pub struct Llamante {
     pub principal: Principal,
+    /// An operator's token, for an action the API server itself must authorise as that
+    /// operator (the report version switch patches the ReportVersion with it).
+    token: Option<secrecy::SecretString>,
     acceso: Acceso,
     origen: Option<SocketAddr>,
     request_id: String,
@@ -339,8 +342,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Llamante {
             ));
         };
         let principal = acceso.identificar(parts).await?;
+        let token = match &principal {
+            Principal::Operador(_) => credencial(parts)?.map(secrecy::SecretString::from),
+            _ => None,
+        };
         Ok(Self {
             principal,
+            token,
             acceso,
             origen: parts
                 .extensions
@@ -357,6 +365,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Llamante {
 }
 
 impl Llamante {
+    /// The operator's own token, to act on the Kubernetes API as the operator rather than as
+    /// the service (no confused deputy: the API server authorises, and its audit log names,
+    /// the person).
+    pub fn token_de_operador(&self) -> Option<&secrecy::SecretString> {
+        self.token.as_ref()
+    }
+
     /// For a partner route that writes as the partner: the key, if it holds `alcance`. `None`
     /// in development mode (the body names the affiliate, as in the original system). An
     /// operator is refused: operators act on partners' objects, not as partners.

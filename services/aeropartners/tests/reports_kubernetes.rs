@@ -1,7 +1,10 @@
 //! The `kubernetes` version source against the real kube-apiserver, as the chart runs it: the
 //! replica authenticates with the chart's own `aeropartners-reports` ServiceAccount (so its
 //! least-privilege Role is what is exercised), through a TCP relay this test can cut to play
-//! an API-server outage. The operator's part (writing the status) is played by the test.
+//! an API-server outage. The operator's part (writing the status) is played by the test. A
+//! switch through the API patches the ReportVersion with the caller's own token: the chart's
+//! `aeropartners-operations` Role may, its viewer Role may not, and the replica's account
+//! cannot at all.
 
 use std::{
     net::SocketAddr,
@@ -60,7 +63,7 @@ impl Drop for Replica {
 /// The ReportVersion of a release named `aeropartners`, which the chart's reports Role names.
 const REPORT_VERSION: &str = "aeropartners-reports";
 
-fn replica(port: u16, kubeconfig: &str, database_url: &str, prefix: &str) -> Replica {
+fn replica(port: u16, kubeconfig: &str, database_url: &str, prefix: &str, ns: &str) -> Replica {
     Replica(
         Command::new(env!("CARGO_BIN_EXE_aeropartners"))
             .args([
@@ -75,6 +78,9 @@ fn replica(port: u16, kubeconfig: &str, database_url: &str, prefix: &str) -> Rep
                 REPORT_VERSION,
             ])
             .env("KUBECONFIG", kubeconfig)
+            .env("AUTH_MODE", "enforce")
+            .env("AUTH_KUBERNETES", "true")
+            .env("AUTH_NAMESPACE", ns)
             .env("DATABASE_URL", database_url)
             .env("PULSAR_TOPIC_PREFIX", prefix)
             .env("RUST_LOG", "warn")
@@ -170,6 +176,48 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         .collect();
     assert_eq!(rbac.len(), 3, "the chart renders the reports RBAC");
     kubectl(&["apply", "-n", &ns, "-f", "-"], Some(&rbac.join("\n---")));
+    // Its TokenReview binding and the Roles users are bound to (templates/access.yaml).
+    let access = Command::new("helm")
+        .args([
+            "template",
+            "aeropartners",
+            chart,
+            "--namespace",
+            &ns,
+            "--kube-version",
+            "1.34.4",
+            "--show-only",
+            "templates/access.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(access.status.success());
+    kubectl(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(std::str::from_utf8(&access.stdout).unwrap()),
+    );
+    for (user, role) in [("alice", "operations"), ("bob", "viewer")] {
+        kubectl(&["create", "serviceaccount", user, "-n", &ns], None);
+        kubectl(
+            &[
+                "create",
+                "rolebinding",
+                user,
+                "-n",
+                &ns,
+                &format!("--role=aeropartners-{role}"),
+                &format!("--serviceaccount={ns}:{user}"),
+            ],
+            None,
+        );
+    }
+    let bearer = |user: &str| {
+        format!(
+            "Bearer {}",
+            kubectl(&["create", "token", user, "-n", &ns], None).trim()
+        )
+    };
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
     let rv = format!(
         r#"{{"apiVersion":"aeropartners.io/v1alpha1","kind":"ReportVersion","metadata":{{"name":"{REPORT_VERSION}"}},"spec":{{"version":"v1"}}}}"#
     );
@@ -238,7 +286,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         format!("http://127.0.0.1:{pa}"),
         format!("http://127.0.0.1:{pb}"),
     );
-    let _a = replica(pa, &kubeconfig, &db.url, &prefix);
+    let _a = replica(pa, &kubeconfig, &db.url, &prefix, &ns);
     wait_until_ready(&format!("{a}/ready"), Duration::from_secs(60)).await;
     let version = get(&client, &format!("{a}/api/reports/version")).await.1;
     assert_eq!(
@@ -267,9 +315,38 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     )
     .await;
 
+    // A switch is the caller's to make: nobody is 401, a viewer 403 from the API server (the
+    // replica's own account could not patch either), an operator's goes through.
+    for (authorization, expected) in [(None, 401), (Some(&bob), 403)] {
+        let mut put = client
+            .put(format!("{a}/api/reports/version"))
+            .json(&serde_json::json!({"active": "v2"}));
+        if let Some(authorization) = authorization {
+            put = put.header("authorization", authorization);
+        }
+        let put = put.send().await.unwrap();
+        assert_eq!(put.status(), expected);
+    }
+    assert_eq!(
+        kubectl(
+            &[
+                "get",
+                "rv",
+                REPORT_VERSION,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.version}"
+            ],
+            None
+        ),
+        "v1",
+        "refused switches leave the ReportVersion's spec alone"
+    );
     // PUT patches spec only; what is served changes when the status does.
     let put = client
         .put(format!("{a}/api/reports/version"))
+        .header("authorization", &alice)
         .json(&serde_json::json!({"active": "v1"}))
         .send()
         .await
@@ -315,6 +392,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     assert_eq!(report.headers()["x-report-version"], "v2");
     let refused = client
         .put(format!("{a}/api/reports/version"))
+        .header("authorization", &alice)
         .json(&serde_json::json!({"active": "v1"}))
         .send()
         .await
@@ -330,7 +408,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     );
 
     // A replica that starts during the outage serves the version last persisted, and is ready.
-    let _b = replica(pb, &kubeconfig, &db.url, &prefix);
+    let _b = replica(pb, &kubeconfig, &db.url, &prefix, &ns);
     wait_until_ready(&format!("{b}/ready"), Duration::from_secs(60)).await;
     let version_b = get(&client, &format!("{b}/api/reports/version")).await.1;
     assert_eq!(

@@ -244,9 +244,20 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
 pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
+    let mut security_schemes = serde_json::Map::new();
     for document in documents {
         if let Some(p) = document.get("paths").and_then(|p| p.as_object()) {
             paths.extend(p.clone());
+        }
+        if let Some(s) = document
+            .pointer("/components/securitySchemes")
+            .and_then(|s| s.as_object())
+        {
+            for (name, scheme) in s {
+                security_schemes
+                    .entry(name.clone())
+                    .or_insert_with(|| scheme.clone());
+            }
         }
         if let Some(s) = document
             .pointer("/components/schemas")
@@ -275,7 +286,7 @@ pub fn merge_documents(documents: &[serde_json::Value]) -> serde_json::Value {
             "description": "Todas las APIs de la plataforma detrás del gateway.",
         },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "components": { "schemas": schemas, "securitySchemes": security_schemes },
     })
 }
 

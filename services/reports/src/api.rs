@@ -6,11 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use access::{Llamante, Permiso, Principal, Resultado};
 use axum::{
     Json,
     body::Bytes,
     extract::{Query, State},
-    http::{HeaderMap, HeaderName, HeaderValue, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ use crate::{
     domain::{EstadoVersion, Filtro, Fuente, ReporteV1, ReporteV2, Version},
     projection::Progreso,
     queries,
-    version::{ErrorFuente, FuenteVersion, publicar},
+    version::{ErrorFuente, FuenteVersion, Solicitante, publicar},
 };
 
 /// The header that says which version answered (and, on a request, pins one).
@@ -222,6 +223,18 @@ impl From<ErrorFuente> for Problem {
             ErrorFuente::SinRecurso(nombre) => Problem::unavailable(format!(
                 "No existe el ReportVersion '{nombre}'; créelo (kubectl apply) antes de cambiar de versión"
             )),
+            ErrorFuente::Rechazado { codigo, detalle } => Problem::new(
+                StatusCode::from_u16(codigo).unwrap_or(StatusCode::FORBIDDEN),
+                if codigo == 401 {
+                    "unauthenticated"
+                } else {
+                    "forbidden"
+                },
+                "Rechazado por Kubernetes",
+                format!(
+                    "El API de Kubernetes no deja a quien llama cambiar el ReportVersion (el derecho a cambiar de versión es el de `kubectl patch rv`): {detalle}"
+                ),
+            ),
             ErrorFuente::Db(_) | ErrorFuente::Kube(_) => Problem::unavailable(
                 "La fuente de la versión activa no responde; se sigue sirviendo la versión actual. Reintente",
             )
@@ -250,13 +263,16 @@ async fn version_actual(State(state): State<ApiState>) -> Json<VersionDto> {
     responses(
         (status = 200, body = VersionDto),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Quien llama no puede `patch` el ReportVersion", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cambiar_version(
     State(state): State<ApiState>,
+    llamante: Llamante,
     body: ApiJson<CambiarVersion>,
 ) -> Result<Json<VersionDto>, Problem> {
-    let estado = state.fuente.pedir(body.value.active).await?;
+    let estado = pedir_como(&state, &llamante, body.value.active).await?;
     // This replica serves the change at once; the others learn of it from the source.
     publicar(&state.version, estado);
     let estado = state.version.borrow().clone();
@@ -265,6 +281,45 @@ async fn cambiar_version(
         state.fuente.fuente(),
         &state.instancia,
     )))
+}
+
+/// Asks the version source for `version` on behalf of the caller, and audits it:
+/// - an operator's own token patches the ReportVersion, so the API server decides (the right
+///   to switch is exactly the right to `kubectl patch rv`) and its audit log names the person;
+///   the service's account may only read it. With the database source (no API server to ask)
+///   the operator needs the same right by SubjectAccessReview;
+/// - a partner's key may not switch (403);
+/// - development mode switches with the service's own access.
+pub(crate) async fn pedir_como(
+    state: &ApiState,
+    llamante: &Llamante,
+    version: Version,
+) -> Result<EstadoVersion, Problem> {
+    let permiso = Permiso::CAMBIAR_VERSION;
+    let solicitante = match (&llamante.principal, llamante.token_de_operador()) {
+        (Principal::Operador(_), Some(token)) => {
+            if state.fuente.fuente() == Fuente::Database {
+                llamante.operador(permiso, version.as_str()).await?;
+            }
+            Solicitante::Operador(token)
+        }
+        (Principal::Desarrollo, _) => Solicitante::Servicio,
+        _ => {
+            // A partner's key: refused (and audited) as any operator action is.
+            llamante.operador(permiso, version.as_str()).await?;
+            Solicitante::Servicio
+        }
+    };
+    let pedido = state.fuente.pedir(version, solicitante).await;
+    let (resultado, detalle) = match &pedido {
+        Ok(_) => (Resultado::Permitido, String::new()),
+        Err(ErrorFuente::Rechazado { .. }) => (Resultado::Denegado, "Kubernetes RBAC".into()),
+        Err(error) => (Resultado::Fallido, error.to_string()),
+    };
+    llamante
+        .auditar(permiso, version.as_str(), resultado, &detalle)
+        .await;
+    Ok(pedido?)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

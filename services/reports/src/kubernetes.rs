@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{EstadoVersion, Fuente, Version},
-    version::{ErrorFuente, FuenteVersion, escribir_fila, leer_fila, publicar},
+    version::{ErrorFuente, FuenteVersion, Solicitante, escribir_fila, leer_fila, publicar},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +48,10 @@ const API_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct FuenteKubernetes {
     api: Api<ReportVersion>,
+    /// How this process reaches the API server (in a pod: its address and CA), for clients
+    /// that act with an operator's token instead of the service account's.
+    base: kube::Config,
+    namespace: String,
     name: String,
     pool: PgPool,
 }
@@ -87,14 +91,17 @@ fn estado_de(rv: &ReportVersion, anterior: &EstadoVersion) -> EstadoVersion {
 impl FuenteKubernetes {
     pub async fn new(config: &KubeConfig, pool: PgPool) -> anyhow::Result<Self> {
         // Reads the kubeconfig or the pod's service account; does not call the API server.
-        let client = Client::try_default().await?;
-        let api = if config.namespace.is_empty() {
-            Api::default_namespaced(client)
+        let base = kube::Config::infer().await?;
+        let namespace = if config.namespace.is_empty() {
+            base.default_namespace.clone()
         } else {
-            Api::namespaced(client, &config.namespace)
+            config.namespace.clone()
         };
+        let client = Client::try_from(base.clone())?;
         Ok(Self {
-            api,
+            api: Api::namespaced(client, &namespace),
+            base,
+            namespace,
             name: config.name.clone(),
             pool,
         })
@@ -151,11 +158,30 @@ impl FuenteVersion for FuenteKubernetes {
         }
     }
 
-    async fn pedir(&self, v: Version) -> Result<EstadoVersion, ErrorFuente> {
+    async fn pedir(
+        &self,
+        v: Version,
+        solicitante: Solicitante<'_>,
+    ) -> Result<EstadoVersion, ErrorFuente> {
         let patch = serde_json::json!({ "spec": { "version": crd_version(v) } });
+        let api = match solicitante {
+            Solicitante::Servicio => self.api.clone(),
+            Solicitante::Operador(token) => {
+                // The API server's address and CA, with the operator's token and nothing of
+                // the service account's.
+                let mut config = self.base.clone();
+                config.auth_info = kube::config::AuthInfo {
+                    token: Some(token.clone()),
+                    ..kube::config::AuthInfo::default()
+                };
+                let client = Client::try_from(config)
+                    .map_err(|error| ErrorFuente::Kube(error.to_string()))?;
+                Api::namespaced(client, &self.namespace)
+            }
+        };
         let rv = tokio::time::timeout(
             API_TIMEOUT,
-            self.api.patch(
+            api.patch(
                 &self.name,
                 &PatchParams {
                     field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -169,6 +195,12 @@ impl FuenteVersion for FuenteKubernetes {
         .map_err(|error| match &error {
             kube::Error::Api(status) if status.code == 404 => {
                 ErrorFuente::SinRecurso(self.name.clone())
+            }
+            kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+                ErrorFuente::Rechazado {
+                    codigo: status.code,
+                    detalle: status.message.clone(),
+                }
             }
             _ => ErrorFuente::Kube(error.to_string()),
         })?;

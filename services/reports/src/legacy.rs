@@ -344,10 +344,13 @@ pub struct CambiarServicio {
     responses(
         (status = 200, description = "La configuración tras el cambio"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Quien llama no puede `patch` el ReportVersion", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cambiar_servicio(
     State(state): State<LegacyState>,
+    llamante: access::Llamante,
     body: ApiJson<CambiarServicio>,
 ) -> Result<Json<Value>, Problem> {
     let CambiarServicio { url, version } = body.value;
@@ -356,7 +359,7 @@ async fn cambiar_servicio(
     {
         return Err(state.datos.desconocida(&url));
     }
-    let estado = state.api.fuente.pedir(version).await?;
+    let estado = crate::api::pedir_como(&state.api, &llamante, version).await?;
     publicar(&state.api.version, estado);
     Ok(Json(configuracion_actual(&state)))
 }

@@ -123,10 +123,17 @@ pub struct Config {
     /// the listen address when empty).
     #[arg(long, env = "POD_NAME", default_value = "")]
     pub instance: String,
+    #[command(flatten)]
+    pub auth: access::AuthConfig,
 }
 
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
+    let pool = db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?;
+    if config.migrate_on_start {
+        // The audit trail of version switches, and the keys of its partner routes to come.
+        access::almacen::migrate(&pool).await?;
+    }
+    Ok(pool)
 }
 
 /// The consumer's subscription: Key_Shared, so replicas share the work and an aggregate's
@@ -200,6 +207,7 @@ pub fn app(
     datos: Arc<legacy::ServiciosDatos>,
     broker: LazyBroker,
     http_config: &HttpConfig,
+    acceso: &access::Acceso,
 ) -> http::App {
     let legacy = legacy::router(legacy::LegacyState {
         api: state.clone(),
@@ -217,7 +225,13 @@ pub fn app(
         },
         state,
     });
-    http::app("reports", router, openapi, readiness, http_config)
+    http::app(
+        "reports",
+        acceso.proteger(router),
+        openapi,
+        readiness,
+        http_config,
+    )
 }
 
 /// Runs the service until `shutdown`, or the rebuild and exits.
@@ -305,8 +319,15 @@ async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()
         Rule::platform_tables(&config.retention),
     )
     .spawn(config.retention.retention_interval, shutdown.clone());
+    let acceso = access::Acceso::start(
+        &config.auth,
+        &[config.http.listen],
+        pool.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
-    let app = app(state, datos, broker, &config.http);
+    let app = app(state, datos, broker, &config.http, &acceso);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(consumer, seguidor, retention);

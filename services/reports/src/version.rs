@@ -23,6 +23,19 @@ pub enum ErrorFuente {
     Kube(String),
     #[error("no existe el ReportVersion '{0}'")]
     SinRecurso(String),
+    /// The API server refused the caller's token (401) or its right to patch (403).
+    #[error("el API de Kubernetes rechazó el cambio ({codigo}): {detalle}")]
+    Rechazado { codigo: u16, detalle: String },
+}
+
+/// On whose behalf a version is asked for.
+pub enum Solicitante<'a> {
+    /// The service's own account: development mode, on a machine with no operators.
+    Servicio,
+    /// An operator, by the token it called with: the Kubernetes source patches the
+    /// ReportVersion with it, so the API server authorises the person (the right to switch
+    /// is the right to `kubectl patch rv`) and its audit log names them.
+    Operador(&'a secrecy::SecretString),
 }
 
 /// A source of the active version.
@@ -35,7 +48,11 @@ pub trait FuenteVersion: Send + Sync + 'static {
 
     /// Asks for `version`. Returns the state right after the change was accepted (in
     /// Kubernetes the operator still has to confirm it before it is served).
-    async fn pedir(&self, version: Version) -> Result<EstadoVersion, ErrorFuente>;
+    async fn pedir(
+        &self,
+        version: Version,
+        solicitante: Solicitante<'_>,
+    ) -> Result<EstadoVersion, ErrorFuente>;
 
     /// Keeps `estado` current until `shutdown`.
     async fn seguir(
@@ -186,7 +203,12 @@ impl FuenteVersion for FuenteBaseDeDatos {
         Ok(leer_fila(&self.pool).await?)
     }
 
-    async fn pedir(&self, version: Version) -> Result<EstadoVersion, ErrorFuente> {
+    async fn pedir(
+        &self,
+        version: Version,
+        _solicitante: Solicitante<'_>,
+    ) -> Result<EstadoVersion, ErrorFuente> {
+        // Who may ask was decided by the handler (there is no API server to ask here).
         // Without an operator there is nothing to wait for: both versions are always
         // maintained, so the version asked for is served as soon as the row commits.
         Ok(escribir_fila(&self.pool, version, version, None).await?)

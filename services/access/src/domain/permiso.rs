@@ -51,9 +51,13 @@ impl Permiso {
     pub const GESTIONAR_CLAVES: Self = Self::new("create", "affiliatekeys");
     /// Read the audit trail.
     pub const LEER_AUDITORIA: Self = Self::new("get", "audit");
+    /// Switch the report version: exactly the right to patch the ReportVersion (a real
+    /// resource), which the API server checks itself when reports patches it with the
+    /// operator's token.
+    pub const CAMBIAR_VERSION: Self = Self::new("patch", "reportversions");
 
     /// Every permission, for the chart's Roles and the documentation's table.
-    pub const TODOS: [Self; 10] = [
+    pub const TODOS: [Self; 11] = [
         Self::LEER_PAGOS,
         Self::REVERTIR_PAGO,
         Self::LEER_CAMPANAS,
@@ -64,6 +68,7 @@ impl Permiso {
         Self::CAMBIAR_SERVICIO_DATOS,
         Self::GESTIONAR_CLAVES,
         Self::LEER_AUDITORIA,
+        Self::CAMBIAR_VERSION,
     ];
 
     /// Whether a read-only viewer holds it (the `aeropartners-viewer` Role: every `get`).

@@ -48,7 +48,7 @@ struct PagosDoc;
 
 /// The `/pagos` routes and their OpenAPI document.
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(PagosDoc::openapi())
+    let (router, openapi) = OpenApiRouter::with_openapi(PagosDoc::openapi())
         .routes(routes!(crear, listar))
         .routes(routes!(estadisticas_outbox))
         .routes(routes!(por_minuto))
@@ -56,7 +56,8 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(eventos))
         .routes(routes!(revertir))
         .with_state(state)
-        .split_for_parts()
+        .split_for_parts();
+    (router, access::documentar(openapi))
 }
 
 impl From<ErrorPagos> for Problem {

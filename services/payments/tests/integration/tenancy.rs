@@ -315,3 +315,99 @@ async fn references_and_idempotency_keys_are_each_affiliates_own(
     assert_eq!(kb.body["referencia_pago"], "REF-B2");
     assert_eq!(count(&t.pool, "SELECT count(*) FROM pagos").await, 4);
 }
+
+/// What each route of the API asks of its caller.
+#[derive(Debug, Clone, Copy)]
+enum Regla {
+    /// A partner's key with this scope (its own objects), or an operator allowed to read.
+    Afiliado(Alcance),
+    /// An operator only.
+    Operador,
+}
+
+/// Every operation of the payments document, and its rule. A route added without a rule here
+/// fails [`every_documented_route_is_guarded_by_its_rule`].
+const REGLAS: [(&str, &str, Regla); 7] = [
+    ("post", "/pagos", Regla::Afiliado(Alcance::PagosEscritura)),
+    ("get", "/pagos", Regla::Afiliado(Alcance::PagosLectura)),
+    (
+        "get",
+        "/pagos/{id_pago}",
+        Regla::Afiliado(Alcance::PagosLectura),
+    ),
+    (
+        "get",
+        "/pagos/{id_pago}/eventos",
+        Regla::Afiliado(Alcance::PagosLectura),
+    ),
+    (
+        "get",
+        "/pagos/estadisticas/por-minuto",
+        Regla::Afiliado(Alcance::PagosLectura),
+    ),
+    ("get", "/pagos/outbox/estadisticas", Regla::Operador),
+    ("patch", "/pagos/{id_pago}/revertir", Regla::Operador),
+];
+
+/// The table generated from the service's own OpenAPI document: for every operation,
+/// anonymous is 401, a key without the rule's scope (or any key, on an operator route) is 403,
+/// and another affiliate's payment is 404. The document itself says each operation takes the
+/// credential.
+#[sqlx::test(migrations = false)]
+async fn every_documented_route_is_guarded_by_its_rule(o: PgPoolOptions, c: PgConnectOptions) {
+    let t = Enforced::new(o, c).await;
+    let doc = call(&t.app, "GET", "/openapi.json", None, &[]).await.body;
+    let secreta_b = t.clave("B", &[]).await;
+    let de_b = t
+        .call("POST", "/pagos", Some(&cuerpo(None, "rb")), &secreta_b)
+        .await;
+    let id_b = de_b.body["id_pago"].as_str().unwrap().to_owned();
+    let secreta_a = t.clave("A", &[]).await;
+    let mut vistas = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let regla = REGLAS
+                .iter()
+                .find(|(m, p, _)| m == method && p == path)
+                .map(|(_, _, regla)| *regla)
+                .unwrap_or_else(|| panic!("{method} {path} has no rule in REGLAS"));
+            vistas.push((method.clone(), path.clone()));
+            assert_eq!(
+                operation["security"][0]["credencial"],
+                serde_json::json!([]),
+                "{method} {path} is not documented as taking a credential"
+            );
+            let uri = path.replace("{id_pago}", &id_b);
+            let method = method.to_uppercase();
+            let body = match method.as_str() {
+                "POST" => Some(cuerpo(None, "r-tabla")),
+                "PATCH" => Some(r#"{"motivo":"tabla"}"#.to_owned()),
+                _ => None,
+            };
+            let anonimo = t.call(&method, &uri, body.as_deref(), "").await;
+            assert_eq!(anonimo.status, 401, "{method} {path} anonymous");
+            let (sin_derecho, con_derecho_ajeno) = match regla {
+                Regla::Afiliado(alcance) => {
+                    let otro = Alcance::TODOS.into_iter().find(|a| *a != alcance).unwrap();
+                    (t.clave("A", &[otro]).await, Some(&secreta_a))
+                }
+                Regla::Operador => (secreta_a.clone(), None),
+            };
+            let prohibido = t.call(&method, &uri, body.as_deref(), &sin_derecho).await;
+            assert_eq!(
+                prohibido.status, 403,
+                "{method} {path}: {:?}",
+                prohibido.body
+            );
+            if let (Some(ajena), true) = (con_derecho_ajeno, path.contains("{id_pago}")) {
+                let ajeno = t.call(&method, &uri, body.as_deref(), ajena).await;
+                assert_eq!(ajeno.status, 404, "{method} {path} another affiliate's");
+            }
+        }
+    }
+    assert_eq!(
+        vistas.len(),
+        REGLAS.len(),
+        "REGLAS names a route the document lacks"
+    );
+}

@@ -64,6 +64,43 @@ pub fn with_platform_responses(mut openapi: OpenApi) -> OpenApi {
     openapi
 }
 
+/// The name of the security scheme [`with_bearer_auth`] declares.
+pub const BEARER_SCHEME: &str = "credencial";
+
+/// Marks every operation of `openapi` as needing `Authorization: Bearer <credential>`, with the
+/// 401 and 403 answers that come with it (where an operation does not say otherwise), and
+/// declares the scheme with `description` (what a credential is). The routes the platform adds
+/// around a service (`/health`, `/ready`, `/metrics`, `/docs`) are not in the document and need
+/// none.
+pub fn with_bearer_auth(mut openapi: OpenApi, description: &str) -> OpenApi {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    for item in openapi.paths.paths.values_mut() {
+        for operation in operations(item) {
+            operation.security = Some(vec![SecurityRequirement::new(
+                BEARER_SCHEME,
+                Vec::<String>::new(),
+            )]);
+            add(
+                operation,
+                "401",
+                "Sin credencial, o una credencial no válida, revocada o caducada (problem+json, WWW-Authenticate: Bearer)",
+            );
+            add(
+                operation,
+                "403",
+                "La credencial es válida pero no permite esta operación (problem+json)",
+            );
+        }
+    }
+    let mut scheme = Http::new(HttpAuthScheme::Bearer);
+    scheme.description = Some(description.to_owned());
+    openapi
+        .components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(BEARER_SCHEME, SecurityScheme::Http(scheme));
+    openapi
+}
+
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         item.get.as_mut(),

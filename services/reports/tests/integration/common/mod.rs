@@ -62,6 +62,7 @@ pub async fn replica(
         datos,
         LazyBroker::default(),
         &testkit::http_config(),
+        &access::Acceso::desarrollo(),
     );
     Replica { app, state, stop }
 }
