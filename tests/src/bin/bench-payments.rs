@@ -65,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
     let mut ceilings = None;
     let chosen = match args.only {
         Some(scenario) => vec![scenario],
-        None => vec![Scenario::WritePath, Scenario::FullSystem],
+        None => vec![
+            Scenario::WritePath,
+            Scenario::WritePathKeys,
+            Scenario::FullSystem,
+        ],
     };
     for scenario in chosen {
         let database = testkit::TempDatabase::create().await;
@@ -185,14 +189,27 @@ impl Drop for ProcessGroup {
 enum Scenario {
     /// The payments API and its relay behind the gateway: what accepting a payment costs.
     WritePath,
+    /// The same, the API enforcing partner keys (`AUTH_MODE=enforce`) and the clients sending
+    /// one: what authentication costs on the hot path, against the previous in the same run.
+    WritePathKeys,
     /// Everything `make run` starts: what a payment costs until every effect is applied.
     FullSystem,
 }
 
 impl Scenario {
+    /// Its column in the printed table.
+    fn column(self) -> &'static str {
+        match self {
+            Self::WritePath => "write path",
+            Self::WritePathKeys => "with keys",
+            Self::FullSystem => "full system",
+        }
+    }
+
     fn slug(self) -> &'static str {
         match self {
             Self::WritePath => "write_path",
+            Self::WritePathKeys => "write_path_keys",
             Self::FullSystem => "full_system",
         }
     }
@@ -251,6 +268,8 @@ enum Stack {
         gateway: String,
         payments: String,
         pids: Vec<u32>,
+        /// `Bearer <key>` when the API enforces keys.
+        authorization: Option<String>,
     },
     FullSystem(LocalPlatform),
 }
@@ -260,6 +279,13 @@ impl Stack {
         match self {
             Self::WritePath { gateway, .. } => gateway.clone(),
             Self::FullSystem(platform) => platform.url("gateway"),
+        }
+    }
+
+    fn authorization(&self) -> Option<&str> {
+        match self {
+            Self::WritePath { authorization, .. } => authorization.as_deref(),
+            Self::FullSystem(_) => None,
         }
     }
 
@@ -289,7 +315,8 @@ async fn start(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::R
             )
             .await?,
         )),
-        Scenario::WritePath => {
+        Scenario::WritePath | Scenario::WritePathKeys => {
+            let keys = scenario == Scenario::WritePathKeys;
             let _ = std::fs::remove_dir_all(&log_dir);
             std::fs::create_dir_all(&log_dir)?;
             let prefix = format!("bench{}-", uuid::Uuid::new_v4().simple());
@@ -306,13 +333,32 @@ async fn start(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::R
             if !status.success() {
                 bail!("migrations failed");
             }
+            // A key made as a user makes one (`aeropartners claves crear`, shown once).
+            let authorization = if keys {
+                let output = Command::new(&args.binary)
+                    .args(["claves", "crear", "--afiliado", "afiliado-bench"])
+                    .envs(env)
+                    .stderr(Stdio::null())
+                    .output()
+                    .context("aeropartners claves crear")?;
+                let key = String::from_utf8(output.stdout)?
+                    .lines()
+                    .map(str::trim)
+                    .find(|line| line.starts_with("ap_sk_"))
+                    .context("`aeropartners claves crear` printed no key")?
+                    .to_owned();
+                Some(format!("Bearer {key}"))
+            } else {
+                None
+            };
+            let auth_mode = if keys { "enforce" } else { "development" };
             let (payments_port, gateway_port) = (testkit::free_port(), testkit::free_port());
             let spawn = |name: &str, service_args: &[String]| -> anyhow::Result<Child> {
                 let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
                 Ok(Command::new(&args.binary)
                     .args(service_args)
                     .envs(env)
-                    .env("AUTH_MODE", "development")
+                    .env("AUTH_MODE", auth_mode)
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
                     .stderr(log)
@@ -348,6 +394,7 @@ async fn start(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::R
                 gateway: format!("http://127.0.0.1:{gateway_port}"),
                 payments: format!("http://127.0.0.1:{payments_port}"),
                 pids,
+                authorization,
             })
         }
     }
@@ -376,9 +423,14 @@ async fn run(args: &Args, scenario: Scenario, database_url: &str) -> anyhow::Res
     let pool = PgPool::connect(database_url).await?;
     let pids = stack.pids()?;
     let url = format!("{}/pagos/", stack.gateway());
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(authorization) = stack.authorization() {
+        headers.insert(reqwest::header::AUTHORIZATION, authorization.parse()?);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()?;
     // Warm-up: connections, prepared statements, topic lookups.
     closed_loop(&client, &url, args.concurrency, Duration::from_secs(2)).await?;
@@ -654,7 +706,7 @@ async fn commits(pool: &PgPool) -> anyhow::Result<i64> {
 /// Payments that reached the scenario's end: published (write path) or final (full system).
 async fn payments_done(scenario: Scenario, pool: &PgPool) -> anyhow::Result<i64> {
     let sql = match scenario {
-        Scenario::WritePath => {
+        Scenario::WritePath | Scenario::WritePathKeys => {
             "SELECT count(*) FROM payments.outbox \
              WHERE event_type = 'PagoPendiente' AND published_at IS NOT NULL"
         }
@@ -950,7 +1002,12 @@ fn print_and_save(
         "  full system = all {} services of make run, payment gateway latency 0, every event consumed",
         SERVICES.len()
     );
-    println!("{:<44} {:>13} {:>13}", "", "write path", "full system");
+    println!("  with keys   = the write path, the API enforcing partner keys and the clients sending one");
+    let columns: Vec<String> = scenarios
+        .iter()
+        .map(|(scenario, _)| format!("{:>13}", scenario.column()))
+        .collect();
+    println!("{:<44} {}", "", columns.join(" "));
     let row = |label: &str, value: &dyn Fn(&Figures) -> f64, decimals: usize| {
         let cells: Vec<String> = scenarios
             .iter()
@@ -1014,6 +1071,28 @@ fn print_and_save(
         &|f| f.payments_per_s / bare * 100.0,
         1,
     );
+    let figures_of = |wanted: Scenario| {
+        scenarios
+            .iter()
+            .find(|(scenario, _)| *scenario == wanted)
+            .map(|(_, figures)| figures)
+    };
+    if let (Some(open), Some(keys)) = (
+        figures_of(Scenario::WritePath),
+        figures_of(Scenario::WritePathKeys),
+    ) {
+        println!();
+        println!(
+            "authentication on the write path, same run: accepted {:.0} → {:.0} req/s ({:.1} %), p50 {:.2} → {:.2} ms, services' CPU per payment {:.3} → {:.3} ms",
+            open.peak.throughput,
+            keys.peak.throughput,
+            keys.peak.throughput / open.peak.throughput * 100.0,
+            open.peak.p50_ms,
+            keys.peak.p50_ms,
+            open.cpu.services_ms / open.payments.max(1) as f64,
+            keys.cpu.services_ms / keys.payments.max(1) as f64,
+        );
+    }
     println!();
     println!(
         "pgbench, {} clients, same PostgreSQL: bare accept (payment + outbox row) {:.0} tps; with NOTIFY {:.0} tps ({:.0} %)",
