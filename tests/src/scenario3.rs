@@ -551,6 +551,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
                 campana,
                 tipo,
                 valor,
+                webhook,
                 ..
             } => {
                 tracking_expected += 1;
@@ -560,7 +561,8 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
                     "CLICK" => m.1 += 1,
                     _ => m.2 += 1,
                 }
-                if let Some(valor) = valor {
+                // Only a signed (webhook) conversion pays: a web tag proves no sender.
+                if let (Some(valor), true) = (valor, *webhook) {
                     commissions_expected += 1;
                     let pago = comision(*valor);
                     m.3 += comision(pago);

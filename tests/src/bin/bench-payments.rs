@@ -1002,7 +1002,9 @@ fn print_and_save(
         "  full system = all {} services of make run, payment gateway latency 0, every event consumed",
         SERVICES.len()
     );
-    println!("  with keys   = the write path, the API enforcing partner keys and the clients sending one");
+    println!(
+        "  with keys   = the write path, the API enforcing partner keys and the clients sending one"
+    );
     let columns: Vec<String> = scenarios
         .iter()
         .map(|(scenario, _)| format!("{:>13}", scenario.column()))

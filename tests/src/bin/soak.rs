@@ -237,7 +237,8 @@ async fn pay(client: &reqwest::Client, gateway: &str, n: u64) -> bool {
 }
 
 /// A tracking event through the collector on the affiliate's campaign: impressions and clicks,
-/// and every 10th a valued conversion (which becomes a commission payment).
+/// and every 10th a valued conversion (from a web tag, which proves no sender: it is counted,
+/// and pays no commission).
 async fn track(client: &reqwest::Client, gateway: &str, campaigns: &[String], n: u64) -> bool {
     let affiliate = n % AFFILIATES;
     let tipo = match n % 10 {

@@ -1,5 +1,8 @@
-//! Consumer of `tracking.evt.conversion`: a conversion with a value creates one commission
-//! payment for its affiliate, which then runs the normal lifecycle (worker, gateway, events).
+//! Consumer of `tracking.evt.conversion`: a conversion with a value, sent by a source that
+//! proves who sent it, creates one commission payment for its affiliate, which then runs the
+//! normal lifecycle (worker, gateway, events). A public tag or SDK (`WEB_TAG`, `MOBILE_SDK`)
+//! needs no credential, so anyone could claim a conversion for any affiliate there: such
+//! conversions are counted for the campaigns and the reports, and pay nothing.
 //! Exactly once: the inbox row and the payment commit together, and the payment's reference
 //! is derived from the conversion's dedup key, so even a conversion seen under another event id
 //! could not pay twice.
@@ -42,7 +45,14 @@ struct Conversion {
     valor_conversion: Option<f64>,
     #[serde(default)]
     moneda: Option<String>,
+    /// Where the collector received it from (`WEB_TAG`, `MOBILE_SDK`, `API_DIRECT`, `WEBHOOK`).
+    #[serde(default)]
+    fuente_evento: Option<String>,
 }
+
+/// The sources whose events the collector accepts only with the affiliate's credential (its
+/// API key, or its webhook signature): the only ones that may cost the platform money.
+const FUENTES_AUTENTICADAS: [&str; 2] = ["API_DIRECT", "WEBHOOK"];
 
 pub struct Comisiones {
     pool: PgPool,
@@ -58,6 +68,8 @@ pub enum Efecto {
     Repetida,
     /// No value, or a share that rounds to nothing: no payment.
     SinComision,
+    /// From a public source, which proves nothing of who sent it: no payment.
+    SinCredencial,
 }
 
 impl Comisiones {
@@ -95,6 +107,15 @@ impl TransactionalHandler for Comisiones {
         else {
             return Ok((Efecto::SinComision, "no_value"));
         };
+        if !conversion
+            .fuente_evento
+            .as_deref()
+            .is_some_and(|fuente| FUENTES_AUTENTICADAS.contains(&fuente))
+        {
+            tracing::debug!(conversion = %conversion.id_evento, fuente = ?conversion.fuente_evento,
+                "valued conversion from a public source: no commission");
+            return Ok((Efecto::SinCredencial, "unauthenticated_source"));
+        }
         let valorada = ConversionValorada {
             id_evento: conversion.id_evento,
             id_afiliado: conversion.id_afiliado,

@@ -15,7 +15,7 @@ fn conversion(cliente: &str, valor: Option<f64>) -> Envelope {
         "id_evento": id, "tipo_evento": "CONVERSION", "id_afiliado": "AFILIADO_001",
         "id_campana": "6f1c1b7e-8d0e-4e0a-9b1a-1c2d3e4f5a6b",
         "clave_dedup": format!(r#"cliente:["AFILIADO_001","{cliente}"]"#),
-        "hash_evento": "0".repeat(64), "fuente_evento": "WEB_TAG",
+        "hash_evento": "0".repeat(64), "fuente_evento": "API_DIRECT",
     });
     if let Some(valor) = valor {
         data["valor_conversion"] = valor.into();
@@ -144,4 +144,52 @@ async fn conversions_without_value_or_below_a_cent_create_nothing(
     ));
     assert_eq!(count(&pool, "SELECT count(*) FROM pagos").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM inbox").await, 0);
+}
+
+/// A conversion from a public source (a web tag, an SDK) needs no credential, so anyone could
+/// send one for any affiliate: it pays no commission, whatever its value. One from a source
+/// that proves its sender (the affiliate's API key, its webhook signature) does.
+#[sqlx::test(migrations = false)]
+async fn only_conversions_from_authenticated_sources_pay(o: PgPoolOptions, c: PgConnectOptions) {
+    let pool = migrated_pool(o, c).await;
+    let comisiones = Comisiones::new(pool.clone(), tasa());
+    for (n, (fuente, pays)) in [
+        (Some("WEB_TAG"), false),
+        (Some("MOBILE_SDK"), false),
+        (None, false),
+        (Some("API_DIRECT"), true),
+        (Some("WEBHOOK"), true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut envelope = conversion(&format!("fuente-{n}"), Some(500.0));
+        match fuente {
+            Some(fuente) => envelope.data["fuente_evento"] = fuente.into(),
+            None => {
+                envelope
+                    .data
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("fuente_evento");
+            }
+        }
+        let efecto = comisiones.aplicar(&envelope).await.unwrap();
+        assert_eq!(
+            matches!(efecto, Efecto::Creada(_)),
+            pays,
+            "{fuente:?}: {efecto:?}"
+        );
+        if !pays {
+            assert_eq!(efecto, Efecto::SinCredencial, "{fuente:?}");
+        }
+    }
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pagos WHERE comision IS NOT NULL"
+        )
+        .await,
+        2
+    );
 }
