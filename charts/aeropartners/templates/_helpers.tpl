@@ -150,21 +150,30 @@ true
 
 {{/* Environment every service shares: logs, database (from a Secret), broker (from the ConfigMap). */}}
 {{- define "aeropartners.env" -}}
+{{- $root := .root -}}
 - name: LOG_FORMAT
-  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: LOG_FORMAT}}
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $root }}-config, key: LOG_FORMAT}}
 - name: RUST_LOG
-  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: RUST_LOG}}
-- name: PULSAR_URL
-  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" . }}-config, key: PULSAR_URL}}
-{{- include "aeropartners.pulsarEnv" . }}
-{{- range $key := list "RETENTION_OUTBOX" "RETENTION_INBOX" "RETENTION_INTERVAL" "HTTP_HEADER_READ_TIMEOUT" "HTTP_MAX_HEADER_BYTES" "HTTP_MAX_CONNECTIONS" }}
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $root }}-config, key: RUST_LOG}}
+{{- range $key := list "HTTP_HEADER_READ_TIMEOUT" "HTTP_MAX_HEADER_BYTES" "HTTP_MAX_CONNECTIONS" }}
 - name: {{ $key }}
-  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $ }}-config, key: {{ $key }}}}
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $root }}-config, key: {{ $key }}}}
 {{- end }}
-{{ include "aeropartners.databaseEnv" . }}
+{{- /* The edge (gateway, campaigns proxy) holds no database or broker credentials: it uses
+neither, and it is what the outside reaches first. */}}
+{{- if not .edge }}
+- name: PULSAR_URL
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $root }}-config, key: PULSAR_URL}}
+{{- include "aeropartners.pulsarEnv" $root }}
+{{- range $key := list "RETENTION_OUTBOX" "RETENTION_INBOX" "RETENTION_INTERVAL" }}
+- name: {{ $key }}
+  valueFrom: {configMapKeyRef: {name: {{ include "aeropartners.fullname" $root }}-config, key: {{ $key }}}}
+{{- end }}
+{{ include "aeropartners.databaseEnv" $root }}
 # The migration Job applies the schema; without it every service migrates at start.
 - name: MIGRATE_ON_START
-  value: {{ (not .Values.migrations.enabled) | toString | quote }}
+  value: {{ (not $root.Values.migrations.enabled) | toString | quote }}
+{{- end }}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
 {{- end -}}
@@ -235,7 +244,8 @@ with that account's token; without it no token is mounted), volumes and volumeMo
 {{- $service := $v.service | default dict -}}
 {{- $volumes := .volumes | default list -}}
 {{- $mounts := .volumeMounts | default list -}}
-{{- if include "aeropartners.pulsarTrustVolume" $root -}}
+{{- $edge := has .name (list "gateway" "campaigns-proxy") -}}
+{{- if and (include "aeropartners.pulsarTrustVolume" $root) (not $edge) -}}
 {{- $tls := $root.Values.externalPulsar.tls -}}
 {{- $volumes = append $volumes (dict "name" "pulsar-trust" "secret" (dict "secretName" $tls.trustCertsSecret "items" (list (dict "key" $tls.trustCertsKey "path" $tls.trustCertsKey)))) -}}
 {{- $mounts = append $mounts (dict "name" "pulsar-trust" "mountPath" "/etc/aeropartners/pulsar-trust" "readOnly" true) -}}
@@ -294,7 +304,7 @@ spec:
           args:
             {{- toYaml .args | nindent 12 }}
           env:
-            {{- include "aeropartners.env" $root | nindent 12 }}
+            {{- include "aeropartners.env" (dict "root" $root "edge" $edge) | nindent 12 }}
             {{- with .extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
