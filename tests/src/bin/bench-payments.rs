@@ -49,10 +49,11 @@ struct Args {
     /// Seconds each phase runs.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
-    /// Runs one scenario and its ceilings only, without the original system (to iterate on
-    /// one path; `make bench` runs everything).
+    /// Runs these scenarios (repeatable) and the ceilings only, without the original system
+    /// (to iterate on one path, or compare two in one run: `--only write-path --only
+    /// write-path-keys`; `make bench` runs everything).
     #[arg(long, value_enum)]
-    only: Option<Scenario>,
+    only: Vec<Scenario>,
 }
 
 #[tokio::main]
@@ -63,9 +64,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut scenarios = Vec::new();
     let mut ceilings = None;
-    let chosen = match args.only {
-        Some(scenario) => vec![scenario],
-        None => vec![
+    let chosen = match args.only.as_slice() {
+        [_, ..] => args.only.clone(),
+        [] => vec![
             Scenario::WritePath,
             Scenario::WritePathKeys,
             Scenario::FullSystem,
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         database.drop_database().await;
         scenarios.push((scenario, result?));
     }
-    let original = if args.only.is_some() {
+    let original = if !args.only.is_empty() {
         None
     } else {
         let database = testkit::TempDatabase::create().await;
