@@ -56,6 +56,14 @@ impl TipoClave {
     }
 }
 
+impl TryFrom<String> for TipoClave {
+    type Error = String;
+
+    fn try_from(code: String) -> Result<Self, Self::Error> {
+        Self::from_code(&code).ok_or_else(|| format!("no key type is called {code:?}"))
+    }
+}
+
 /// Why a presented string is not a key of ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormatoInvalido {

@@ -40,11 +40,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// A stored key, without its hash.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RegistroClave {
     pub id_clave: String,
     pub id_afiliado: String,
     #[schema(value_type = String)]
+    #[sqlx(try_from = "String")]
     pub tipo: TipoClave,
     /// Scope names; a secret key (`sk`) holds every scope.
     pub alcances: Vec<String>,
@@ -61,6 +62,14 @@ impl RegistroClave {
     pub fn vigente(&self, ahora: DateTime<Utc>) -> bool {
         self.revocada.is_none() && self.expira.is_none_or(|expira| expira > ahora)
     }
+}
+
+/// A stored key and its hash, as the lookup of a presented key reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct ConHuella {
+    #[sqlx(flatten)]
+    registro: RegistroClave,
+    huella: Vec<u8>,
 }
 
 /// What a new key is for.
@@ -85,54 +94,8 @@ pub enum ErrorAlmacen {
     Db(#[from] sqlx::Error),
 }
 
-type Fila = (
-    String,
-    String,
-    String,
-    Vec<u8>,
-    Vec<String>,
-    String,
-    DateTime<Utc>,
-    String,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-);
-
 const COLUMNAS: &str = "id_clave, id_afiliado, tipo, huella, alcances, descripcion, creada, \
                         creada_por, expira, revocada, revocada_por";
-
-fn registro(fila: Fila) -> (RegistroClave, Vec<u8>) {
-    let (
-        id_clave,
-        id_afiliado,
-        tipo,
-        huella,
-        alcances,
-        descripcion,
-        creada,
-        creada_por,
-        expira,
-        revocada,
-        revocada_por,
-    ) = fila;
-    (
-        RegistroClave {
-            id_clave,
-            id_afiliado,
-            // The table's CHECK admits only these two.
-            tipo: TipoClave::from_code(&tipo).unwrap_or(TipoClave::Rk),
-            alcances,
-            descripcion,
-            creada,
-            creada_por,
-            expira,
-            revocada,
-            revocada_por,
-        },
-        huella,
-    )
-}
 
 /// The keys in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -165,7 +128,7 @@ impl AlmacenDeClaves {
         // violation, not a silent overwrite; draw again.
         loop {
             let clave = ClaveApi::generar(nueva.tipo);
-            let fila: Option<Fila> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            let fila: Option<RegistroClave> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO acceso.claves_api \
                      (id_clave, id_afiliado, tipo, huella, alcances, descripcion, creada_por, expira) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -181,8 +144,8 @@ impl AlmacenDeClaves {
             .bind(nueva.expira)
             .fetch_optional(&self.pool)
             .await?;
-            if let Some(fila) = fila {
-                return Ok((clave, registro(fila).0));
+            if let Some(registro) = fila {
+                return Ok((clave, registro));
             }
         }
     }
@@ -192,14 +155,13 @@ impl AlmacenDeClaves {
         &self,
         id_afiliado: Option<&str>,
     ) -> Result<Vec<RegistroClave>, sqlx::Error> {
-        let filas: Vec<Fila> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNAS} FROM acceso.claves_api \
              WHERE $1::text IS NULL OR id_afiliado = $1 ORDER BY creada DESC, id_clave"
         )))
         .bind(id_afiliado)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(filas.into_iter().map(|f| registro(f).0).collect())
+        .await
     }
 
     /// Revokes a key. `None` when there is no such key; a key revoked before keeps its first
@@ -209,7 +171,7 @@ impl AlmacenDeClaves {
         id_clave: &str,
         por: &str,
     ) -> Result<Option<RegistroClave>, sqlx::Error> {
-        let fila: Option<Fila> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE acceso.claves_api \
              SET revocada = coalesce(revocada, now()), revocada_por = coalesce(revocada_por, $2) \
              WHERE id_clave = $1 RETURNING {COLUMNAS}"
@@ -217,22 +179,17 @@ impl AlmacenDeClaves {
         .bind(id_clave)
         .bind(por)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(fila.map(|f| registro(f).0))
+        .await
     }
 
     /// The stored key with that id and its hash.
-    async fn buscar(
-        &self,
-        id_clave: &str,
-    ) -> Result<Option<(RegistroClave, Vec<u8>)>, sqlx::Error> {
-        let fila: Option<Fila> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    async fn buscar(&self, id_clave: &str) -> Result<Option<ConHuella>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNAS} FROM acceso.claves_api WHERE id_clave = $1"
         )))
         .bind(id_clave)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(fila.map(registro))
+        .await
     }
 }
 
@@ -247,7 +204,7 @@ pub enum Rechazo {
     Almacen(#[source] Arc<sqlx::Error>),
 }
 
-type Entrada = Option<Arc<(RegistroClave, Vec<u8>)>>;
+type Entrada = Option<Arc<ConHuella>>;
 
 /// Checks presented keys against the store, through a cache every replica keeps coherent by
 /// `LISTEN acceso_claves`.
@@ -285,7 +242,7 @@ impl VerificadorDeClaves {
         let Some(entrada) = entrada else {
             return Err(Rechazo::Desconocida);
         };
-        let (registro, huella) = entrada.as_ref();
+        let ConHuella { registro, huella } = entrada.as_ref();
         if !clave.coincide(huella) {
             return Err(Rechazo::Desconocida);
         }
