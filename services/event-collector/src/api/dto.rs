@@ -74,7 +74,7 @@ impl From<EventoBody> for EventoRecibido {
                 resolucion_pantalla: b.resolucion_pantalla,
                 fuente_evento: b.fuente_evento,
             },
-            api_key: b.api_key,
+            api_key: b.api_key.map(Into::into),
         }
     }
 }

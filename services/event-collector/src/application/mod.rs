@@ -15,7 +15,7 @@ pub type Cola = GroupCommit<Envio, RespuestaEnvio>;
 
 use crate::domain::{
     CamposEvento, ContenidoEvento, ContextoServidor, Credenciales, Cuota, Directorio, ErrorCampo,
-    Firma, FirmaMalformada, Perfil, Politica, Rechazo, Reglas, UsoDeFirma, autenticar,
+    Firma, FirmaMalformada, Perfil, Politica, Rechazo, Reglas, Secreto, UsoDeFirma, autenticar,
     motivo_descarte,
 };
 
@@ -180,7 +180,8 @@ pub struct Peticion<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct EventoRecibido {
     pub campos: CamposEvento,
-    pub api_key: Option<String>,
+    /// Never printed (its `Debug` is redacted) and never stored.
+    pub api_key: Option<Secreto>,
 }
 
 impl Recolector {
@@ -193,7 +194,11 @@ impl Recolector {
         let firma = peticion.firma.map(Firma::parse).transpose()?;
         let contexto = Arc::new(peticion.contexto);
         let ahora = contexto.recibido_en;
-        let api_key = evento.api_key.as_deref().or(peticion.api_key_cabecera);
+        let api_key = evento
+            .api_key
+            .as_ref()
+            .map(Secreto::revelar)
+            .or(peticion.api_key_cabecera);
         let contenido =
             ContenidoEvento::normalizar(evento.campos).map_err(ErrorSolicitud::Validacion)?;
         let perfil = self.perfil(&contenido.id_afiliado)?;
@@ -247,7 +252,11 @@ impl Recolector {
                     continue;
                 }
             };
-            let api_key = evento.api_key.as_deref().or(peticion.api_key_cabecera);
+            let api_key = evento
+                .api_key
+                .as_ref()
+                .map(Secreto::revelar)
+                .or(peticion.api_key_cabecera);
             let contenido = match ContenidoEvento::normalizar(evento.campos) {
                 Ok(c) => c,
                 Err(errores) => {

@@ -84,7 +84,7 @@ pub fn autenticar(
         FuenteEvento::ApiDirect => {
             let valida = credenciales
                 .api_key
-                .is_some_and(|dada| perfil.api_keys.iter().any(|k| iguales(k, dada)));
+                .is_some_and(|dada| perfil.api_keys.iter().any(|k| iguales(k.revelar(), dada)));
             if valida {
                 Ok(None)
             } else {

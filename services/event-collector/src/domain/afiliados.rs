@@ -48,10 +48,10 @@ pub struct Afiliado {
     pub fuentes: Option<Vec<FuenteEvento>>,
     /// Keys for `API_DIRECT`; several during a rotation.
     #[serde(default)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secreto>,
     /// Secrets for `WEBHOOK` signatures; several during a rotation.
     #[serde(default)]
-    pub secretos_webhook: Vec<String>,
+    pub secretos_webhook: Vec<Secreto>,
 }
 
 fn nivel_basico() -> String {
@@ -85,8 +85,8 @@ pub struct Perfil {
     pub politica: Politica,
     pub tipos_evento: Option<Vec<TipoEvento>>,
     pub fuentes: Vec<FuenteEvento>,
-    pub api_keys: Vec<String>,
-    pub secretos_webhook: Vec<String>,
+    pub api_keys: Vec<Secreto>,
+    pub secretos_webhook: Vec<Secreto>,
 }
 
 impl Perfil {
@@ -138,7 +138,7 @@ impl Directorio {
                 .api_keys
                 .iter()
                 .chain(&afiliado.secretos_webhook)
-                .any(|c| c.trim().is_empty())
+                .any(|c| c.revelar().trim().is_empty())
             {
                 return Err(ConfigInvalida::CredencialVacia(id.clone()));
             }
@@ -218,6 +218,57 @@ impl Directorio {
             }),
             None => None,
         }
+    }
+}
+
+/// A credential read from the affiliates' file (an API key, a webhook secret): kept as
+/// `secrecy` keeps it, so no `Debug` of a profile, a config or an error prints it by accident.
+#[derive(Clone, Deserialize)]
+#[serde(from = "String")]
+pub struct Secreto(secrecy::SecretString);
+
+impl Secreto {
+    /// The secret itself, for the comparison or the HMAC that needs it.
+    pub fn revelar(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.0)
+    }
+}
+
+impl From<String> for Secreto {
+    fn from(texto: String) -> Self {
+        Self(texto.into())
+    }
+}
+
+impl From<&str> for Secreto {
+    fn from(texto: &str) -> Self {
+        Self(texto.into())
+    }
+}
+
+impl std::fmt::Debug for Secreto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secreto([REDACTED])")
+    }
+}
+
+/// Equal when the secrets are (compared by digest, in constant time): the config's equality,
+/// for tests and reloads.
+impl PartialEq for Secreto {
+    fn eq(&self, other: &Self) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        Sha256::digest(self.revelar().as_bytes())
+            .ct_eq(&Sha256::digest(other.revelar().as_bytes()))
+            .into()
+    }
+}
+
+impl Eq for Secreto {}
+
+impl AsRef<[u8]> for Secreto {
+    fn as_ref(&self) -> &[u8] {
+        self.revelar().as_bytes()
     }
 }
 
@@ -312,7 +363,11 @@ afiliados:
             assert!(directorio.perfil(id).unwrap().configurado, "{id}");
         }
         let api = directorio.perfil("AFILIADO_API").unwrap();
-        assert_eq!(api.api_keys, vec!["sk_test_123456789".to_owned()]);
+        assert_eq!(api.api_keys, vec![Secreto::from("sk_test_123456789")]);
+        assert!(
+            !format!("{api:?}").contains("sk_test_123456789"),
+            "a profile's Debug never prints its keys"
+        );
         let basic = directorio.perfil("AFILIADO_BASIC").unwrap().politica.limite;
         let premium = directorio
             .perfil("AFILIADO_PREMIUM")

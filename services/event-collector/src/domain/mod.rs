@@ -9,7 +9,7 @@ pub mod firma;
 pub mod limite;
 
 pub use admision::{Credenciales, Rechazo, Reglas, autenticar, motivo_descarte};
-pub use afiliados::{ConfigInvalida, Directorio, Perfil};
+pub use afiliados::{ConfigInvalida, Directorio, Perfil, Secreto};
 pub use evento::{
     CamposEvento, ContenidoEvento, ContextoServidor, ErrorCampo, FuenteEvento, TipoEvento,
 };
