@@ -203,6 +203,20 @@ impl Acceso {
         self.inner.modo
     }
 
+    /// The service's OpenAPI document as this instance serves it: in `enforce` mode every
+    /// operation takes a credential (with its 401 and 403), as [`Acceso::proteger`] enforces
+    /// on routes whose handlers take a [`Llamante`]; in development mode none is required, and
+    /// the document does not claim one is (a fuzzer reading it would rightly call every
+    /// anonymous 200 a failure).
+    pub fn documentar(&self, openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+        match self.inner.modo {
+            AuthMode::Enforce => {
+                platform::http::openapi::with_bearer_auth(openapi, crate::CREDENCIAL)
+            }
+            AuthMode::Development => openapi,
+        }
+    }
+
     /// Installs this access control on a service's routes: every handler that takes a
     /// [`Llamante`] finds it, and development-mode answers say so in `X-Auth-Mode`.
     pub fn proteger<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {

@@ -21,11 +21,6 @@ pub const CREDENCIAL: &str = "Una clave de API de afiliado (`ap_sk_…`, `ap_rk_
     `aeropartners claves crear`) o un token de Kubernetes de un operador (`kubectl create \
     token`); ver docs/security.md.";
 
-/// Marks every operation of a service's document as taking a credential (with its 401 and
-/// 403), as [`Acceso::proteger`] enforces on its routes.
-pub fn documentar(openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    platform::http::openapi::with_bearer_auth(openapi, CREDENCIAL)
-}
 pub use domain::{Alcance, Ambito, Permiso, Principal};
 pub use http::{Acceso, AuthConfig, AuthMode, Llamante};
 pub use infrastructure::almacen::{self, AlmacenDeClaves, NuevaClave, RegistroClave};

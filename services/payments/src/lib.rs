@@ -123,7 +123,7 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig, acceso: &Acceso)
     http::app(
         "payments",
         acceso.proteger(router),
-        openapi,
+        acceso.documentar(openapi),
         readiness,
         http,
     )
