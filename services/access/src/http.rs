@@ -305,6 +305,21 @@ fn no_autenticado(detalle: impl Into<String>) -> Problem {
     )
 }
 
+/// The affiliate a list or count is restricted to: a partner's own (naming another is 403, as
+/// its own list is all it may ask for), or the one an operator asks for, if any.
+pub fn filtro_de_afiliado(
+    ambito: &Ambito,
+    pedido: Option<&str>,
+) -> Result<Option<String>, Problem> {
+    match (ambito, pedido) {
+        (Ambito::Afiliado(propio), Some(pedido)) if pedido != propio => Err(prohibido(format!(
+            "La clave es del afiliado {propio}; solo puede consultar lo suyo, no lo de '{pedido}'"
+        ))),
+        (Ambito::Afiliado(propio), _) => Ok(Some(propio.clone())),
+        (Ambito::Todos, pedido) => Ok(pedido.map(str::to_owned)),
+    }
+}
+
 fn prohibido(detalle: impl Into<String>) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "forbidden", "Prohibido", detalle)
 }
@@ -403,6 +418,46 @@ impl Llamante {
             ))),
             Principal::Desarrollo => Ok(None),
         }
+    }
+
+    /// For a partner route that creates an object for an affiliate the body may name: the
+    /// key's affiliate, which the body may repeat but not contradict (403). In development mode
+    /// the body's. A blank name is handed back as it is, for the route's validation to refuse
+    /// (400) whoever calls.
+    pub fn afiliado_del_cuerpo(
+        &self,
+        alcance: Alcance,
+        nombrado: Option<&str>,
+    ) -> Result<String, Problem> {
+        match (self.afiliado(alcance)?, nombrado) {
+            (Some(_), Some(nombrado)) if nombrado.trim().is_empty() => Ok(nombrado.to_owned()),
+            (Some(clave), Some(nombrado)) if nombrado.trim() != clave.id_afiliado => {
+                Err(prohibido(format!(
+                    "La clave {} es del afiliado {}; no puede actuar por '{}'",
+                    clave.id_clave,
+                    clave.id_afiliado,
+                    nombrado.trim()
+                )))
+            }
+            (Some(clave), _) => Ok(clave.id_afiliado.clone()),
+            (None, nombrado) => Ok(nombrado.unwrap_or_default().to_owned()),
+        }
+    }
+
+    /// Whose `Idempotency-Key`s a request shares: an affiliate's keys share them (one partner,
+    /// one namespace, as Stripe keeps them per account), each operator has their own, and
+    /// development mode one for everyone.
+    pub fn espacio_de_idempotencia(&self) -> String {
+        match &self.principal {
+            Principal::Afiliado(clave) => format!("afiliado:{}", clave.id_afiliado),
+            Principal::Operador(operador) => format!("operador:{}", operador.usuario),
+            Principal::Desarrollo => "desarrollo".to_owned(),
+        }
+    }
+
+    /// Whether the caller is an operator (whose allowed actions the handler audits).
+    pub fn es_operador(&self) -> bool {
+        matches!(self.principal, Principal::Operador(_))
     }
 
     /// For a read a partner may make of its own objects and an operator of everyone's: a key

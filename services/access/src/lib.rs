@@ -22,5 +22,20 @@ pub const CREDENCIAL: &str = "Una clave de API de afiliado (`ap_sk_…`, `ap_rk_
     token`); ver docs/security.md.";
 
 pub use domain::{Alcance, Ambito, Permiso, Principal};
-pub use http::{Acceso, AuthConfig, AuthMode, Llamante};
+pub use http::{Acceso, AuthConfig, AuthMode, Llamante, filtro_de_afiliado};
 pub use infrastructure::almacen::{self, AlmacenDeClaves, NuevaClave, RegistroClave};
+
+/// Connects a context's pool and, when configured to migrate, applies its migrations and the
+/// access context's: a service whose routes take a [`Llamante`] reads keys and writes the
+/// audit trail in the same database.
+pub async fn conectar(
+    config: &platform::config::DatabaseConfig,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> anyhow::Result<sqlx::PgPool> {
+    let pool = platform::db::connect_and_migrate(config, schema, migrator).await?;
+    if config.migrate_on_start {
+        almacen::migrate(&pool).await?;
+    }
+    Ok(pool)
+}

@@ -49,7 +49,12 @@ async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
     let shutdown = CancellationToken::new();
     let (database, payments_url, campaigns_pool) = payments_served(&shutdown).await;
     let campaigns_url = serve(
-        campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
+        campaigns::app(
+            campaigns_pool,
+            LazyBroker::default(),
+            &http_config(),
+            &access::Acceso::desarrollo(),
+        ),
         &shutdown,
     )
     .await;
@@ -201,7 +206,12 @@ async fn is_unready_until_every_services_document_is_merged() {
         .unwrap();
     tokio::spawn(platform::http::serve(
         listener,
-        campaigns::app(campaigns_pool, LazyBroker::default(), &http_config()),
+        campaigns::app(
+            campaigns_pool,
+            LazyBroker::default(),
+            &http_config(),
+            &access::Acceso::desarrollo(),
+        ),
         shutdown.clone(),
         &testkit::http_config(),
     ));

@@ -9,9 +9,9 @@ pub mod infrastructure;
 
 use std::sync::Arc;
 
+use access::Acceso;
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
-    db,
     http::{self, ContextReadiness},
     idempotency::IdempotencyStore,
     inbox::Transactional,
@@ -42,14 +42,18 @@ pub struct Config {
     pub pulsar: PulsarConfig,
     #[command(flatten)]
     pub retention: RetentionConfig,
+    #[command(flatten)]
+    pub auth: access::AuthConfig,
 }
 
+/// Connects the pool and applies migrations when configured to (the context's own, and the
+/// access context's, whose keys authenticate this API's callers).
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
+    access::conectar(config, SCHEMA, &MIGRATOR).await
 }
 
 /// The complete campaigns HTTP application (used by the binary and by the tests).
-pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
+pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig, acceso: &Acceso) -> http::App {
     let state = api::ApiState {
         idempotency: IdempotencyStore::new(pool.clone(), "campaigns"),
         pool: pool.clone(),
@@ -64,7 +68,13 @@ pub fn app(pool: PgPool, broker: LazyBroker, http: &HttpConfig) -> http::App {
         broker_required: false,
         probe_topic: PAYMENTS_COMPLETED_TOPIC,
     });
-    http::app("campaigns", router, openapi, readiness, http)
+    http::app(
+        "campaigns",
+        acceso.proteger(router),
+        acceso.documentar(openapi),
+        readiness,
+        http,
+    )
 }
 
 /// The payment consumer's subscription: Key_Shared, so replicas share the work.
@@ -137,8 +147,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Rule::platform_tables(&config.retention),
     )
     .spawn(config.retention.retention_interval, shutdown.clone());
+    let acceso = Acceso::start(
+        &config.auth,
+        &[config.http.listen],
+        pool.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
-    let app = app(pool, broker, &config.http);
+    let app = app(pool, broker, &config.http, &acceso);
     http::serve(listener, app, shutdown.clone(), &config.http).await?;
     shutdown.cancel();
     let _ = tokio::join!(relay, consumer, tracking, retention);

@@ -11,7 +11,6 @@ use std::{sync::Arc, time::Duration};
 use access::Acceso;
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
-    db,
     group_commit::GroupCommitConfig,
     http::{self, ContextReadiness},
     idempotency::IdempotencyStore,
@@ -76,11 +75,7 @@ pub struct WorkerConfig {
 /// Connects the pool and applies migrations when configured to (the context's own, and the
 /// access context's, whose keys authenticate this API's callers).
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let pool = db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?;
-    if config.migrate_on_start {
-        access::almacen::migrate(&pool).await?;
-    }
-    Ok(pool)
+    access::conectar(config, SCHEMA, &MIGRATOR).await
 }
 
 fn readiness(pool: PgPool, broker: LazyBroker, broker_required: bool) -> ContextReadiness {

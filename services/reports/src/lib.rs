@@ -22,7 +22,6 @@ use std::{
 
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig},
-    db,
     http::{self, ContextReadiness, DependencyStatus, Readiness},
     inbox::Transactional,
     messaging::{self, LazyBroker, Subscription},
@@ -128,12 +127,7 @@ pub struct Config {
 }
 
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let pool = db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?;
-    if config.migrate_on_start {
-        // The audit trail of version switches, and the keys of its partner routes to come.
-        access::almacen::migrate(&pool).await?;
-    }
-    Ok(pool)
+    access::conectar(config, SCHEMA, &MIGRATOR).await
 }
 
 /// The consumer's subscription: Key_Shared, so replicas share the work and an aggregate's

@@ -2,6 +2,8 @@
 //! `#[sqlx::test]`, the real Pulsar broker under a per-test topic prefix, calling an app
 //! without a socket, polling with a deadline, and an observer of published events.
 
+pub mod acceso;
+
 use std::time::Duration;
 
 use axum::{body::Body, http::Request};

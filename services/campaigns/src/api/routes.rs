@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 
+use access::{Alcance, Ambito, Llamante, Permiso, Resultado, filtro_de_afiliado};
 use axum::{
     Json,
     extract::{Path, Query, State},
@@ -23,7 +24,7 @@ use super::dto::{
     PresupuestoBody,
 };
 use crate::{
-    application::{ErrorCampanas, cambiar_presupuesto, crear_campana, ejecutar_accion},
+    application::{ErrorCampanas, Orden, cambiar_presupuesto, crear_campana, ejecutar_accion},
     domain::{Accion, Campana},
     infrastructure::repositorio::{self, Filtro},
 };
@@ -123,6 +124,7 @@ fn respuesta(status: StatusCode, campana: &Campana) -> Result<JsonReply, Problem
     params(("Idempotency-Key" = Option<String>, Header, description = "Clave de idempotencia (se guarda 24 h)")),
     responses(
         (status = 201, description = "Creada; `Location` la nombra", body = CampanaDto),
+        (status = 403, description = "La clave no tiene campaigns:write, o id_afiliado no es el de la clave", body = Problem, content_type = "application/problem+json"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Primera solicitud con la misma clave aún en curso", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reutilizada con otro cuerpo", body = Problem, content_type = "application/problem+json"),
@@ -130,14 +132,24 @@ fn respuesta(status: StatusCode, campana: &Campana) -> Result<JsonReply, Problem
 )]
 async fn crear(
     State(state): State<ApiState>,
+    llamante: Llamante,
     RequestId(request_id): RequestId,
     headers: HeaderMap,
     body: ApiJson<CrearCampanaBody>,
 ) -> Result<JsonReply, Problem> {
     idempotency_key(&headers)?;
-    let nueva = body.value.validar().map_err(ErrorCampanas::Solicitud)?;
+    let id_afiliado = llamante.afiliado_del_cuerpo(
+        Alcance::CampanasEscritura,
+        body.value.id_afiliado.as_deref(),
+    )?;
+    let nueva = body
+        .value
+        .validar(&id_afiliado)
+        .map_err(ErrorCampanas::Solicitud)?;
     idempotent(
-        &state.idempotency,
+        &state
+            .idempotency
+            .within(&llamante.espacio_de_idempotencia()),
         &headers,
         "POST",
         "/campaigns",
@@ -178,6 +190,44 @@ fn parametro_entero(
     }
 }
 
+/// A partner reads its own campaigns (`campaigns:read`), an operator everyone's.
+async fn lectura(llamante: &Llamante) -> Result<Ambito, Problem> {
+    llamante
+        .ambito(Alcance::CampanasLectura, Permiso::LEER_CAMPANAS)
+        .await
+}
+
+/// The campaign `raw` names, if the caller may see it: another affiliate's is not found.
+async fn visible(state: &ApiState, llamante: &Llamante, raw: &str) -> Result<Campana, Problem> {
+    let ambito = lectura(llamante).await?;
+    Ok(repositorio::buscar(&state.pool, id_desde_ruta(raw)?)
+        .await
+        .map_err(ErrorCampanas::from)?
+        .filter(|campana| ambito.ve(&campana.id_afiliado))
+        .ok_or(ErrorCampanas::NoEncontrada)?)
+}
+
+/// A partner changes its own campaigns (`campaigns:write`, another's is not found); an
+/// operator any campaign, with `update campaigns` (audited).
+async fn administracion(llamante: &Llamante) -> Result<Ambito, Problem> {
+    llamante
+        .ambito(Alcance::CampanasEscritura, Permiso::ADMINISTRAR_CAMPANAS)
+        .await
+}
+
+/// Leaves an operator's change of a partner's campaign in the audit trail.
+async fn auditar(llamante: &Llamante, path: &str, resultado: &Result<JsonReply, Problem>) {
+    if llamante.es_operador() {
+        let (resultado, detalle) = match resultado {
+            Ok(_) => (Resultado::Permitido, String::new()),
+            Err(problem) => (Resultado::Fallido, problem.status.to_string()),
+        };
+        llamante
+            .auditar(Permiso::ADMINISTRAR_CAMPANAS, path, resultado, &detalle)
+            .await;
+    }
+}
+
 /// List campaigns, newest first. `total` counts every match, not just this page.
 #[utoipa::path(
     get, path = "/campaigns", tag = "campaigns",
@@ -191,8 +241,10 @@ fn parametro_entero(
 )]
 async fn listar(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ListaCampanas>, Problem> {
+    let ambito = lectura(&llamante).await?;
     let limit = parametro_entero(&params, "limit", 50, 1..=100)?;
     let offset = parametro_entero(&params, "offset", 0, 0..=i64::from(i32::MAX))?;
     let estado = match params.get("estado") {
@@ -205,7 +257,7 @@ async fn listar(
         })?),
     };
     let filtro = Filtro {
-        id_afiliado: params.get("id_afiliado").cloned(),
+        id_afiliado: filtro_de_afiliado(&ambito, params.get("id_afiliado").map(String::as_str))?,
         estado,
     };
     let (campanas, total) = repositorio::listar(&state.pool, &filtro, limit, offset)
@@ -231,38 +283,47 @@ async fn listar(
 )]
 async fn obtener(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id): Path<String>,
 ) -> Result<JsonReply, Problem> {
-    let campana = repositorio::buscar(&state.pool, id_desde_ruta(&id)?)
-        .await
-        .map_err(ErrorCampanas::from)?
-        .ok_or(ErrorCampanas::NoEncontrada)?;
+    let campana = visible(&state, &llamante, &id).await?;
     respuesta(StatusCode::OK, &campana)
 }
 
 async fn accion(
     state: ApiState,
+    llamante: Llamante,
     request_id: String,
     headers: HeaderMap,
     id: String,
     accion: Accion,
     nombre: &str,
 ) -> Result<JsonReply, Problem> {
+    let ambito = administracion(&llamante).await?;
     let id = id_desde_ruta(&id)?;
-    let version = if_match(&headers)?;
+    let orden = Orden {
+        id,
+        if_match: if_match(&headers)?,
+        request_id: &request_id,
+        solo_de: ambito.afiliado(),
+    };
     let path = format!("/campaigns/{id}/{nombre}");
-    idempotent(
-        &state.idempotency,
+    let resultado = idempotent(
+        &state
+            .idempotency
+            .within(&llamante.espacio_de_idempotencia()),
         &headers,
         "PATCH",
         &path,
         b"",
         || async {
-            let campana = ejecutar_accion(&state.pool, id, accion, version, &request_id).await?;
+            let campana = ejecutar_accion(&state.pool, orden, accion).await?;
             respuesta(StatusCode::OK, &campana)
         },
     )
-    .await
+    .await;
+    auditar(&llamante, &path, &resultado).await;
+    resultado
 }
 
 macro_rules! lifecycle_endpoint {
@@ -284,11 +345,12 @@ macro_rules! lifecycle_endpoint {
         )]
         async fn $fn(
             State(state): State<ApiState>,
+            llamante: Llamante,
             RequestId(request_id): RequestId,
             headers: HeaderMap,
             Path(id): Path<String>,
         ) -> Result<JsonReply, Problem> {
-            accion(state, request_id, headers, id, $accion, $segment).await
+            accion(state, llamante, request_id, headers, id, $accion, $segment).await
         }
     };
 }
@@ -332,13 +394,20 @@ lifecycle_endpoint!(
 )]
 async fn presupuesto(
     State(state): State<ApiState>,
+    llamante: Llamante,
     RequestId(request_id): RequestId,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: ApiJson<PresupuestoBody>,
 ) -> Result<JsonReply, Problem> {
+    let ambito = administracion(&llamante).await?;
     let id = id_desde_ruta(&id)?;
-    let version = if_match(&headers)?;
+    let orden = Orden {
+        id,
+        if_match: if_match(&headers)?,
+        request_id: &request_id,
+        solo_de: ambito.afiliado(),
+    };
     idempotency_key(&headers)?;
     let mut errores = Vec::new();
     let nuevo = body.value.validar(&mut errores);
@@ -347,18 +416,22 @@ async fn presupuesto(
         _ => return Err(ErrorCampanas::Solicitud(errores).into()),
     };
     let path = format!("/campaigns/{id}/budget");
-    idempotent(
-        &state.idempotency,
+    let resultado = idempotent(
+        &state
+            .idempotency
+            .within(&llamante.espacio_de_idempotencia()),
         &headers,
         "PATCH",
         &path,
         &body.raw,
         || async {
-            let campana = cambiar_presupuesto(&state.pool, id, nuevo, version, &request_id).await?;
+            let campana = cambiar_presupuesto(&state.pool, orden, nuevo).await?;
             respuesta(StatusCode::OK, &campana)
         },
     )
-    .await
+    .await;
+    auditar(&llamante, &path, &resultado).await;
+    resultado
 }
 
 /// Metrics with derived ratios and suggestions.
@@ -373,12 +446,10 @@ async fn presupuesto(
 )]
 async fn metricas(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id): Path<String>,
 ) -> Result<Json<MetricasDetalle>, Problem> {
-    let campana = repositorio::buscar(&state.pool, id_desde_ruta(&id)?)
-        .await
-        .map_err(ErrorCampanas::from)?
-        .ok_or(ErrorCampanas::NoEncontrada)?;
+    let campana = visible(&state, &llamante, &id).await?;
     Ok(Json(MetricasDetalle::de(&campana)))
 }
 
@@ -392,7 +463,7 @@ fn porcentaje(numerador: i64, denominador: i64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Totals over every campaign (or one affiliate's).
+/// Totals over every campaign (or one affiliate's); a partner's key sees its own.
 #[utoipa::path(
     get, path = "/campaigns/stats/general", tag = "campaigns",
     params(("id_afiliado" = Option<String>, Query)),
@@ -400,12 +471,14 @@ fn porcentaje(numerador: i64, denominador: i64) -> f64 {
 )]
 async fn estadisticas(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Estadisticas>, Problem> {
-    let (agregados, por_estado) =
-        repositorio::estadisticas(&state.pool, params.get("id_afiliado").map(String::as_str))
-            .await
-            .map_err(ErrorCampanas::from)?;
+    let ambito = lectura(&llamante).await?;
+    let id_afiliado = filtro_de_afiliado(&ambito, params.get("id_afiliado").map(String::as_str))?;
+    let (agregados, por_estado) = repositorio::estadisticas(&state.pool, id_afiliado.as_deref())
+        .await
+        .map_err(ErrorCampanas::from)?;
     let mut distribucion: BTreeMap<String, i64> = crate::domain::EstadoCampana::ALL
         .iter()
         .map(|e| (e.code().to_owned(), 0))

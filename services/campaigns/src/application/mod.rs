@@ -6,7 +6,7 @@ mod comandos;
 mod tracking;
 
 pub use atribucion::{AtribucionDePagos, CONSUMER_NAME};
-pub use comandos::{cambiar_presupuesto, crear_campana, ejecutar_accion};
+pub use comandos::{Orden, cambiar_presupuesto, crear_campana, ejecutar_accion};
 pub use tracking::{ContadorDeTracking, Conteo, TRACKING_CONSUMER, TRACKING_TOPICS};
 
 use crate::domain::ReglaViolada;

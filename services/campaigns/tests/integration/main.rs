@@ -7,4 +7,5 @@ mod common;
 
 mod api;
 mod payments_consumer;
+mod tenancy;
 mod tracking_consumer;

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use access::{Alcance, Ambito, Llamante, Permiso, Resultado};
+use access::{Alcance, Llamante, Permiso, Resultado, filtro_de_afiliado};
 use axum::{
     Json,
     extract::{Path, Query, State},
@@ -135,26 +135,8 @@ async fn crear(
     body: ApiJson<CrearPagoBody>,
 ) -> Result<JsonReply, Problem> {
     idempotency_key(&headers)?;
-    let clave = llamante.afiliado(Alcance::PagosEscritura)?;
-    let id_afiliado = match (clave, &body.value.id_afiliado) {
-        // Named but blank: validation says so (400), whoever calls.
-        (Some(_), Some(nombrado)) if nombrado.trim().is_empty() => nombrado.clone(),
-        (Some(clave), Some(nombrado)) if nombrado.trim() != clave.id_afiliado => {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "Prohibido",
-                format!(
-                    "La clave {} es del afiliado {}; no puede crear pagos para '{}'",
-                    clave.id_clave,
-                    clave.id_afiliado,
-                    nombrado.trim()
-                ),
-            ));
-        }
-        (Some(clave), _) => clave.id_afiliado.clone(),
-        (None, nombrado) => nombrado.clone().unwrap_or_default(),
-    };
+    let id_afiliado =
+        llamante.afiliado_del_cuerpo(Alcance::PagosEscritura, body.value.id_afiliado.as_deref())?;
     if body
         .value
         .referencia_pago
@@ -278,13 +260,7 @@ async fn listar(
     if !errores.is_empty() {
         return Err(Problem::validation(errores));
     }
-    let id_afiliado = match (&ambito, params.get("id_afiliado")) {
-        (Ambito::Afiliado(propio), Some(nombrado)) if nombrado != propio => {
-            return Err(otro_afiliado(propio));
-        }
-        (Ambito::Afiliado(propio), _) => Some(propio.clone()),
-        (Ambito::Todos, nombrado) => nombrado.cloned(),
-    };
+    let id_afiliado = filtro_de_afiliado(&ambito, params.get("id_afiliado").map(String::as_str))?;
     let filtro = repositorio::FiltroRecientes {
         estado,
         id_afiliado,
@@ -352,15 +328,6 @@ async fn visible(state: &ApiState, llamante: &Llamante, id: Uuid) -> Result<Pago
         .filter(|pago| ambito.ve(&pago.id_afiliado))
         .ok_or(ErrorPagos::NoEncontrado)?;
     Ok(pago)
-}
-
-fn otro_afiliado(propio: &str) -> Problem {
-    Problem::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "Prohibido",
-        format!("La clave es del afiliado {propio}; solo puede consultar sus propios pagos"),
-    )
 }
 
 /// Everything that happened to a payment, oldest first: reception, processing, gateway answer,

@@ -2,74 +2,45 @@
 //! credential, the affiliate comes from the key, another affiliate's payment does not exist,
 //! references and idempotency keys are each affiliate's own, and reverting is an operator's.
 
-use std::collections::BTreeSet;
-
-use access::{
-    Acceso, Alcance, AlmacenDeClaves, AuthMode, NuevaClave, domain::TipoClave,
-    infrastructure::almacen,
-};
+use access::Alcance;
 use platform::messaging::LazyBroker;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio_util::sync::CancellationToken;
+use testkit::acceso::{self, Claves, Regla, TablaDeRutas};
 
 use crate::common::*;
 
 struct Enforced {
     app: platform::http::App,
     pool: PgPool,
-    almacen: AlmacenDeClaves,
+    claves: Claves,
 }
 
 impl Enforced {
     async fn new(o: PgPoolOptions, c: PgConnectOptions) -> Self {
         let pool = migrated_pool(o, c).await;
-        almacen::migrate(&pool).await.unwrap();
-        let acceso = Acceso::with_store(
-            AuthMode::Enforce,
-            pool.clone(),
-            None,
-            CancellationToken::new(),
-        );
+        let acceso = acceso::exigido(&pool).await;
         let app = payments::app(pool.clone(), LazyBroker::default(), &http_config(), &acceso);
         Self {
             app,
-            almacen: AlmacenDeClaves::new(pool.clone()),
+            claves: Claves::new(&pool),
             pool,
         }
     }
 
     /// A new key of `afiliado` (secret with no scopes given, else restricted to them).
     async fn clave(&self, afiliado: &str, alcances: &[Alcance]) -> String {
-        let tipo = if alcances.is_empty() {
-            TipoClave::Sk
+        if alcances.is_empty() {
+            self.claves.secreta(afiliado).await
         } else {
-            TipoClave::Rk
-        };
-        let (clave, _) = self
-            .almacen
-            .crear(NuevaClave {
-                id_afiliado: afiliado.into(),
-                tipo,
-                alcances: alcances.iter().copied().collect::<BTreeSet<_>>(),
-                descripcion: String::new(),
-                expira: None,
-                creada_por: "tests".into(),
-            })
-            .await
-            .unwrap();
-        format!("Bearer {}", clave.revelar())
+            self.claves.restringida(afiliado, alcances).await
+        }
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<&str>, auth: &str) -> Answer {
-        let headers: Vec<(&str, &str)> = if auth.is_empty() {
-            Vec::new()
-        } else {
-            vec![("authorization", auth)]
-        };
-        call(&self.app, method, uri, body, &headers).await
+        acceso::como(&self.app, auth, method, uri, body).await
     }
 }
 
@@ -316,15 +287,6 @@ async fn references_and_idempotency_keys_are_each_affiliates_own(
     assert_eq!(count(&t.pool, "SELECT count(*) FROM pagos").await, 4);
 }
 
-/// What each route of the API asks of its caller.
-#[derive(Debug, Clone, Copy)]
-enum Regla {
-    /// A partner's key with this scope (its own objects), or an operator allowed to read.
-    Afiliado(Alcance),
-    /// An operator only.
-    Operador,
-}
-
 /// Every operation of the payments document, and its rule. A route added without a rule here
 /// fails [`every_documented_route_is_guarded_by_its_rule`].
 const REGLAS: [(&str, &str, Regla); 7] = [
@@ -356,58 +318,22 @@ const REGLAS: [(&str, &str, Regla); 7] = [
 #[sqlx::test(migrations = false)]
 async fn every_documented_route_is_guarded_by_its_rule(o: PgPoolOptions, c: PgConnectOptions) {
     let t = Enforced::new(o, c).await;
-    let doc = call(&t.app, "GET", "/openapi.json", None, &[]).await.body;
-    let secreta_b = t.clave("B", &[]).await;
-    let de_b = t
-        .call("POST", "/pagos", Some(&cuerpo(None, "rb")), &secreta_b)
+    let secreta_ajena = t.clave(TablaDeRutas::AJENO, &[]).await;
+    let ajeno = t
+        .call("POST", "/pagos", Some(&cuerpo(None, "rb")), &secreta_ajena)
         .await;
-    let id_b = de_b.body["id_pago"].as_str().unwrap().to_owned();
-    let secreta_a = t.clave("A", &[]).await;
-    let mut vistas = Vec::new();
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for (method, operation) in item.as_object().unwrap() {
-            let regla = REGLAS
-                .iter()
-                .find(|(m, p, _)| m == method && p == path)
-                .map(|(_, _, regla)| *regla)
-                .unwrap_or_else(|| panic!("{method} {path} has no rule in REGLAS"));
-            vistas.push((method.clone(), path.clone()));
-            assert_eq!(
-                operation["security"][0]["credencial"],
-                serde_json::json!([]),
-                "{method} {path} is not documented as taking a credential"
-            );
-            let uri = path.replace("{id_pago}", &id_b);
-            let method = method.to_uppercase();
-            let body = match method.as_str() {
-                "POST" => Some(cuerpo(None, "r-tabla")),
-                "PATCH" => Some(r#"{"motivo":"tabla"}"#.to_owned()),
-                _ => None,
-            };
-            let anonimo = t.call(&method, &uri, body.as_deref(), "").await;
-            assert_eq!(anonimo.status, 401, "{method} {path} anonymous");
-            let (sin_derecho, con_derecho_ajeno) = match regla {
-                Regla::Afiliado(alcance) => {
-                    let otro = Alcance::TODOS.into_iter().find(|a| *a != alcance).unwrap();
-                    (t.clave("A", &[otro]).await, Some(&secreta_a))
-                }
-                Regla::Operador => (secreta_a.clone(), None),
-            };
-            let prohibido = t.call(&method, &uri, body.as_deref(), &sin_derecho).await;
-            assert_eq!(
-                prohibido.status, 403,
-                "{method} {path}: {:?}",
-                prohibido.body
-            );
-            if let (Some(ajena), true) = (con_derecho_ajeno, path.contains("{id_pago}")) {
-                let ajeno = t.call(&method, &uri, body.as_deref(), ajena).await;
-                assert_eq!(ajeno.status, 404, "{method} {path} another affiliate's");
-            }
-        }
-    }
-    assert_eq!(
-        vistas.len(),
-        REGLAS.len(),
-        "REGLAS names a route the document lacks"
-    );
+    let id_ajeno = ajeno.body["id_pago"].as_str().unwrap().to_owned();
+    let cuerpo = |method: &str, _: &str| match method {
+        "post" => Some(cuerpo(None, "r-tabla")),
+        "patch" => Some(r#"{"motivo":"tabla"}"#.to_owned()),
+        _ => None,
+    };
+    let tabla = TablaDeRutas {
+        app: &t.app,
+        reglas: &REGLAS,
+        parametros: &[("id_pago", id_ajeno)],
+        cuerpo: &cuerpo,
+    };
+    assert_eq!(tabla.comprobar(&t.claves).await, REGLAS.len());
+    assert_eq!(count(&t.pool, "SELECT count(*) FROM pagos").await, 1);
 }

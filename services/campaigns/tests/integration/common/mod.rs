@@ -13,7 +13,12 @@ pub async fn migrated_pool(options: PgPoolOptions, connect: PgConnectOptions) ->
 }
 
 pub fn app(pool: &PgPool) -> platform::http::App {
-    campaigns::app(pool.clone(), LazyBroker::default(), &http_config())
+    campaigns::app(
+        pool.clone(),
+        LazyBroker::default(),
+        &http_config(),
+        &access::Acceso::desarrollo(),
+    )
 }
 
 /// A valid creation body for `afiliado` with budget `monto` USD, running from yesterday for a
