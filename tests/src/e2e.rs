@@ -97,8 +97,15 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
         args.push("--env-var".to_owned());
         args.push(format!("{variable}={}", cluster.service_url(service)?));
     }
-    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, and reverts as an
-    // operator: with keys and a token as a user of the chart would (docs/security.md).
+    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, its campaigns folder as
+    // an affiliate of this run's own (so its counts are exact on a reused cluster), and reverts
+    // as an operator: with keys and a token as a user of the chart would (docs/security.md).
+    let campaigns_affiliate = format!(
+        "AFILIADO_CAMP_e2e_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    args.push("--env-var".to_owned());
+    args.push(format!("afiliado_campanas={campaigns_affiliate}"));
     let bare = |authorization: String| {
         authorization
             .strip_prefix("Bearer ")
@@ -113,6 +120,10 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
         (
             "partner_key_lote",
             cluster.partner_authorization("AFILIADO_002")?,
+        ),
+        (
+            "partner_key_campanas",
+            cluster.partner_authorization(&campaigns_affiliate)?,
         ),
         ("operator_token", cluster.operator_authorization()?),
     ] {
@@ -375,6 +386,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
 
     let campaign = http
         .post(format!("{proxy}/api/campaigns"))
+        .header("authorization", &partner)
         .header("idempotency-key", format!("e2e-smoke-{id}"))
         .json(
             &serde_json::json!({"nombre": "e2e smoke", "tipo": "ADQUISICION",
@@ -393,6 +405,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let campaign_id = campaign["id"].as_str().context("campaign id")?;
     let read = http
         .get(format!("{proxy}/api/campaigns/{campaign_id}"))
+        .header("authorization", &partner)
         .send()
         .await?;
     anyhow::ensure!(
@@ -425,6 +438,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     loop {
         let metrics: serde_json::Value = http
             .get(format!("{proxy}/api/campaigns/{campaign_id}"))
+            .header("authorization", &partner)
             .send()
             .await?
             .error_for_status()?
@@ -643,10 +657,12 @@ pub async fn scenario_2(cluster: &Cluster, rate: f64) -> anyhow::Result<Scenario
     let database_url = std::env::var("DATABASE_URL").context("DATABASE_URL of the node")?;
     let replicas = cluster.replicas("campaigns")?;
     let affiliate = format!("s2-k8s-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let authorization = cluster.partner_authorization(&affiliate)?;
     let workload = Workload::start(
         &cluster.service_url("campaigns-proxy")?,
         &pulsar,
         &affiliate,
+        Some(&authorization),
     )
     .await?;
     let started = Instant::now();

@@ -223,12 +223,21 @@ pub struct Integrity {
 
 impl Workload {
     /// `affiliate` owns every campaign the load creates, so that a database shared with other
-    /// runs (the cluster's) is accounted for this run only.
+    /// runs (the cluster's) is accounted for this run only; `authorization` is its key where
+    /// the platform enforces access (a cluster), `None` in development mode.
     pub(crate) async fn start(
         proxy: &str,
         pulsar: &platform::config::PulsarConfig,
         affiliate: &str,
+        authorization: Option<&str>,
     ) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(authorization) = authorization {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(authorization)?,
+            );
+        }
         let broker = Broker::connect(pulsar).await?;
         let topics: Vec<String> = [
             "campaigns.evt.created",
@@ -262,6 +271,7 @@ impl Workload {
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
+                .default_headers(headers)
                 .build()?,
             proxy: proxy.to_owned(),
             affiliate: affiliate.to_owned(),
@@ -456,7 +466,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     for addr in [&primary_addr, &replica_addr, &proxy_addr] {
         wait_until_ready(&format!("http://{addr}/ready"), Duration::from_secs(60)).await;
     }
-    let workload = Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2").await?;
+    let workload = Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2", None).await?;
     let started = Instant::now();
 
     // The killer: SIGKILL the primary, then bring it back on the same port.
