@@ -466,7 +466,8 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     for addr in [&primary_addr, &replica_addr, &proxy_addr] {
         wait_until_ready(&format!("http://{addr}/ready"), Duration::from_secs(60)).await;
     }
-    let workload = Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2", None).await?;
+    let workload =
+        Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2", None).await?;
     let started = Instant::now();
 
     // The killer: SIGKILL the primary, then bring it back on the same port.

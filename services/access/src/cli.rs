@@ -31,7 +31,8 @@ pub enum AccionClaves {
         #[arg(long, default_value = "sk")]
         tipo: String,
         /// The scopes of a restricted key, comma-separated: payments:read, payments:write,
-        /// campaigns:read, campaigns:write, events:read, events:write, reports:read.
+        /// campaigns:read, campaigns:write, events:read, events:write, events:public (a key for
+        /// web tags and apps: public sources only, never a commission), reports:read.
         #[arg(long, default_value = "")]
         alcances: String,
         /// What the key is for (shown in lists).

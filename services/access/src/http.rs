@@ -348,6 +348,38 @@ async fn instalar(
     response
 }
 
+/// For a route whose sources bring credentials of their own (the collector: webhook
+/// signatures, and in development mode a configured affiliate's plain keys): the partner key
+/// in `Authorization: Bearer` or `X-Api-Key`, checked, if one is there. Anything else in those
+/// headers is left to the route; a bad partner key is 401.
+pub struct ClavePresentada {
+    pub clave: Option<ClaveDeAfiliado>,
+    /// Whether a request needs a credential (`enforce`), or may come without (development).
+    pub exigida: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClavePresentada {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(acceso) = parts.extensions.get::<Acceso>().cloned() else {
+            return Err(Problem::internal(
+                &"a route takes ClavePresentada but its router has no Acceso (Acceso::proteger)",
+            ));
+        };
+        let exigida = acceso.inner.modo == AuthMode::Enforce;
+        let presentada = credencial(parts).ok().flatten();
+        let clave = match presentada {
+            Some(valor) if valor.starts_with(PREFIJO) => match acceso.identificar(parts).await? {
+                Principal::Afiliado(clave) => Some(clave),
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(Self { clave, exigida })
+    }
+}
+
 /// The caller of a request, authenticated. Taking it makes a handler's route require a
 /// credential (or development mode); what the caller may do, the handler asks with its
 /// methods, which also keep the audit trail.

@@ -22,7 +22,7 @@ pub const CREDENCIAL: &str = "Una clave de API de afiliado (`ap_sk_…`, `ap_rk_
     token`); ver docs/security.md.";
 
 pub use domain::{Alcance, Ambito, Permiso, Principal};
-pub use http::{Acceso, AuthConfig, AuthMode, Llamante, filtro_de_afiliado};
+pub use http::{Acceso, AuthConfig, AuthMode, ClavePresentada, Llamante, filtro_de_afiliado};
 pub use infrastructure::almacen::{self, AlmacenDeClaves, NuevaClave, RegistroClave};
 
 /// Connects a context's pool and, when configured to migrate, applies its migrations and the

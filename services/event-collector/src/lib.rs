@@ -13,7 +13,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use platform::{
     config::{DatabaseConfig, HttpConfig, PulsarConfig, parse_duration},
-    db,
     group_commit::{BatchStore, GroupCommitConfig},
     http::{self, ContextReadiness, DependencyStatus, Readiness},
     messaging::LazyBroker,
@@ -46,6 +45,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[command(flatten)]
     pub collector: CollectorConfig,
+    #[command(flatten)]
+    pub auth: access::AuthConfig,
 }
 
 /// The collector's own settings.
@@ -136,8 +137,10 @@ impl CollectorConfig {
     }
 }
 
+/// Connects the pool and applies migrations when configured to (the context's own, and the
+/// access context's, whose keys authenticate partners' events).
 pub async fn database(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(db::connect_and_migrate(config, SCHEMA, &MIGRATOR).await?)
+    access::conectar(config, SCHEMA, &MIGRATOR).await
 }
 
 /// `/ready`: the database and migrations (required), the broker and the publication backlog
@@ -180,6 +183,7 @@ pub fn app(
     http: &HttpConfig,
     config: &CollectorConfig,
     directorio: Directorio,
+    acceso: &access::Acceso,
     writers: CancellationToken,
 ) -> (http::App, Arc<tokio::task::JoinHandle<()>>) {
     let almacen: Arc<dyn BatchStore<Envio, RespuestaEnvio>> =
@@ -197,6 +201,7 @@ pub fn app(
         limites: config.limites(),
     };
     let (router, openapi) = api::router(state);
+    let (router, openapi) = (acceso.proteger(router), acceso.documentar(openapi));
     let readiness: Arc<dyn Readiness> = Arc::new(CollectorReadiness {
         base: ContextReadiness {
             pool,
@@ -260,6 +265,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .spawn(config.retention.retention_interval, shutdown.clone());
     // The writers outlive the HTTP server's drain: every request still in flight is answered.
     let writers = CancellationToken::new();
+    let acceso = access::Acceso::start(
+        &config.auth,
+        &[config.http.listen],
+        pool.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
     let (app, escritores) = app(
         pool,
@@ -267,6 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.http,
         &config.collector,
         directorio,
+        &acceso,
         writers.clone(),
     );
     http::serve(listener, app, shutdown.clone(), &config.http).await?;

@@ -280,6 +280,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         &http,
         &collector,
         directorio,
+        &access::Acceso::desarrollo(),
         shutdown.clone(),
     );
     tokio::spawn(platform::http::serve(

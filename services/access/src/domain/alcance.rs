@@ -16,20 +16,26 @@ pub enum Alcance {
     CampanasEscritura,
     /// Read the status, statistics and failures of the affiliate's own tracking events.
     EventosLectura,
-    /// Send tracking events (and conversions, which pay commissions) as the affiliate.
+    /// Send tracking events from any source (and conversions, which pay commissions) as the
+    /// affiliate.
     EventosEscritura,
+    /// Send events from the public sources only (`WEB_TAG`, `MOBILE_SDK`), which never pay a
+    /// commission: the scope of a key that sits in a web page or an app, as Stripe's
+    /// publishable keys do.
+    EventosPublicos,
     /// Read the affiliate's own report figures.
     ReportesLectura,
 }
 
 impl Alcance {
-    pub const TODOS: [Self; 7] = [
+    pub const TODOS: [Self; 8] = [
         Self::PagosLectura,
         Self::PagosEscritura,
         Self::CampanasLectura,
         Self::CampanasEscritura,
         Self::EventosLectura,
         Self::EventosEscritura,
+        Self::EventosPublicos,
         Self::ReportesLectura,
     ];
 
@@ -41,6 +47,7 @@ impl Alcance {
             Self::CampanasEscritura => "campaigns:write",
             Self::EventosLectura => "events:read",
             Self::EventosEscritura => "events:write",
+            Self::EventosPublicos => "events:public",
             Self::ReportesLectura => "reports:read",
         }
     }

@@ -1,5 +1,8 @@
 use std::{net::SocketAddr, time::Duration};
 
+use access::{
+    Alcance, ClavePresentada, Llamante, Permiso, Resultado as Auditado, filtro_de_afiliado,
+};
 use axum::{
     Extension, Json,
     extract::{ConnectInfo, Path, Query, State},
@@ -165,14 +168,21 @@ impl From<ErrorSolicitud> for Problem {
 fn rechazo_problem(rechazo: &Rechazo) -> Problem {
     let detalle = capitalizar(&rechazo.to_string());
     match rechazo {
-        Rechazo::AfiliadoDesconocido(_) | Rechazo::FuenteNoPermitida { .. } => {
+        Rechazo::AfiliadoDesconocido(_)
+        | Rechazo::FuenteNoPermitida { .. }
+        | Rechazo::ClaveDeOtroAfiliado { .. }
+        | Rechazo::SinAlcance { .. } => {
             Problem::new(StatusCode::FORBIDDEN, "forbidden", "Prohibido", detalle)
         }
-        Rechazo::ApiKey(_) | Rechazo::Firma(_) => Problem::new(
+        Rechazo::ApiKey(_) | Rechazo::ClaveRequerida { .. } | Rechazo::Firma(_) => Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "No autenticado",
             detalle,
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"aeropartners\""),
         ),
     }
 }
@@ -319,6 +329,7 @@ async fn recibir(
     State(state): State<ApiState>,
     RequestId(request_id): RequestId,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    presentada: ClavePresentada,
     headers: HeaderMap,
     body: ApiJson<EventoBody>,
 ) -> Result<Response, Problem> {
@@ -332,6 +343,8 @@ async fn recibir(
         cuerpo: &body.raw,
         firma: cabecera(&headers, WEBHOOK_SIGNATURE),
         api_key_cabecera: cabecera(&headers, "x-api-key"),
+        clave: presentada.clave,
+        exigida: presentada.exigida,
         contexto: contexto(&headers, peer.as_ref().map(|Extension(c)| c), request_id),
     };
     let resultado = state
@@ -362,6 +375,7 @@ async fn recibir_lote(
     State(state): State<ApiState>,
     RequestId(request_id): RequestId,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    presentada: ClavePresentada,
     headers: HeaderMap,
     body: ApiJson<LoteBody>,
 ) -> Result<Response, Problem> {
@@ -415,6 +429,8 @@ async fn recibir_lote(
         cuerpo: &body.raw,
         firma: cabecera(&headers, WEBHOOK_SIGNATURE),
         api_key_cabecera: cabecera(&headers, "x-api-key"),
+        clave: presentada.clave,
+        exigida: presentada.exigida,
         contexto: contexto(&headers, peer.as_ref().map(|Extension(c)| c), request_id),
     };
     let resultados = state.recolector.recibir_lote(recibidos, peticion).await?;
@@ -429,6 +445,7 @@ async fn recibir_lote(
     };
     let mut ultima_cuota = None;
     let mut limitados = Vec::new();
+    let mut sin_acceso = Vec::new();
     for (indice, resultado) in resultados.into_iter().enumerate() {
         let item = match resultado {
             ResultadoLote::Excluido(excluido) => {
@@ -450,7 +467,9 @@ async fn recibir_lote(
                     ),
                     Excluido::Rechazo(rechazo) => {
                         let problem = rechazo_problem(&rechazo);
-                        (problem.status, problem.detail.clone(), Vec::new())
+                        let item = (problem.status, problem.detail.clone(), Vec::new());
+                        sin_acceso.push(problem);
+                        item
                     }
                 };
                 rechazado(indice, status, mensaje, errores)
@@ -502,6 +521,13 @@ async fn recibir_lote(
         };
         respuesta.resultados.push(item);
     }
+    // Nothing the caller may send (no credential, another affiliate's events, a key without
+    // the scope): the request as a whole is refused as its first event was, 401 or 403.
+    if sin_acceso.len() == respuesta.total
+        && let Some(primero) = sin_acceso.into_iter().next()
+    {
+        return Err(primero);
+    }
     // Nothing but rate-limited events: the request as a whole is a 429, with when to retry.
     if limitados.len() == respuesta.total {
         let (reintentar_en, cuota) = limitados
@@ -548,6 +574,14 @@ fn rechazado(
     }
 }
 
+/// A partner reads its own events' status, statistics and allowance (`events:read`), an
+/// operator everyone's.
+async fn lectura(llamante: &Llamante) -> Result<access::Ambito, Problem> {
+    llamante
+        .ambito(Alcance::EventosLectura, Permiso::LEER_EVENTOS)
+        .await
+}
+
 fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
     platform::http::uuid_param("id_evento", raw)
 }
@@ -564,12 +598,15 @@ fn id_desde_ruta(raw: &str) -> Result<Uuid, Problem> {
 )]
 async fn estado(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id): Path<String>,
 ) -> Result<Json<EstadoDeEvento>, Problem> {
+    let ambito = lectura(&llamante).await?;
     let id = id_desde_ruta(&id)?;
     consultas::estado_de(&state.pool, id)
         .await
         .map_err(|e| Problem::database(&e))?
+        .filter(|estado| ambito.ve(&estado.id_afiliado))
         .map(Json)
         .ok_or_else(|| Problem::not_found("Evento no encontrado"))
 }
@@ -585,15 +622,32 @@ async fn estado(
         (status = 200, description = "Publicado", body = EstadoDeEvento),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Solo operadores con `create events/retry`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Ya publicado, o descartado (nunca se publica)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "El broker sigue sin aceptarlo; el reintento automático continúa", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn reintentar(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id): Path<String>,
 ) -> Result<Json<EstadoDeEvento>, Problem> {
-    let id = id_desde_ruta(&id)?;
+    llamante.operador(Permiso::REINTENTAR_EVENTO, &id).await?;
+    let resultado = reintentar_evento(&state, &id).await;
+    if llamante.es_operador() {
+        let (auditado, detalle) = match &resultado {
+            Ok(_) => (Auditado::Permitido, String::new()),
+            Err(problem) => (Auditado::Fallido, problem.status.to_string()),
+        };
+        llamante
+            .auditar(Permiso::REINTENTAR_EVENTO, &id, auditado, &detalle)
+            .await;
+    }
+    resultado
+}
+
+async fn reintentar_evento(state: &ApiState, id: &str) -> Result<Json<EstadoDeEvento>, Problem> {
+    let id = id_desde_ruta(id)?;
     let interno = |e: sqlx::Error| Problem::database(&e);
     match consultas::reintentar(&state.pool, id)
         .await
@@ -656,8 +710,10 @@ fn instante(
 )]
 async fn estadisticas(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(q): Query<EstadisticasQuery>,
 ) -> Result<Json<Estadisticas>, Problem> {
+    let ambito = lectura(&llamante).await?;
     let mut errores = Vec::new();
     let tipo_evento = match q.tipo_evento.as_deref().filter(|t| !t.trim().is_empty()) {
         None => None,
@@ -680,11 +736,13 @@ async fn estadisticas(
     if !errores.is_empty() {
         return Err(Problem::validation(errores));
     }
+    let pedido = q
+        .id_afiliado
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
     let filtro = FiltroEstadisticas {
-        id_afiliado: q
-            .id_afiliado
-            .map(|a| a.trim().to_owned())
-            .filter(|a| !a.is_empty()),
+        id_afiliado: filtro_de_afiliado(&ambito, pedido)?,
         tipo_evento,
         desde,
         hasta,
@@ -729,17 +787,21 @@ fn entero(
 )]
 async fn fallidos(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Query(q): Query<FallidosQuery>,
 ) -> Result<Json<FallidosRespuesta>, Problem> {
+    let ambito = lectura(&llamante).await?;
     let limite = entero("limite", q.limite.as_deref(), 1..=1000, 100)?;
-    let afiliado = q
+    let pedido = q
         .id_afiliado
         .as_deref()
         .map(str::trim)
         .filter(|a| !a.is_empty());
-    let (eventos_fallidos, total) = consultas::fallidos(&state.pool, afiliado, i64::from(limite))
-        .await
-        .map_err(|e| Problem::database(&e))?;
+    let afiliado = filtro_de_afiliado(&ambito, pedido)?;
+    let (eventos_fallidos, total) =
+        consultas::fallidos(&state.pool, afiliado.as_deref(), i64::from(limite))
+            .await
+            .map_err(|e| Problem::database(&e))?;
     Ok(Json(FallidosRespuesta {
         eventos_fallidos,
         total,
@@ -758,15 +820,25 @@ async fn fallidos(
 )]
 async fn limite(
     State(state): State<ApiState>,
+    llamante: Llamante,
     Path(id_afiliado): Path<String>,
     Query(q): Query<LimiteQuery>,
 ) -> Result<Response, Problem> {
+    let ambito = lectura(&llamante).await?;
+    let id_afiliado = id_afiliado.trim();
+    // Another affiliate's allowance is as absent as an unknown one's: nothing to enumerate.
+    if !ambito.ve(id_afiliado) {
+        return Err(Problem::not_found(format!(
+            "No hay límite de tasa del afiliado '{id_afiliado}' para esta clave"
+        )));
+    }
     let ventana = entero("ventana_minutos", q.ventana_minutos.as_deref(), 1..=1440, 1)?;
-    let perfil = state
-        .recolector
-        .directorio
-        .perfil(id_afiliado.trim())
-        .ok_or_else(|| rechazo_problem(&Rechazo::AfiliadoDesconocido(id_afiliado.clone())))?;
+    let directorio = &state.recolector.directorio;
+    let perfil = match ambito.afiliado() {
+        Some(propio) => Some(directorio.perfil_con_clave(propio)),
+        None => directorio.perfil(id_afiliado),
+    }
+    .ok_or_else(|| rechazo_problem(&Rechazo::AfiliadoDesconocido(id_afiliado.to_owned())))?;
     let cuota = consultas::cuota(&state.pool, &perfil.id_afiliado, perfil.politica)
         .await
         .map_err(|e| Problem::database(&e))?;

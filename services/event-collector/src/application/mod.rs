@@ -16,7 +16,7 @@ pub type Cola = GroupCommit<Envio, RespuestaEnvio>;
 use crate::domain::{
     CamposEvento, ContenidoEvento, ContextoServidor, Credenciales, Cuota, Directorio, ErrorCampo,
     Firma, FirmaMalformada, Perfil, Politica, Rechazo, Reglas, Secreto, UsoDeFirma, autenticar,
-    motivo_descarte,
+    exigir_credencial, motivo_descarte,
 };
 
 /// An event ready to be stored: checked, authenticated, with its keys.
@@ -173,6 +173,10 @@ pub struct Peticion<'a> {
     pub cuerpo: &'a [u8],
     pub firma: Option<&'a str>,
     pub api_key_cabecera: Option<&'a str>,
+    /// The request's partner key, checked against the key store.
+    pub clave: Option<access::domain::ClaveDeAfiliado>,
+    /// Whether access is enforced (see [`Credenciales::exigida`]).
+    pub exigida: bool,
     pub contexto: ContextoServidor,
 }
 
@@ -201,12 +205,15 @@ impl Recolector {
             .or(peticion.api_key_cabecera);
         let contenido =
             ContenidoEvento::normalizar(evento.campos).map_err(ErrorSolicitud::Validacion)?;
-        let perfil = self.perfil(&contenido.id_afiliado)?;
         let credenciales = Credenciales {
+            clave: peticion.clave.as_ref(),
+            exigida: peticion.exigida,
             api_key,
             firma: firma.as_ref(),
             cuerpo: peticion.cuerpo,
         };
+        exigir_credencial(contenido.fuente_evento, credenciales)?;
+        let perfil = self.perfil(&contenido.id_afiliado, peticion.clave.as_ref())?;
         let uso_firma = autenticar(
             &perfil,
             contenido.fuente_evento,
@@ -268,25 +275,29 @@ impl Recolector {
                     continue;
                 }
             };
-            let autenticado = self.perfil(&contenido.id_afiliado).and_then(|perfil| {
-                let credenciales = Credenciales {
-                    api_key,
-                    firma: firma.as_ref(),
-                    cuerpo: peticion.cuerpo,
-                };
-                let fuente = contenido.fuente_evento;
-                let uso = if fuente == crate::domain::FuenteEvento::Webhook {
-                    verificadas
-                        .entry(perfil.id_afiliado.clone())
-                        .or_insert_with(|| {
-                            autenticar(&perfil, fuente, credenciales, &self.reglas, ahora)
-                        })
-                        .clone()?
-                } else {
-                    autenticar(&perfil, fuente, credenciales, &self.reglas, ahora)?
-                };
-                Ok((perfil, uso))
-            });
+            let credenciales = Credenciales {
+                clave: peticion.clave.as_ref(),
+                exigida: peticion.exigida,
+                api_key,
+                firma: firma.as_ref(),
+                cuerpo: peticion.cuerpo,
+            };
+            let autenticado = exigir_credencial(contenido.fuente_evento, credenciales)
+                .and_then(|()| self.perfil(&contenido.id_afiliado, peticion.clave.as_ref()))
+                .and_then(|perfil| {
+                    let fuente = contenido.fuente_evento;
+                    let uso = if fuente == crate::domain::FuenteEvento::Webhook {
+                        verificadas
+                            .entry(perfil.id_afiliado.clone())
+                            .or_insert_with(|| {
+                                autenticar(&perfil, fuente, credenciales, &self.reglas, ahora)
+                            })
+                            .clone()?
+                    } else {
+                        autenticar(&perfil, fuente, credenciales, &self.reglas, ahora)?
+                    };
+                    Ok((perfil, uso))
+                });
             match autenticado {
                 Ok((perfil, uso)) => {
                     uso_firma = uso_firma.or(uso);
@@ -323,7 +334,16 @@ impl Recolector {
             .collect())
     }
 
-    fn perfil(&self, id_afiliado: &str) -> Result<Perfil, Rechazo> {
+    /// The profile of the affiliate an event names; one that presented its own partner key is
+    /// known to the platform whatever the file says.
+    fn perfil(
+        &self,
+        id_afiliado: &str,
+        clave: Option<&access::domain::ClaveDeAfiliado>,
+    ) -> Result<Perfil, Rechazo> {
+        if clave.is_some_and(|clave| clave.id_afiliado == id_afiliado) {
+            return Ok(self.directorio.perfil_con_clave(id_afiliado));
+        }
         self.directorio
             .perfil(id_afiliado)
             .ok_or_else(|| Rechazo::AfiliadoDesconocido(id_afiliado.to_owned()))

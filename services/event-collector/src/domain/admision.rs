@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use access::domain::{Alcance, ClaveDeAfiliado};
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -48,6 +49,32 @@ pub enum Rechazo {
     /// 401.
     #[error("la api_key falta o no es una de las del afiliado '{0}'")]
     ApiKey(String),
+    /// 401: where access is enforced, every event needs a partner key (or, from a webhook,
+    /// its signature).
+    #[error(
+        "los eventos de {fuente} necesitan una clave de afiliado en `Authorization: Bearer` \
+         (events:write{publica})"
+    )]
+    ClaveRequerida {
+        fuente: FuenteEvento,
+        publica: &'static str,
+    },
+    /// 403.
+    #[error(
+        "la clave {id_clave} es del afiliado {propio}; no puede enviar eventos de '{afiliado}'"
+    )]
+    ClaveDeOtroAfiliado {
+        id_clave: String,
+        propio: String,
+        afiliado: String,
+    },
+    /// 403.
+    #[error("la clave {id_clave} no tiene el alcance {alcance} que piden los eventos de {fuente}")]
+    SinAlcance {
+        id_clave: String,
+        alcance: Alcance,
+        fuente: FuenteEvento,
+    },
     /// 401.
     #[error(transparent)]
     Firma(#[from] FirmaRechazada),
@@ -56,6 +83,12 @@ pub enum Rechazo {
 /// The credentials a request carries, whatever its source.
 #[derive(Debug, Clone, Copy)]
 pub struct Credenciales<'a> {
+    /// The partner key of the request (`Authorization: Bearer ap_…`), already checked against
+    /// the key store.
+    pub clave: Option<&'a ClaveDeAfiliado>,
+    /// Whether access is enforced: then plain `api_keys` are not accepted and an event without
+    /// a partner key (or a webhook signature) is refused. Off only in development mode.
+    pub exigida: bool,
     /// `api_key` from the body, or the `X-API-Key` header.
     pub api_key: Option<&'a str>,
     /// `X-Webhook-Signature`, already parsed (a malformed one never gets here).
@@ -79,6 +112,10 @@ pub fn autenticar(
             fuente,
         });
     }
+    if let Some(clave) = credenciales.clave {
+        return autenticar_con_clave(perfil, fuente, clave, credenciales, reglas, ahora);
+    }
+    exigir_credencial(fuente, credenciales)?;
     match fuente {
         FuenteEvento::WebTag | FuenteEvento::MobileSdk => Ok(None),
         FuenteEvento::ApiDirect => {
@@ -91,16 +128,83 @@ pub fn autenticar(
                 Err(Rechazo::ApiKey(perfil.id_afiliado.clone()))
             }
         }
-        FuenteEvento::Webhook => {
-            let firma = credenciales.firma.ok_or(FirmaRechazada::Ausente)?;
-            Ok(firma.verificar(
-                credenciales.cuerpo,
-                &perfil.secretos_webhook,
-                ahora,
-                reglas.tolerancia_firma,
-            )?)
-        }
+        FuenteEvento::Webhook => verificar_firma(perfil, credenciales, reglas, ahora),
     }
+}
+
+/// Where access is enforced, a request with neither a partner key nor a webhook signature is
+/// refused before anything else is asked of it (401 comes before 403: who it claims to be is
+/// not looked up for a caller who has not said who it is).
+pub fn exigir_credencial(
+    fuente: FuenteEvento,
+    credenciales: Credenciales<'_>,
+) -> Result<(), Rechazo> {
+    if !credenciales.exigida || credenciales.clave.is_some() {
+        return Ok(());
+    }
+    match fuente {
+        FuenteEvento::Webhook if credenciales.firma.is_none() => {
+            Err(FirmaRechazada::Ausente.into())
+        }
+        FuenteEvento::Webhook => Ok(()),
+        FuenteEvento::WebTag | FuenteEvento::MobileSdk => Err(Rechazo::ClaveRequerida {
+            fuente,
+            publica: " o events:public",
+        }),
+        FuenteEvento::ApiDirect => Err(Rechazo::ClaveRequerida {
+            fuente,
+            publica: "",
+        }),
+    }
+}
+
+/// A request with a partner key speaks for the key's affiliate only, from the sources its
+/// scopes allow: `events:write` any, `events:public` the public ones, which never pay a
+/// commission. A webhook is still held to its signature, whatever key comes with it.
+fn autenticar_con_clave(
+    perfil: &Perfil,
+    fuente: FuenteEvento,
+    clave: &ClaveDeAfiliado,
+    credenciales: Credenciales<'_>,
+    reglas: &Reglas,
+    ahora: DateTime<Utc>,
+) -> Result<Option<UsoDeFirma>, Rechazo> {
+    if clave.id_afiliado != perfil.id_afiliado {
+        return Err(Rechazo::ClaveDeOtroAfiliado {
+            id_clave: clave.id_clave.clone(),
+            propio: clave.id_afiliado.clone(),
+            afiliado: perfil.id_afiliado.clone(),
+        });
+    }
+    let publica = matches!(fuente, FuenteEvento::WebTag | FuenteEvento::MobileSdk);
+    if !(clave.permite(Alcance::EventosEscritura)
+        || publica && clave.permite(Alcance::EventosPublicos))
+    {
+        return Err(Rechazo::SinAlcance {
+            id_clave: clave.id_clave.clone(),
+            alcance: Alcance::EventosEscritura,
+            fuente,
+        });
+    }
+    match fuente {
+        FuenteEvento::Webhook => verificar_firma(perfil, credenciales, reglas, ahora),
+        _ => Ok(None),
+    }
+}
+
+fn verificar_firma(
+    perfil: &Perfil,
+    credenciales: Credenciales<'_>,
+    reglas: &Reglas,
+    ahora: DateTime<Utc>,
+) -> Result<Option<UsoDeFirma>, Rechazo> {
+    let firma = credenciales.firma.ok_or(FirmaRechazada::Ausente)?;
+    Ok(firma.verificar(
+        credenciales.cuerpo,
+        &perfil.secretos_webhook,
+        ahora,
+        reglas.tolerancia_firma,
+    )?)
 }
 
 /// Compares digests, so the time taken depends neither on where the keys differ nor on
@@ -168,6 +272,8 @@ afiliados:
 
     fn sin_credenciales(cuerpo: &[u8]) -> Credenciales<'_> {
         Credenciales {
+            clave: None,
+            exigida: false,
             api_key: None,
             firma: None,
             cuerpo,

@@ -42,11 +42,12 @@ pub struct Afiliado {
     /// Event types this affiliate's program includes; absent means all of them.
     #[serde(default)]
     pub tipos_evento: Option<Vec<TipoEvento>>,
-    /// Sources it may send from; absent means the public ones plus every source it has a
-    /// credential for.
+    /// Sources it may send from; absent means the public ones, `API_DIRECT` (with a partner
+    /// key, or one of `api_keys`) and `WEBHOOK` if it has a secret.
     #[serde(default)]
     pub fuentes: Option<Vec<FuenteEvento>>,
-    /// Keys for `API_DIRECT`; several during a rotation.
+    /// Plain keys for `API_DIRECT`, as the original system had them: accepted in development
+    /// mode only (a cluster takes partner keys from the key store, `ap_sk_…`/`ap_rk_…`).
     #[serde(default)]
     pub api_keys: Vec<Secreto>,
     /// Secrets for `WEBHOOK` signatures; several during a rotation.
@@ -143,11 +144,10 @@ impl Directorio {
                 return Err(ConfigInvalida::CredencialVacia(id.clone()));
             }
             for fuente in afiliado.fuentes.iter().flatten() {
-                let sin_credencial = match fuente {
-                    FuenteEvento::ApiDirect => afiliado.api_keys.is_empty(),
-                    FuenteEvento::Webhook => afiliado.secretos_webhook.is_empty(),
-                    FuenteEvento::WebTag | FuenteEvento::MobileSdk => false,
-                };
+                // API_DIRECT's credential is a partner key from the store, which a file cannot
+                // know of; a webhook's secret must be here.
+                let sin_credencial =
+                    *fuente == FuenteEvento::Webhook && afiliado.secretos_webhook.is_empty();
                 if sin_credencial {
                     return Err(ConfigInvalida::FuenteSinCredencial(id.clone(), *fuente));
                 }
@@ -187,9 +187,7 @@ impl Directorio {
             Some(afiliado) => {
                 let fuentes = afiliado.fuentes.clone().unwrap_or_else(|| {
                     let mut fuentes = PUBLICAS.to_vec();
-                    if !afiliado.api_keys.is_empty() {
-                        fuentes.push(FuenteEvento::ApiDirect);
-                    }
+                    fuentes.push(FuenteEvento::ApiDirect);
                     if !afiliado.secretos_webhook.is_empty() {
                         fuentes.push(FuenteEvento::Webhook);
                     }
@@ -217,6 +215,31 @@ impl Directorio {
                 secretos_webhook: Vec::new(),
             }),
             None => None,
+        }
+    }
+
+    /// The profile of an affiliate that presented a partner key: the platform knows it (it
+    /// issued the key), so an affiliate missing from the file gets the default tier, the public
+    /// sources and `API_DIRECT`, even where unknown affiliates are refused.
+    pub fn perfil_con_clave(&self, id_afiliado: &str) -> Perfil {
+        match self.perfil(id_afiliado) {
+            Some(perfil) if perfil.configurado => perfil,
+            _ => {
+                let nivel = self.config.nivel_por_defecto.clone();
+                Perfil {
+                    id_afiliado: id_afiliado.to_owned(),
+                    configurado: false,
+                    politica: Politica {
+                        limite: self.config.niveles[&nivel].eventos_por_minuto,
+                        ventana: VENTANA,
+                    },
+                    nivel,
+                    tipos_evento: None,
+                    fuentes: [PUBLICAS.as_slice(), &[FuenteEvento::ApiDirect]].concat(),
+                    api_keys: Vec::new(),
+                    secretos_webhook: Vec::new(),
+                }
+            }
         }
     }
 }
@@ -315,6 +338,20 @@ afiliados:
         let cerrado =
             Directorio::from_yaml(&format!("{YAML}aceptar_desconocidos: false\n")).unwrap();
         assert_eq!(cerrado.perfil("AFILIADO_NUEVO"), None);
+    }
+
+    #[test]
+    fn an_affiliate_with_a_partner_key_is_known_even_if_the_file_is_not() {
+        let cerrado =
+            Directorio::from_yaml(&format!("{YAML}aceptar_desconocidos: false\n")).unwrap();
+        let con_clave = cerrado.perfil_con_clave("AFILIADO_NUEVO");
+        assert!(!con_clave.configurado);
+        assert_eq!(con_clave.politica.limite, 100);
+        assert!(con_clave.permite_fuente(FuenteEvento::ApiDirect));
+        assert!(!con_clave.permite_fuente(FuenteEvento::Webhook));
+        // A configured affiliate keeps what its file says.
+        let webhook = cerrado.perfil_con_clave("AFILIADO_WEBHOOK");
+        assert_eq!(webhook.fuentes, vec![FuenteEvento::Webhook]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod evento;
 pub mod firma;
 pub mod limite;
 
-pub use admision::{Credenciales, Rechazo, Reglas, autenticar, motivo_descarte};
+pub use admision::{Credenciales, Rechazo, Reglas, autenticar, exigir_credencial, motivo_descarte};
 pub use afiliados::{ConfigInvalida, Directorio, Perfil, Secreto};
 pub use evento::{
     CamposEvento, ContenidoEvento, ContextoServidor, ErrorCampo, FuenteEvento, TipoEvento,

@@ -43,6 +43,17 @@ pub fn replica(
     yaml: &str,
     config: &CollectorConfig,
 ) -> (platform::http::App, tokio_util::sync::DropGuard) {
+    replica_with_access(pool, broker, yaml, config, &access::Acceso::desarrollo())
+}
+
+/// [`replica`] with the access control given (a cluster's: `testkit::acceso::exigido`).
+pub fn replica_with_access(
+    pool: &PgPool,
+    broker: LazyBroker,
+    yaml: &str,
+    config: &CollectorConfig,
+    acceso: &access::Acceso,
+) -> (platform::http::App, tokio_util::sync::DropGuard) {
     let writers = CancellationToken::new();
     let (app, _) = event_collector::app(
         pool.clone(),
@@ -50,6 +61,7 @@ pub fn replica(
         &http_config(),
         config,
         Directorio::from_yaml(yaml).expect("valid affiliates"),
+        acceso,
         writers.clone(),
     );
     (app, writers.drop_guard())

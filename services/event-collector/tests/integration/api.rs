@@ -469,8 +469,13 @@ async fn webhook_signatures_both_forms_rotation_and_every_refusal(
         401,
         "batch replay"
     );
+    // Unsigned, no event gets in: the batch as a whole is the 401 each event would be.
     let unsigned = post_batch(&app, &batch, &[]).await;
-    assert_eq!(unsigned.body["resultados"][0]["status"], 401);
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
+    assert_eq!(
+        unsigned.headers["www-authenticate"],
+        "Bearer realm=\"aeropartners\""
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -10,3 +10,4 @@ mod common;
 mod api;
 mod chart_affiliates;
 mod publication;
+mod tenancy;
