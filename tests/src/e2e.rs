@@ -97,15 +97,25 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
         args.push("--env-var".to_owned());
         args.push(format!("{variable}={}", cluster.service_url(service)?));
     }
-    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, its campaigns folder as
-    // an affiliate of this run's own (so its counts are exact on a reused cluster), and reverts
-    // as an operator: with keys and a token as a user of the chart would (docs/security.md).
+    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, its API_DIRECT event as
+    // AFILIADO_API, its campaigns and rate-limit folders as affiliates of this run's own (so
+    // their counts are exact on a reused cluster), and reverts and retries as an operator: with
+    // keys and a token as a user of the chart would (docs/security.md).
     let campaigns_affiliate = format!(
         "AFILIADO_CAMP_e2e_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    args.push("--env-var".to_owned());
-    args.push(format!("afiliado_campanas={campaigns_affiliate}"));
+    let rate_limit_affiliate = format!(
+        "AFILIADO_RL_e2e_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    for (variable, affiliate) in [
+        ("afiliado_campanas", &campaigns_affiliate),
+        ("afiliado_rl", &rate_limit_affiliate),
+    ] {
+        args.push("--env-var".to_owned());
+        args.push(format!("{variable}={affiliate}"));
+    }
     let bare = |authorization: String| {
         authorization
             .strip_prefix("Bearer ")
@@ -124,6 +134,14 @@ pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
         (
             "partner_key_campanas",
             cluster.partner_authorization(&campaigns_affiliate)?,
+        ),
+        (
+            "partner_key_api",
+            cluster.partner_authorization("AFILIADO_API")?,
+        ),
+        (
+            "partner_key_rl",
+            cluster.partner_authorization(&rate_limit_affiliate)?,
         ),
         ("operator_token", cluster.operator_authorization()?),
     ] {
@@ -424,6 +442,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     let started = Instant::now();
     let click = http
         .post(format!("{gateway}/event-collector/events"))
+        .header("authorization", &partner)
         .json(
             &serde_json::json!({"tipo_evento": "CLICK", "id_afiliado": "af-e2e",
             "id_campana": campaign_id, "id_evento_cliente": format!("e2e-click-{id}")}),
@@ -475,11 +494,14 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     );
     let event: serde_json::Value = signed.json().await?;
     let event_id = event["id_evento"].as_str().context("id_evento")?.to_owned();
+    // The webhook's sender reads its event's status with a key of its own.
+    let webhook_partner = cluster.partner_authorization("AFILIADO_WEBHOOK")?;
     loop {
         let status: serde_json::Value = http
             .get(format!(
                 "{gateway}/event-collector/events/{event_id}/status"
             ))
+            .header("authorization", &webhook_partner)
             .send()
             .await?
             .error_for_status()?
