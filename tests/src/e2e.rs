@@ -529,6 +529,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     loop {
         let answer = http
             .get(format!("{gateway}/api/reports/payments?id_afiliado=af-e2e"))
+            .header("authorization", &partner)
             .send()
             .await?
             .error_for_status()?;
@@ -920,6 +921,7 @@ pub async fn scenario_9(cluster: &Cluster, switches: usize) -> anyhow::Result<sc
                 Ok((payee, Some(authorization)))
             })
             .collect::<anyhow::Result<_>>()?,
+        reader: Some(cluster.operator_authorization()?),
     };
     let config = scenario9::Config {
         binary: std::path::PathBuf::new(),
@@ -998,13 +1000,17 @@ fn post_payments(
     })
 }
 
-/// Reads `/api/reports/payments` through the gateway every 20 ms until `stop`.
+/// Reads `/api/reports/payments` through the gateway every 20 ms until `stop`, as a partner
+/// with a key of its own.
 fn read_reports(
+    cluster: &Cluster,
     gateway: String,
     expected: Option<String>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<ReadLoad> {
+    let reader = cluster.partner_authorization("af-e2e-reports");
     tokio::spawn(async move {
+        let reader = reader.expect("a partner key for af-e2e-reports");
         let http = client().expect("an HTTP client");
         let mut seen = ReadLoad::default();
         let started = Instant::now();
@@ -1012,6 +1018,7 @@ fn read_reports(
             seen.requests += 1;
             match http
                 .get(format!("{gateway}/api/reports/payments"))
+                .header("authorization", &reader)
                 .send()
                 .await
             {
@@ -1068,6 +1075,7 @@ pub async fn switch_without_data_service(cluster: &Cluster) -> anyhow::Result<De
     .await?;
     let stop = CancellationToken::new();
     let reads = read_reports(
+        cluster,
         cluster.service_url("gateway")?,
         Some("v1".into()),
         stop.clone(),
@@ -1175,7 +1183,12 @@ pub async fn upgrade_from_previous(
         .find_map(|l| l.strip_prefix("version: ").map(str::to_owned))
         .context("the previous chart's version")?;
     let stop = CancellationToken::new();
-    let reads = read_reports(gateway.clone(), Some(version_before.clone()), stop.clone());
+    let reads = read_reports(
+        cluster,
+        gateway.clone(),
+        Some(version_before.clone()),
+        stop.clone(),
+    );
     let payments = post_payments(cluster, gateway, stop.clone());
     let to_previous = cluster.upgrade(previous, &[])?;
     let to_current = cluster.upgrade(&cluster.chart, &[])?;
@@ -1295,7 +1308,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     )
     .await?;
     let stop = CancellationToken::new();
-    let reads = read_reports(gateway.clone(), Some(from.clone()), stop.clone());
+    let reads = read_reports(cluster, gateway.clone(), Some(from.clone()), stop.clone());
     cluster.patch_version(to)?;
     Cluster::until("Progressing", Duration::from_secs(30), || {
         Ok(condition(&cluster.report_version()?.1, "Progressing"))
@@ -1364,7 +1377,7 @@ pub async fn operations(cluster: &Cluster) -> anyhow::Result<Operations> {
     let before = live_pods(cluster, &format!("notin {DATA_LAYER}"))?;
     let data_before = live_pods(cluster, &format!("in {DATA_LAYER}"))?;
     let stop = CancellationToken::new();
-    let reads = read_reports(gateway.clone(), Some(to.to_owned()), stop.clone());
+    let reads = read_reports(cluster, gateway.clone(), Some(to.to_owned()), stop.clone());
     let payments = post_payments(cluster, gateway.clone(), stop.clone());
     // A log directive for a target that does not exist, named after this run: a value that
     // differs from the installed one on every run (the config checksum rolls every pod), and

@@ -449,6 +449,9 @@ pub struct Target {
     /// The affiliates the payments load pays, in turn, each with the `Authorization` to pay it
     /// with (none against a platform in development mode).
     pub payees: Vec<(String, Option<String>)>,
+    /// The `Authorization` the report load reads with: an operator's, who sees every
+    /// affiliate's figures and may generate legacy reports (none in development mode).
+    pub reader: Option<String>,
 }
 
 /// The payments load's affiliates on a platform in development mode: no credential needed.
@@ -510,6 +513,7 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             None => Switch::Put,
         },
         payees: open_payees(),
+        reader: None,
     };
     let report = measure(config, &target).await;
     if let Some(ns) = &stack.namespace {
@@ -521,9 +525,17 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
 
 /// Load, switches and figures on `target` (its replicas already answer or soon will).
 pub async fn measure(config: &Config, target: &Target) -> anyhow::Result<Report> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(reader) = &target.reader {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(reader)?,
+        );
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
+        .default_headers(headers)
         .build()?;
     // Both replicas answer before anything is measured.
     for (_, replica) in &target.replicas {

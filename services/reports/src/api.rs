@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use access::{Llamante, Permiso, Principal, Resultado};
+use access::{Alcance, Llamante, Permiso, Principal, Resultado, filtro_de_afiliado};
 use axum::{
     Json,
     body::Bytes,
@@ -99,7 +99,9 @@ enum Reporte {
     V2(ReporteV2),
 }
 
-/// The payments report in the active version (or the one pinned by `X-Report-Version`).
+/// The payments report in the active version (or the one pinned by `X-Report-Version`): a
+/// partner's key (`reports:read`) gets its own affiliate's figures, an operator (`get reports`)
+/// anyone's.
 #[utoipa::path(
     get, path = "/api/reports/payments", tag = "reports",
     params(
@@ -117,9 +119,18 @@ enum Reporte {
 )]
 async fn pagos(
     State(state): State<ApiState>,
+    llamante: Llamante,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    Query(mut params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
+    let ambito = llamante
+        .ambito(Alcance::ReportesLectura, Permiso::LEER_REPORTES)
+        .await?;
+    if let Some(afiliado) =
+        filtro_de_afiliado(&ambito, params.get("id_afiliado").map(String::as_str))?
+    {
+        params.insert("id_afiliado".to_owned(), afiliado);
+    }
     let version = state.version_de(&headers)?;
     let filtro = Filtro::from_query(&params).map_err(|errores| {
         Problem::validation(
@@ -243,8 +254,9 @@ impl From<ErrorFuente> for Problem {
     }
 }
 
-/// The active version of this replica.
-#[utoipa::path(get, path = "/api/reports/version", tag = "reports",
+/// The active version of this replica. Open to anyone, as a probe is: it names a version and a
+/// replica, no affiliate's data (the console and the switch's watchers poll it).
+#[utoipa::path(get, path = "/api/reports/version", tag = "reports", security(()),
     responses((status = 200, body = VersionDto)))]
 async fn version_actual(State(state): State<ApiState>) -> Json<VersionDto> {
     let estado = state.version.borrow().clone();
@@ -345,8 +357,8 @@ pub struct Salud {
     pub replica: String,
 }
 
-/// The projection's health on this replica.
-#[utoipa::path(get, path = "/api/reports/health", tag = "reports",
+/// The projection's health on this replica (open to anyone, as a probe is).
+#[utoipa::path(get, path = "/api/reports/health", tag = "reports", security(()),
     responses((status = 200, body = Salud)))]
 async fn salud(State(state): State<ApiState>) -> Json<Salud> {
     let estado = state.version.borrow().clone();

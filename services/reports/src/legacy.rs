@@ -147,6 +147,14 @@ pub struct ReporteLegacy {
 
 /// The problem for a data service that failed: 503 when it cannot be reached (try again), 502
 /// when it answered something unusable.
+/// Legacy reporting is the operators': its reports are platform-wide figures of every
+/// affiliate, and its admin routes reach the data services (`get reports`).
+async fn operador(llamante: &access::Llamante, objeto: &str) -> Result<(), Problem> {
+    llamante
+        .operador(access::Permiso::LEER_REPORTES, objeto)
+        .await
+}
+
 fn fallo_servicio(url: &str, error: &reqwest::Error) -> Problem {
     tracing::warn!(%url, %error, "data service failed");
     if error.is_connect() || error.is_timeout() {
@@ -178,9 +186,11 @@ fn fallo_servicio(url: &str, error: &reqwest::Error) -> Problem {
     ))]
 async fn generar(
     State(state): State<LegacyState>,
+    llamante: access::Llamante,
     request_id: Option<axum::Extension<RequestId>>,
     body: ApiJson<SolicitudReporte>,
 ) -> Result<Response, Problem> {
+    operador(&llamante, "/reporting/report").await?;
     // Read once: the whole report is produced by this version's data service.
     let version = state.api.version.borrow().activa;
     let solicitud = body.value;
@@ -246,8 +256,10 @@ async fn generar(
     ))]
 async fn obtener(
     State(state): State<LegacyState>,
+    llamante: access::Llamante,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
+    operador(&llamante, &id).await?;
     let id = uuid_param("id", &id)?;
     let cuerpo: Option<Value> =
         sqlx::query_scalar("SELECT cuerpo FROM reportes_legacy WHERE id = $1")
@@ -278,8 +290,10 @@ pub struct ListaReportes {
     ))]
 async fn listar(
     State(state): State<LegacyState>,
+    llamante: access::Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
+    operador(&llamante, "/reporting/reports").await?;
     let mut errores = Vec::new();
     for nombre in params
         .keys()
@@ -380,8 +394,12 @@ fn configuracion_actual(state: &LegacyState) -> Value {
 /// Which data service is active, and the configured ones.
 #[utoipa::path(get, path = "/reporting/admin/configuracion", tag = "reporting",
     responses((status = 200, description = "Versión activa y servicios de datos")))]
-async fn configuracion(State(state): State<LegacyState>) -> Json<Value> {
-    Json(configuracion_actual(&state))
+async fn configuracion(
+    State(state): State<LegacyState>,
+    llamante: access::Llamante,
+) -> Result<Json<Value>, Problem> {
+    operador(&llamante, "/reporting/admin/configuracion").await?;
+    Ok(Json(configuracion_actual(&state)))
 }
 
 async fn sondear(datos: &ServiciosDatos, url: &str) -> Value {
@@ -415,8 +433,10 @@ async fn sondear(datos: &ServiciosDatos, url: &str) -> Value {
     ))]
 async fn verificar(
     State(state): State<LegacyState>,
+    llamante: access::Llamante,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, Problem> {
+    operador(&llamante, "/reporting/admin/verificar-servicio").await?;
     let Some(url) = params.get("url") else {
         return Err(Problem::validation(vec![FieldError::new(
             "url",
@@ -432,7 +452,7 @@ async fn verificar(
 }
 
 /// Legacy reporting's health: the version served and whether its data service answers.
-#[utoipa::path(get, path = "/reporting/health", tag = "reporting",
+#[utoipa::path(get, path = "/reporting/health", tag = "reporting", security(()),
     responses((status = 200, description = "Estado del reporting heredado")))]
 async fn salud(State(state): State<LegacyState>, _headers: HeaderMap) -> Json<Value> {
     let activa = state.api.version.borrow().activa;

@@ -91,6 +91,8 @@ pub enum Regla {
     Afiliado(Alcance),
     /// An operator only: no partner key, whatever its scopes.
     Operador,
+    /// Open to anyone, and documented so (`security: [{}]`): a health or version probe.
+    Abierta,
 }
 
 /// One service's route table: its rules, and how to call each operation on an object of
@@ -126,10 +128,13 @@ impl TablaDeRutas<'_> {
                     .map(|(_, _, regla)| *regla)
                     .unwrap_or_else(|| panic!("{method} {path} has no rule in the route table"));
                 vistas += 1;
+                let documentada = match regla {
+                    Regla::Abierta => serde_json::json!([{}]),
+                    _ => serde_json::json!([{platform::http::openapi::BEARER_SCHEME: []}]),
+                };
                 assert_eq!(
-                    operation["security"][0][platform::http::openapi::BEARER_SCHEME],
-                    serde_json::json!([]),
-                    "{method} {path} is not documented as taking a credential"
+                    operation["security"], documentada,
+                    "{method} {path} is not documented as its rule says"
                 );
                 self.comprobar_operacion(claves, &secreta, method, path, regla)
                     .await;
@@ -165,6 +170,14 @@ impl TablaDeRutas<'_> {
             async move { como(self.app, &auth, &method, &uri, body.as_deref()).await }
         };
         let anonimo = intento(String::new()).await;
+        if matches!(regla, Regla::Abierta) {
+            assert!(
+                anonimo.status < 400,
+                "{method} {path} is open, yet anonymous got {}",
+                anonimo.status
+            );
+            return;
+        }
         assert_eq!(anonimo.status, 401, "{method} {path} anonymous");
         let sin_derecho = match regla {
             Regla::Afiliado(alcance) => {
@@ -175,6 +188,7 @@ impl TablaDeRutas<'_> {
                 claves.restringida(Self::PROPIO, &otros).await
             }
             Regla::Operador => secreta.to_owned(),
+            Regla::Abierta => unreachable!("open operations return above"),
         };
         let prohibido = intento(sin_derecho).await;
         assert_eq!(

@@ -69,13 +69,15 @@ pub const BEARER_SCHEME: &str = "credencial";
 
 /// Marks every operation of `openapi` as needing `Authorization: Bearer <credential>`, with the
 /// 401 and 403 answers that come with it (where an operation does not say otherwise), and
-/// declares the scheme with `description` (what a credential is). The routes the platform adds
-/// around a service (`/health`, `/ready`, `/metrics`, `/docs`) are not in the document and need
-/// none.
+/// declares the scheme with `description` (what a credential is). An operation that declares
+/// its own security is left as it says: `security(())` in its `#[utoipa::path]` (OpenAPI's
+/// `security: [{}]`) marks one open to anyone, such as a service's health under its prefix.
+/// The routes the platform adds around a service (`/health`, `/ready`, `/metrics`, `/docs`) are
+/// not in the document and need none.
 pub fn with_bearer_auth(mut openapi: OpenApi, description: &str) -> OpenApi {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
     for item in openapi.paths.paths.values_mut() {
-        for operation in operations(item) {
+        for operation in operations(item).filter(|o| o.security.is_none()) {
             operation.security = Some(vec![SecurityRequirement::new(
                 BEARER_SCHEME,
                 Vec::<String>::new(),

@@ -8,3 +8,4 @@ mod common;
 mod api;
 mod convergence;
 mod legacy;
+mod tenancy;

@@ -40,6 +40,17 @@ pub async fn replica(
     cache: Option<Duration>,
     datos: (&str, &str),
 ) -> Replica {
+    replica_with_access(pool, sondeo, cache, datos, &access::Acceso::desarrollo()).await
+}
+
+/// [`replica`] with the access control given (a cluster's: `testkit::acceso::exigido`).
+pub async fn replica_with_access(
+    pool: &PgPool,
+    sondeo: Duration,
+    cache: Option<Duration>,
+    datos: (&str, &str),
+    acceso: &access::Acceso,
+) -> Replica {
     let fuente = Arc::new(FuenteBaseDeDatos::new(pool.clone(), sondeo));
     let inicial = fuente.leer().await.unwrap();
     let (tx, _) = watch::channel(inicial);
@@ -62,7 +73,7 @@ pub async fn replica(
         datos,
         LazyBroker::default(),
         &testkit::http_config(),
-        &access::Acceso::desarrollo(),
+        acceso,
     );
     Replica { app, state, stop }
 }
