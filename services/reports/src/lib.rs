@@ -222,7 +222,7 @@ pub fn app(
     http::app(
         "reports",
         acceso.proteger(router),
-        openapi,
+        acceso.documentar(openapi),
         readiness,
         http_config,
     )
