@@ -288,6 +288,11 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     );
     let _a = replica(pa, &kubeconfig, &db.url, &prefix, &ns);
     wait_until_ready(&format!("{a}/ready"), Duration::from_secs(60)).await;
+    // A partner reads the report: its key is checked in the database, so the reads go on
+    // while the API server is away (an operator's token would need a TokenReview).
+    let lector = testkit::acceso::Claves::new(&sqlx::PgPool::connect(&db.url).await.unwrap())
+        .secreta("af-lector")
+        .await;
     let version = get(&client, &format!("{a}/api/reports/version")).await.1;
     assert_eq!(
         (
@@ -307,6 +312,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         || async {
             let r = client
                 .get(format!("{a}/api/reports/payments"))
+                .header("authorization", &lector)
                 .send()
                 .await
                 .unwrap();
@@ -385,6 +391,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     .await;
     let report = client
         .get(format!("{a}/api/reports/payments"))
+        .header("authorization", &lector)
         .send()
         .await
         .unwrap();
