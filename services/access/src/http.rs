@@ -10,7 +10,11 @@
 //! `WWW-Authenticate: Bearer`; a valid caller without the right is 403; another affiliate's
 //! object is 404 (its handler's business, with [`Ambito::ve`]).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+};
 
 use axum::{
     Router,
@@ -30,6 +34,7 @@ use crate::{
         almacen::{Rechazo, VerificadorDeClaves},
         kubernetes::{AutoridadDeOperadores, Kubernetes},
     },
+    intentos::Intentos,
 };
 
 /// How strictly callers are checked.
@@ -63,7 +68,14 @@ pub struct AuthConfig {
     /// server's own tokens (`kubectl create token`, the cluster's OIDC tokens).
     #[arg(long, env = "AUTH_TOKEN_AUDIENCES", value_delimiter = ',')]
     pub auth_token_audiences: Vec<String>,
+    /// Refused credentials one client address may send per minute (a burst of as many, then
+    /// one every 60 s / N); past that its credentials are refused with 429 unread. 0: no limit.
+    #[arg(long, env = "AUTH_FAILURES_PER_MINUTE", default_value_t = DEFAULT_FAILURES_PER_MINUTE)]
+    pub auth_failures_per_minute: u32,
 }
+
+/// Enough for a partner fixing a misconfigured client; far too few to guess anything.
+pub const DEFAULT_FAILURES_PER_MINUTE: u32 = 20;
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -72,6 +84,7 @@ impl Default for AuthConfig {
             auth_kubernetes: false,
             auth_namespace: "default".to_owned(),
             auth_token_audiences: Vec::new(),
+            auth_failures_per_minute: DEFAULT_FAILURES_PER_MINUTE,
         }
     }
 }
@@ -128,6 +141,8 @@ struct Inner {
     claves: Option<VerificadorDeClaves>,
     autoridad: Option<Arc<dyn AutoridadDeOperadores>>,
     auditoria: Option<Auditoria>,
+    /// Failed authentications per client address (none: unlimited).
+    intentos: Option<Intentos>,
 }
 
 impl Acceso {
@@ -159,12 +174,13 @@ impl Acceso {
         } else {
             None
         };
-        Ok(Self::with_store(
-            config.auth_mode,
-            pool,
-            autoridad,
-            shutdown,
-        ))
+        let mut acceso = Self::with_store(config.auth_mode, pool, autoridad, shutdown);
+        if let Some(inner) = Arc::get_mut(&mut acceso.inner) {
+            inner.intentos = NonZeroU32::new(config.auth_failures_per_minute)
+                .filter(|_| config.auth_mode == AuthMode::Enforce)
+                .map(Intentos::new);
+        }
+        Ok(acceso)
     }
 
     /// Like [`Acceso::start`] with the authority given (tests pass one built on their own
@@ -180,6 +196,10 @@ impl Acceso {
         let mut acceso = Self::from_parts(modo, Some(claves), autoridad);
         if let Some(inner) = Arc::get_mut(&mut acceso.inner) {
             inner.auditoria = Some(Auditoria::new(pool));
+            // Development mode (loopback only) has nobody to hold back.
+            inner.intentos = NonZeroU32::new(DEFAULT_FAILURES_PER_MINUTE)
+                .filter(|_| modo == AuthMode::Enforce)
+                .map(Intentos::new);
         }
         acceso
     }
@@ -195,6 +215,7 @@ impl Acceso {
                 claves,
                 autoridad,
                 auditoria: None,
+                intentos: None,
             }),
         }
     }
@@ -223,8 +244,30 @@ impl Acceso {
         router.layer(middleware::from_fn_with_state(self.clone(), instalar))
     }
 
-    /// Who sent `parts`' credential.
+    /// Who sent `parts`' credential. A refused credential counts against its client address
+    /// (see [`Intentos`]); an address past its budget is refused before its credential is read.
     async fn identificar(&self, parts: &Parts) -> Result<Principal, Problem> {
+        let direccion = self
+            .inner
+            .intentos
+            .as_ref()
+            .zip(direccion_del_cliente(parts));
+        if let Some((intentos, direccion)) = direccion
+            && let Some(espera) = intentos.espera(direccion).await
+        {
+            return Err(demasiados_fallos(espera));
+        }
+        let identificado = self.verificar(parts).await;
+        if let (Err(problem), Some((intentos, direccion))) = (&identificado, direccion)
+            && problem.status == StatusCode::UNAUTHORIZED
+            && credencial(parts).is_ok_and(|c| c.is_some())
+        {
+            intentos.fallo(direccion).await;
+        }
+        identificado
+    }
+
+    async fn verificar(&self, parts: &Parts) -> Result<Principal, Problem> {
         let Some(credencial) = credencial(parts)? else {
             return match self.inner.modo {
                 AuthMode::Development => Ok(Principal::Desarrollo),
@@ -290,6 +333,40 @@ fn credencial(parts: &Parts) -> Result<Option<&str>, Problem> {
         },
         None => Ok(None),
     }
+}
+
+/// The client's address: the last hop of `X-Forwarded-For` (the gateway appends the address
+/// it was called from), else the connection's peer. `None` in-process (tests).
+fn direccion_del_cliente(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|cadena| cadena.rsplit(',').next())
+        .and_then(|ultimo| ultimo.trim().parse().ok())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| peer.ip())
+        })
+}
+
+fn demasiados_fallos(espera: std::time::Duration) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-failed-authentications",
+        "Demasiadas credenciales rechazadas",
+        format!(
+            "Esta dirección envió demasiadas credenciales no válidas; no se mira ninguna más \
+             durante {} s",
+            espera.as_secs().max(1)
+        ),
+    )
+    .with_header(
+        header::RETRY_AFTER,
+        platform::http::header_value(&espera.as_secs().max(1).to_string()),
+    )
 }
 
 fn no_autenticado(detalle: impl Into<String>) -> Problem {

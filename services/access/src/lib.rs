@@ -13,6 +13,7 @@ pub mod cli;
 pub mod domain;
 pub mod http;
 pub mod infrastructure;
+pub mod intentos;
 
 pub use auditoria::{Auditoria, Resultado};
 

@@ -8,6 +8,7 @@ use access::{
     Acceso, Alcance, AlmacenDeClaves, AuthMode, Llamante, NuevaClave, Permiso,
     auditoria::{Auditoria, Consulta},
     domain::{ClaveApi, TipoClave},
+    http::DEFAULT_FAILURES_PER_MINUTE,
     infrastructure::{almacen, kubernetes::Kubernetes},
 };
 use axum::{Router, body::Body, http::Request, routing::get};
@@ -185,6 +186,74 @@ async fn missing_malformed_and_unknown_credentials_are_401_with_the_reason(pool:
         assert!(body.contains(motivo), "{credencial:?}: {body}");
         assert_eq!(www.as_deref(), Some("Bearer realm=\"aeropartners\""));
     }
+}
+
+/// Calls `uri` from the client address `desde` (as the gateway names it in X-Forwarded-For).
+async fn pedir_desde(
+    router: &Router,
+    desde: &str,
+    credencial: Option<&str>,
+) -> (u16, Option<String>) {
+    let mut request = Request::builder()
+        .uri("/pagos")
+        .header("x-forwarded-for", format!("203.0.113.9, {desde}"));
+    if let Some(credencial) = credencial {
+        request = request.header("authorization", format!("Bearer {credencial}"));
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), retry_after)
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_address_that_sends_too_many_bad_credentials_is_refused_unread(pool: PgPool) {
+    let almacen = store(&pool).await;
+    let acceso = Acceso::with_store(
+        AuthMode::Enforce,
+        pool.clone(),
+        None,
+        CancellationToken::new(),
+    );
+    let rutas = rutas(&acceso);
+    let (buena, _) = almacen.crear(nueva("A", TipoClave::Sk, &[])).await.unwrap();
+    let inventada = ClaveApi::generar(TipoClave::Sk);
+    // Asking without a credential costs nothing and is never held against the address.
+    for _ in 0..2 * DEFAULT_FAILURES_PER_MINUTE {
+        assert_eq!(pedir_desde(&rutas, "198.51.100.7", None).await.0, 401);
+    }
+    assert_eq!(
+        pedir_desde(&rutas, "198.51.100.7", Some(buena.revelar()))
+            .await
+            .0,
+        200
+    );
+    for _ in 0..DEFAULT_FAILURES_PER_MINUTE {
+        let (status, _) = pedir_desde(&rutas, "198.51.100.7", Some(inventada.revelar())).await;
+        assert_eq!(status, 401, "within the budget");
+    }
+    let (status, retry_after) =
+        pedir_desde(&rutas, "198.51.100.7", Some(inventada.revelar())).await;
+    assert_eq!(status, 401, "the failure past the budget is still judged");
+    assert_eq!(retry_after, None);
+    // From now on nothing from that address is read, not even a good key.
+    let (status, retry_after) = pedir_desde(&rutas, "198.51.100.7", Some(buena.revelar())).await;
+    assert_eq!(status, 429);
+    assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
+    // Another address (the first hop of X-Forwarded-For is the client's to forge; the last,
+    // the gateway's, is what counts).
+    assert_eq!(
+        pedir_desde(&rutas, "198.51.100.8", Some(buena.revelar()))
+            .await
+            .0,
+        200
+    );
 }
 
 #[sqlx::test(migrations = false)]

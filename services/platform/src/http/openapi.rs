@@ -92,6 +92,11 @@ pub fn with_bearer_auth(mut openapi: OpenApi, description: &str) -> OpenApi {
                 "403",
                 "La credencial es válida pero no permite esta operación (problem+json)",
             );
+            add(
+                operation,
+                "429",
+                "Demasiadas credenciales rechazadas desde esta dirección: ninguna se mira hasta Retry-After (problem+json)",
+            );
         }
     }
     let mut scheme = Http::new(HttpAuthScheme::Bearer);
