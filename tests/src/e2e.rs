@@ -85,8 +85,10 @@ pub struct Postman {
 
 /// The Postman collection, with its kind environment pointed at this cluster's Services (a
 /// kind cluster maps the same Services to the host ports the environment names).
-pub fn postman(cluster: &Cluster) -> anyhow::Result<Postman> {
+pub fn postman(cluster: &Cluster, webhook_secret: &str) -> anyhow::Result<Postman> {
     let mut args = vec!["scripts/postman.sh".to_owned(), "run".to_owned()];
+    args.push("--env-var".to_owned());
+    args.push(format!("webhook_secret={webhook_secret}"));
     for (variable, service) in [
         ("base_url", "gateway"),
         ("proxy_url", "campaigns-proxy"),
@@ -320,7 +322,21 @@ fn served_names(text: &str) -> std::collections::BTreeSet<String> {
 }
 
 /// Each user-facing Service answers as a user would use it.
-pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
+/// Sets up AFILIADO_WEBHOOK as the chart's values say an installer does: a webhook secret of
+/// its own (the chart ships none, and refuses the demo file's), signed events only. Returns the
+/// secret, for the smoke test and the Postman run to sign with.
+pub fn webhook_partner(cluster: &Cluster) -> anyhow::Result<String> {
+    let secret = format!("whsec_e2e_{}", uuid::Uuid::new_v4().simple());
+    cluster.set_values(&[
+        &format!(
+            "eventCollector.affiliates.afiliados.AFILIADO_WEBHOOK.secretos_webhook={{{secret}}}"
+        ),
+        "eventCollector.affiliates.afiliados.AFILIADO_WEBHOOK.fuentes={WEBHOOK}",
+    ])?;
+    Ok(secret)
+}
+
+pub async fn smoke(cluster: &Cluster, webhook_secret: &str) -> anyhow::Result<Smoke> {
     let http = client()?;
     let gateway = cluster.service_url("gateway")?;
     let proxy = cluster.service_url("campaigns-proxy")?;
@@ -437,8 +453,8 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
     ));
 
     // The collector through the gateway: a click on the smoke campaign reaches its metrics
-    // (collector → outbox → Pulsar → campaigns), and a webhook signed with the demo secret from
-    // the chart's affiliates Secret is accepted and published.
+    // (collector → outbox → Pulsar → campaigns), and a webhook signed with the secret the
+    // installer set (webhook_partner) is accepted and published.
     let started = Instant::now();
     let click = http
         .post(format!("{gateway}/event-collector/events"))
@@ -476,7 +492,7 @@ pub async fn smoke(cluster: &Cluster) -> anyhow::Result<Smoke> {
         "fuente_evento": "WEBHOOK", "id_evento_cliente": format!("e2e-webhook-{id}")})
     .to_string();
     let signature = event_collector::domain::firma::firmar_con_tiempo(
-        b"whsec_demo_2026",
+        webhook_secret.as_bytes(),
         chrono::Utc::now().timestamp(),
         body.as_bytes(),
     );

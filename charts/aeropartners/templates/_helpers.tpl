@@ -127,6 +127,8 @@ the API server only with its ServiceAccount (aeropartners.authAccount). */}}
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: AUTH_TOKEN_AUDIENCES
   value: {{ join "," $auth.tokenAudiences | quote }}
+- name: AUTH_FAILURES_PER_MINUTE
+  value: {{ $auth.failuresPerMinute | toString | quote }}
 {{- end -}}
 
 {{/* The broker's credentials and trust, when an external Pulsar asks for them. */}}

@@ -79,12 +79,17 @@ fn event(n: u64, client: usize) -> serde_json::Value {
     })
 }
 
+/// `Authorization` values, one per client (client `who` is affiliate `BENCH_<who>`), when the
+/// collector enforces partner keys.
+type Keys = Option<Arc<Vec<String>>>;
+
 fn request(
     client: &reqwest::Client,
     base: &str,
     shape: Shape,
     n: u64,
     who: usize,
+    keys: &Keys,
 ) -> reqwest::RequestBuilder {
     let (path, body) = match shape {
         Shape::Single => ("events", event(n, who)),
@@ -93,15 +98,26 @@ fn request(
             serde_json::json!({"eventos": (0..size as u64).map(|i| event(n * 1000 + i, who)).collect::<Vec<_>>()}),
         ),
     };
-    client
+    let request = client
         .post(format!("{base}/event-collector/{path}"))
         .header("content-type", "application/json")
-        .body(body.to_string())
+        .body(body.to_string());
+    match keys {
+        Some(keys) => request.header("authorization", &keys[who]),
+        None => request,
+    }
 }
 
 /// Events the collector stored for this answer (0 on failure).
-async fn send(client: &reqwest::Client, base: &str, shape: Shape, n: u64, who: usize) -> u64 {
-    let Ok(response) = request(client, base, shape, n, who).send().await else {
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    shape: Shape,
+    n: u64,
+    who: usize,
+    keys: &Keys,
+) -> u64 {
+    let Ok(response) = request(client, base, shape, n, who, keys).send().await else {
         return 0;
     };
     match (shape, response.status().as_u16()) {
@@ -133,18 +149,24 @@ async fn closed_loop(
     shape: Shape,
     concurrency: usize,
     length: Duration,
+    keys: &Keys,
 ) -> anyhow::Result<Phase> {
     let started = Instant::now();
     let counter = Arc::new(AtomicU64::new(0));
     let workers = (0..concurrency).map(|who| {
-        let (client, base, counter) = (client.clone(), base.to_owned(), counter.clone());
+        let (client, base, counter, keys) = (
+            client.clone(),
+            base.to_owned(),
+            counter.clone(),
+            keys.clone(),
+        );
         tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).expect("valid histogram");
             let (mut events, mut failures) = (0u64, 0u64);
             while started.elapsed() < length {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
-                let stored = send(&client, &base, shape, n, who).await;
+                let stored = send(&client, &base, shape, n, who, &keys).await;
                 if stored > 0 {
                     events += stored;
                     histogram
@@ -192,7 +214,7 @@ async fn open_loop(
         let who = (n as usize) % concurrency;
         in_flight.push(tokio::spawn(async move {
             (
-                send(&client, &base, shape, n, who).await,
+                send(&client, &base, shape, n, who, &None).await,
                 scheduled.elapsed(),
             )
         }));
@@ -224,15 +246,15 @@ async fn main() -> anyhow::Result<()> {
     let url = aeropartners_tests::pg::replace_database(&admin_url, &database)?;
     let result = run(&args, &url, &pulsar_url).await;
     testkit::drop_database(&mut admin, &database).await?;
-    let (single, batch, ceilings, stored, accepted) = result?;
-    print_and_save(&args, &single, &batch, ceilings, stored, accepted)?;
+    let (single, batch, keyed, ceilings, stored, accepted) = result?;
+    print_and_save(&args, &single, &batch, &keyed, ceilings, stored, accepted)?;
     if i64::try_from(accepted)? != stored {
         bail!("{accepted} events acknowledged but {stored} stored");
     }
     Ok(())
 }
 
-type Outcome = (Figures, Figures, (f64, f64), i64, u64);
+type Outcome = (Figures, Figures, Phase, (f64, f64), i64, u64);
 
 async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Result<Outcome> {
     let database = platform::config::DatabaseConfig {
@@ -274,12 +296,13 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     };
     let listener = tokio::net::TcpListener::bind(http.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
+    let broker = LazyBroker::ready(broker);
     let (app, _writers) = event_collector::app(
         pool.clone(),
-        LazyBroker::ready(broker),
+        broker.clone(),
         &http,
         &collector,
-        directorio,
+        directorio.clone(),
         &access::Acceso::desarrollo(),
         shutdown.clone(),
     );
@@ -289,6 +312,36 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         shutdown.clone(),
         &http,
     ));
+    // The same collector enforcing partner keys, as in a cluster: what authentication costs
+    // on the ingest path, measured in the same run.
+    let keyed_listener = tokio::net::TcpListener::bind(http.listen).await?;
+    let keyed_base = format!("http://{}", keyed_listener.local_addr()?);
+    let (keyed_app, _keyed_writers) = event_collector::app(
+        pool.clone(),
+        broker,
+        &http,
+        &collector,
+        directorio,
+        &access::Acceso::with_store(
+            access::AuthMode::Enforce,
+            pool.clone(),
+            None,
+            shutdown.clone(),
+        ),
+        shutdown.clone(),
+    );
+    tokio::spawn(platform::http::serve(
+        keyed_listener,
+        keyed_app,
+        shutdown.clone(),
+        &http,
+    ));
+    let claves = testkit::acceso::Claves::new(&pool);
+    let mut keys = Vec::with_capacity(args.concurrency);
+    for who in 0..args.concurrency {
+        keys.push(claves.secreta(&format!("BENCH_{who}")).await);
+    }
+    let keys: Keys = Some(Arc::new(keys));
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
@@ -303,9 +356,10 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
             shape,
             args.concurrency,
             Duration::from_secs(2),
+            &None,
         )
         .await?;
-        let peak = closed_loop(&client, &base, shape, args.concurrency, phase).await?;
+        let peak = closed_loop(&client, &base, shape, args.concurrency, phase, &None).await?;
         let half = open_loop(
             &client,
             &base,
@@ -318,6 +372,25 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         accepted += warm.events + peak.events + half.events;
         figures.push(Figures { peak, half });
     }
+    let keyed_warm = closed_loop(
+        &client,
+        &keyed_base,
+        Shape::Single,
+        args.concurrency,
+        Duration::from_secs(2),
+        &keys,
+    )
+    .await?;
+    let keyed = closed_loop(
+        &client,
+        &keyed_base,
+        Shape::Single,
+        args.concurrency,
+        phase,
+        &keys,
+    )
+    .await?;
+    accepted += keyed_warm.events + keyed.events;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM eventos")
         .fetch_one(&pool)
         .await?;
@@ -339,7 +412,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     );
     let batch = figures.pop().expect("two shapes");
     let single = figures.pop().expect("two shapes");
-    Ok((single, batch, ceilings, stored, accepted))
+    Ok((single, batch, keyed, ceilings, stored, accepted))
 }
 
 /// `events` events per transaction, each with its outbox row: what a design without group
@@ -364,6 +437,7 @@ fn print_and_save(
     args: &Args,
     single: &Figures,
     batch: &Figures,
+    keyed: &Phase,
     ceilings: (f64, f64),
     stored: i64,
     accepted: u64,
@@ -442,9 +516,23 @@ fn print_and_save(
         batch.peak.events_per_s / ceilings.1 * 100.0,
         1,
     );
+    println!(
+        "{:<44} {:>14.0} {:>13.1}%",
+        "peak events/s with partner keys (single)",
+        keyed.events_per_s,
+        keyed.events_per_s / single.peak.events_per_s * 100.0
+    );
+    println!(
+        "{:<44} {:>14.2} {:>14.2}",
+        "peak p50 / p99 latency with keys (ms)", keyed.p50_ms, keyed.p99_ms
+    );
     println!("{:<44} {:>14}", "events acknowledged as stored", accepted);
     println!("{:<44} {:>14}", "events in the table after the run", stored);
     println!("  single ceiling = one event + its outbox row per transaction (no group commit);");
+    println!(
+        "  with partner keys = the single shape against the same collector enforcing keys, each"
+    );
+    println!("    client sending its own (`%` = of the open single peak, same run).");
     println!(
         "  batch ceiling  = {} events + outbox rows per transaction.",
         args.batch
@@ -454,6 +542,7 @@ fn print_and_save(
         "concurrency": args.concurrency, "seconds_per_phase": args.seconds, "batch": args.batch,
         "single": {"peak": phase(&single.peak), "half_rate": phase(&single.half), "pgbench_events_per_s": ceilings.0, "ratio": single.peak.events_per_s / ceilings.0},
         "batch_shape": {"peak": phase(&batch.peak), "half_rate": phase(&batch.half), "pgbench_events_per_s": ceilings.1, "ratio": batch.peak.events_per_s / ceilings.1},
+        "single_with_keys": {"peak": phase(keyed), "of_open_peak": keyed.events_per_s / single.peak.events_per_s},
         "events_acknowledged": accepted, "events_stored": stored,
     });
     std::fs::create_dir_all("target/bench")?;

@@ -1,5 +1,6 @@
-//! The chart's affiliates Secret: what `helm template` renders is a file the collector loads,
-//! and by default it is exactly the demo set `make run` uses (no drift between the two).
+//! The chart's affiliates Secret: what `helm template` renders is a file the collector loads;
+//! by default the demo set `make run` uses (no drift between the two) without its published
+//! credentials, which the chart refuses.
 //! Needs `helm` on PATH (`make test` puts the project's own there).
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
@@ -45,7 +46,7 @@ fn rendered_affiliates(extra: &[&str]) -> Option<String> {
 }
 
 #[test]
-fn the_chart_ships_the_demo_affiliates_as_a_loadable_secret() {
+fn the_chart_ships_the_demo_tiers_and_affiliates_without_their_credentials() {
     let rendered = rendered_affiliates(&[]).expect("the chart renders an affiliates Secret");
     let directorio = Directorio::from_yaml(&rendered).expect("the collector loads it");
     assert!(directorio.perfil("AFILIADO_API").unwrap().configurado);
@@ -53,8 +54,68 @@ fn the_chart_ships_the_demo_affiliates_as_a_loadable_secret() {
     let from_chart: ConfigAfiliados = serde_saphyr::from_str(&rendered).unwrap();
     let from_file: ConfigAfiliados = serde_saphyr::from_str(demo).unwrap();
     assert_eq!(
-        from_chart, from_file,
-        "values.yaml's affiliates drifted from config/afiliados.demo.yaml"
+        from_chart.niveles, from_file.niveles,
+        "tiers drifted from the demo file"
+    );
+    assert_eq!(from_chart.nivel_por_defecto, from_file.nivel_por_defecto);
+    assert_eq!(
+        from_chart
+            .afiliados
+            .iter()
+            .map(|(id, a)| (id, &a.nivel))
+            .collect::<Vec<_>>(),
+        from_file
+            .afiliados
+            .iter()
+            .map(|(id, a)| (id, &a.nivel))
+            .collect::<Vec<_>>(),
+        "affiliates drifted from the demo file"
+    );
+    // Partners send with keys from the store; a webhook secret is the installer's to set.
+    for (id, afiliado) in &from_chart.afiliados {
+        assert!(
+            afiliado.api_keys.is_empty() && afiliado.secretos_webhook.is_empty(),
+            "{id} ships with a credential"
+        );
+    }
+}
+
+#[test]
+fn a_demo_credential_is_refused_and_an_own_secret_is_shipped() {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charts/aeropartners");
+    let refused = Command::new("helm")
+        .args([
+            "template",
+            "t",
+            chart.to_str().unwrap(),
+            "--kube-version",
+            "1.34.4",
+            "--set",
+            "eventCollector.affiliates.afiliados.AFILIADO_WEBHOOK.secretos_webhook={whsec_demo_2026}",
+        ])
+        .output()
+        .expect("helm on PATH");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("demo credential"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let own = rendered_affiliates(&[
+        "--set",
+        "eventCollector.affiliates.afiliados.AFILIADO_WEBHOOK.secretos_webhook={whsec_propio_8f2k}",
+        "--set",
+        "eventCollector.affiliates.afiliados.AFILIADO_WEBHOOK.fuentes={WEBHOOK}",
+    ])
+    .expect("an affiliates Secret");
+    let perfil = Directorio::from_yaml(&own)
+        .unwrap()
+        .perfil("AFILIADO_WEBHOOK")
+        .unwrap();
+    assert_eq!(perfil.secretos_webhook.len(), 1);
+    assert_eq!(
+        perfil.fuentes,
+        vec![event_collector::domain::FuenteEvento::Webhook]
     );
 }
 
