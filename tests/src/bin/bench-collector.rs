@@ -349,6 +349,7 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     let phase = Duration::from_secs(args.seconds);
     let mut figures = Vec::new();
     let mut accepted = 0;
+    let mut keyed = None;
     for shape in [Shape::Single, Shape::Batch(args.batch)] {
         let warm = closed_loop(
             &client,
@@ -371,26 +372,25 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
         .await?;
         accepted += warm.events + peak.events + half.events;
         figures.push(Figures { peak, half });
+        if shape == Shape::Single {
+            // Right after the open single phases, before the batches' backlog keeps the relay
+            // busy: the same conditions, with keys.
+            let warm = closed_loop(
+                &client,
+                &keyed_base,
+                shape,
+                args.concurrency,
+                Duration::from_secs(2),
+                &keys,
+            )
+            .await?;
+            let peak =
+                closed_loop(&client, &keyed_base, shape, args.concurrency, phase, &keys).await?;
+            accepted += warm.events + peak.events;
+            keyed = Some(peak);
+        }
     }
-    let keyed_warm = closed_loop(
-        &client,
-        &keyed_base,
-        Shape::Single,
-        args.concurrency,
-        Duration::from_secs(2),
-        &keys,
-    )
-    .await?;
-    let keyed = closed_loop(
-        &client,
-        &keyed_base,
-        Shape::Single,
-        args.concurrency,
-        phase,
-        &keys,
-    )
-    .await?;
-    accepted += keyed_warm.events + keyed.events;
+    let keyed = keyed.expect("the single shape ran");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM eventos")
         .fetch_one(&pool)
         .await?;
