@@ -28,6 +28,40 @@ pub async fn exigido(pool: &PgPool) -> Acceso {
     )
 }
 
+/// A service's application with access enforced as in a cluster, its database and a maker of
+/// keys: what a context's tenancy tests start from.
+pub struct Exigida {
+    pub app: platform::http::App,
+    pub pool: PgPool,
+    pub claves: Claves,
+}
+
+impl Exigida {
+    /// `aplicacion` builds the service's app on `pool` with the access control it is given.
+    pub async fn new(
+        pool: PgPool,
+        aplicacion: impl FnOnce(&PgPool, &Acceso) -> platform::http::App,
+    ) -> Self {
+        let acceso = exigido(&pool).await;
+        Self {
+            app: aplicacion(&pool, &acceso),
+            claves: Claves::new(&pool),
+            pool,
+        }
+    }
+
+    /// Calls the app with `authorization` (none when empty).
+    pub async fn call(
+        &self,
+        authorization: &str,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        como(&self.app, authorization, method, uri, body).await
+    }
+}
+
 /// Makes partner keys in the real store.
 #[derive(Clone)]
 pub struct Claves {

@@ -4,33 +4,28 @@
 
 use access::Alcance;
 use platform::messaging::LazyBroker;
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
-use testkit::acceso::{self, Claves, Regla, TablaDeRutas};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::acceso::{Exigida, Regla, TablaDeRutas};
 
 use crate::common::*;
 
-struct Enforced {
-    app: platform::http::App,
-    pool: PgPool,
-    claves: Claves,
+struct Enforced(Exigida);
+
+impl std::ops::Deref for Enforced {
+    type Target = Exigida;
+    fn deref(&self) -> &Exigida {
+        &self.0
+    }
 }
 
 impl Enforced {
     async fn new(o: PgPoolOptions, c: PgConnectOptions) -> Self {
-        let pool = migrated_pool(o, c).await;
-        let acceso = acceso::exigido(&pool).await;
-        Self {
-            app: campaigns::app(pool.clone(), LazyBroker::default(), &http_config(), &acceso),
-            claves: Claves::new(&pool),
-            pool,
-        }
-    }
-
-    async fn call(&self, auth: &str, method: &str, uri: &str, body: Option<&str>) -> Answer {
-        acceso::como(&self.app, auth, method, uri, body).await
+        Self(
+            Exigida::new(migrated_pool(o, c).await, |pool, acceso| {
+                campaigns::app(pool.clone(), LazyBroker::default(), &http_config(), acceso)
+            })
+            .await,
+        )
     }
 
     /// Creates a campaign of the key's affiliate and returns its id.

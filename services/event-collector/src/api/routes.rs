@@ -345,7 +345,11 @@ async fn recibir(
         api_key_cabecera: cabecera(&headers, "x-api-key"),
         clave: presentada.clave,
         exigida: presentada.exigida,
-        contexto: contexto(&headers, peer.as_ref().map(|Extension(c)| c), request_id),
+        contexto: std::sync::Arc::new(contexto(
+            &headers,
+            peer.as_ref().map(|Extension(c)| c),
+            request_id,
+        )),
     };
     let resultado = state
         .recolector
@@ -431,7 +435,11 @@ async fn recibir_lote(
         api_key_cabecera: cabecera(&headers, "x-api-key"),
         clave: presentada.clave,
         exigida: presentada.exigida,
-        contexto: contexto(&headers, peer.as_ref().map(|Extension(c)| c), request_id),
+        contexto: std::sync::Arc::new(contexto(
+            &headers,
+            peer.as_ref().map(|Extension(c)| c),
+            request_id,
+        )),
     };
     let resultados = state.recolector.recibir_lote(recibidos, peticion).await?;
 

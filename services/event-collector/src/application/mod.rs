@@ -177,7 +177,7 @@ pub struct Peticion<'a> {
     pub clave: Option<access::domain::ClaveDeAfiliado>,
     /// Whether access is enforced (see [`Credenciales::exigida`]).
     pub exigida: bool,
-    pub contexto: ContextoServidor,
+    pub contexto: Arc<ContextoServidor>,
 }
 
 /// An event as read from the body: its fields, and the `api_key` it carried (never stored).
@@ -188,6 +188,24 @@ pub struct EventoRecibido {
     pub api_key: Option<Secreto>,
 }
 
+impl Peticion<'_> {
+    /// What an event of this request authenticates with: the request's key and signature, and
+    /// the `api_key` of its body, else of its header.
+    fn credenciales<'a>(
+        &'a self,
+        api_key: Option<&'a Secreto>,
+        firma: Option<&'a Firma>,
+    ) -> Credenciales<'a> {
+        Credenciales {
+            clave: self.clave.as_ref(),
+            exigida: self.exigida,
+            api_key: api_key.map(Secreto::revelar).or(self.api_key_cabecera),
+            firma,
+            cuerpo: self.cuerpo,
+        }
+    }
+}
+
 impl Recolector {
     /// `POST /events`: one event.
     pub async fn recibir(
@@ -196,22 +214,11 @@ impl Recolector {
         peticion: Peticion<'_>,
     ) -> Result<Resultado, ErrorSolicitud> {
         let firma = peticion.firma.map(Firma::parse).transpose()?;
-        let contexto = Arc::new(peticion.contexto);
+        let contexto = peticion.contexto.clone();
         let ahora = contexto.recibido_en;
-        let api_key = evento
-            .api_key
-            .as_ref()
-            .map(Secreto::revelar)
-            .or(peticion.api_key_cabecera);
+        let credenciales = peticion.credenciales(evento.api_key.as_ref(), firma.as_ref());
         let contenido =
             ContenidoEvento::normalizar(evento.campos).map_err(ErrorSolicitud::Validacion)?;
-        let credenciales = Credenciales {
-            clave: peticion.clave.as_ref(),
-            exigida: peticion.exigida,
-            api_key,
-            firma: firma.as_ref(),
-            cuerpo: peticion.cuerpo,
-        };
         exigir_credencial(contenido.fuente_evento, credenciales)?;
         let perfil = self.perfil(&contenido.id_afiliado, peticion.clave.as_ref())?;
         let uso_firma = autenticar(
@@ -244,7 +251,7 @@ impl Recolector {
         peticion: Peticion<'_>,
     ) -> Result<Vec<ResultadoLote>, ErrorSolicitud> {
         let firma = peticion.firma.map(Firma::parse).transpose()?;
-        let contexto = Arc::new(peticion.contexto);
+        let contexto = peticion.contexto.clone();
         let ahora = contexto.recibido_en;
         let mut resultados = Vec::with_capacity(eventos.len());
         let mut preparados = Vec::new();
@@ -259,11 +266,7 @@ impl Recolector {
                     continue;
                 }
             };
-            let api_key = evento
-                .api_key
-                .as_ref()
-                .map(Secreto::revelar)
-                .or(peticion.api_key_cabecera);
+            let credenciales = peticion.credenciales(evento.api_key.as_ref(), firma.as_ref());
             let contenido = match ContenidoEvento::normalizar(evento.campos) {
                 Ok(c) => c,
                 Err(errores) => {
@@ -274,13 +277,6 @@ impl Recolector {
                     resultados.push(Some(ResultadoLote::Excluido(Excluido::Validacion(errores))));
                     continue;
                 }
-            };
-            let credenciales = Credenciales {
-                clave: peticion.clave.as_ref(),
-                exigida: peticion.exigida,
-                api_key,
-                firma: firma.as_ref(),
-                cuerpo: peticion.cuerpo,
             };
             let autenticado = exigir_credencial(contenido.fuente_evento, credenciales)
                 .and_then(|()| self.perfil(&contenido.id_afiliado, peticion.clave.as_ref()))

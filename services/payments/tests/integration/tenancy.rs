@@ -4,30 +4,28 @@
 
 use access::Alcance;
 use platform::messaging::LazyBroker;
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
-use testkit::acceso::{self, Claves, Regla, TablaDeRutas};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::acceso::{self, Exigida, Regla, TablaDeRutas};
 
 use crate::common::*;
 
-struct Enforced {
-    app: platform::http::App,
-    pool: PgPool,
-    claves: Claves,
+struct Enforced(Exigida);
+
+impl std::ops::Deref for Enforced {
+    type Target = Exigida;
+    fn deref(&self) -> &Exigida {
+        &self.0
+    }
 }
 
 impl Enforced {
     async fn new(o: PgPoolOptions, c: PgConnectOptions) -> Self {
-        let pool = migrated_pool(o, c).await;
-        let acceso = acceso::exigido(&pool).await;
-        let app = payments::app(pool.clone(), LazyBroker::default(), &http_config(), &acceso);
-        Self {
-            app,
-            claves: Claves::new(&pool),
-            pool,
-        }
+        Self(
+            Exigida::new(migrated_pool(o, c).await, |pool, acceso| {
+                payments::app(pool.clone(), LazyBroker::default(), &http_config(), acceso)
+            })
+            .await,
+        )
     }
 
     /// A new key of `afiliado` (secret with no scopes given, else restricted to them).
@@ -39,6 +37,7 @@ impl Enforced {
         }
     }
 
+    /// [`Exigida::call`] with the credential last, as these tests read best.
     async fn call(&self, method: &str, uri: &str, body: Option<&str>, auth: &str) -> Answer {
         acceso::como(&self.app, auth, method, uri, body).await
     }
