@@ -53,20 +53,33 @@ fn rutas(acceso: &Acceso) -> Router {
     )
 }
 
+/// Sends a GET of `uri` with `credencial` (as a bearer) and `cabeceras`.
+async fn enviar(
+    router: &Router,
+    uri: &str,
+    credencial: Option<&str>,
+    cabeceras: &[(&str, String)],
+) -> axum::response::Response {
+    let mut request = Request::builder().uri(uri);
+    if let Some(credencial) = credencial {
+        request = request.header("authorization", format!("Bearer {credencial}"));
+    }
+    for (nombre, valor) in cabeceras {
+        request = request.header(*nombre, valor);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
 async fn pedir(
     router: &Router,
     uri: &str,
     credencial: Option<&str>,
 ) -> (u16, String, Option<String>) {
-    let mut request = Request::builder().uri(uri);
-    if let Some(credencial) = credencial {
-        request = request.header("authorization", format!("Bearer {credencial}"));
-    }
-    let response = router
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = enviar(router, uri, credencial, &[]).await;
     let status = response.status().as_u16();
     let www = response
         .headers()
@@ -74,6 +87,18 @@ async fn pedir(
         .map(|v| v.to_str().unwrap().to_owned());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned(), www)
+}
+
+/// The key store on `pool`, and [`rutas`] with access enforced on it, no operator authority.
+async fn exigidas(pool: &PgPool) -> (AlmacenDeClaves, Router) {
+    let almacen = store(pool).await;
+    let acceso = Acceso::with_store(
+        AuthMode::Enforce,
+        pool.clone(),
+        None,
+        CancellationToken::new(),
+    );
+    (almacen, rutas(&acceso))
 }
 
 async fn store(pool: &PgPool) -> AlmacenDeClaves {
@@ -111,14 +136,7 @@ async fn a_key_is_stored_only_as_its_hash_and_shown_once(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn a_partner_reads_its_own_and_needs_the_scope(pool: PgPool) {
-    let almacen = store(&pool).await;
-    let acceso = Acceso::with_store(
-        AuthMode::Enforce,
-        pool.clone(),
-        None,
-        CancellationToken::new(),
-    );
-    let rutas = rutas(&acceso);
+    let (almacen, rutas) = exigidas(&pool).await;
     let (secreta, _) = almacen
         .crear(nueva("AFILIADO_A", TipoClave::Sk, &[]))
         .await
@@ -157,14 +175,7 @@ async fn a_partner_reads_its_own_and_needs_the_scope(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn missing_malformed_and_unknown_credentials_are_401_with_the_reason(pool: PgPool) {
-    let almacen = store(&pool).await;
-    let acceso = Acceso::with_store(
-        AuthMode::Enforce,
-        pool.clone(),
-        None,
-        CancellationToken::new(),
-    );
-    let rutas = rutas(&acceso);
+    let (almacen, rutas) = exigidas(&pool).await;
     let (clave, _) = almacen.crear(nueva("A", TipoClave::Sk, &[])).await.unwrap();
     let texto = clave.revelar();
     let typo = format!(
@@ -188,23 +199,15 @@ async fn missing_malformed_and_unknown_credentials_are_401_with_the_reason(pool:
     }
 }
 
-/// Calls `uri` from the client address `desde` (as the gateway names it in X-Forwarded-For).
+/// Calls `/pagos` from the client address `desde` (as the gateway names it, last in
+/// X-Forwarded-For, after whatever the client claimed).
 async fn pedir_desde(
     router: &Router,
     desde: &str,
     credencial: Option<&str>,
 ) -> (u16, Option<String>) {
-    let mut request = Request::builder()
-        .uri("/pagos")
-        .header("x-forwarded-for", format!("203.0.113.9, {desde}"));
-    if let Some(credencial) = credencial {
-        request = request.header("authorization", format!("Bearer {credencial}"));
-    }
-    let response = router
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let cadena = format!("203.0.113.9, {desde}");
+    let response = enviar(router, "/pagos", credencial, &[("x-forwarded-for", cadena)]).await;
     let retry_after = response
         .headers()
         .get("retry-after")
@@ -214,14 +217,7 @@ async fn pedir_desde(
 
 #[sqlx::test(migrations = false)]
 async fn an_address_that_sends_too_many_bad_credentials_is_refused_unread(pool: PgPool) {
-    let almacen = store(&pool).await;
-    let acceso = Acceso::with_store(
-        AuthMode::Enforce,
-        pool.clone(),
-        None,
-        CancellationToken::new(),
-    );
-    let rutas = rutas(&acceso);
+    let (almacen, rutas) = exigidas(&pool).await;
     let (buena, _) = almacen.crear(nueva("A", TipoClave::Sk, &[])).await.unwrap();
     let inventada = ClaveApi::generar(TipoClave::Sk);
     // Asking without a credential costs nothing and is never held against the address.

@@ -192,6 +192,28 @@ async fn closed_loop(
     Ok(summarize(&all, events, failures, started.elapsed()))
 }
 
+/// Two seconds to warm up (their events counted, not measured), then the measured peak.
+async fn warm_then_peak(
+    client: &reqwest::Client,
+    base: &str,
+    shape: Shape,
+    concurrency: usize,
+    length: Duration,
+    keys: &Keys,
+) -> anyhow::Result<(u64, Phase)> {
+    let warm = closed_loop(
+        client,
+        base,
+        shape,
+        concurrency,
+        Duration::from_secs(2),
+        keys,
+    )
+    .await?;
+    let peak = closed_loop(client, base, shape, concurrency, length, keys).await?;
+    Ok((warm.events, peak))
+}
+
 /// Requests started on a schedule whatever the answers' speed (no coordinated omission).
 async fn open_loop(
     client: &reqwest::Client,
@@ -351,16 +373,8 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
     let mut accepted = 0;
     let mut keyed = None;
     for shape in [Shape::Single, Shape::Batch(args.batch)] {
-        let warm = closed_loop(
-            &client,
-            &base,
-            shape,
-            args.concurrency,
-            Duration::from_secs(2),
-            &None,
-        )
-        .await?;
-        let peak = closed_loop(&client, &base, shape, args.concurrency, phase, &None).await?;
+        let (warm, peak) =
+            warm_then_peak(&client, &base, shape, args.concurrency, phase, &None).await?;
         let half = open_loop(
             &client,
             &base,
@@ -370,23 +384,14 @@ async fn run(args: &Args, database_url: &str, pulsar_url: &str) -> anyhow::Resul
             args.concurrency,
         )
         .await?;
-        accepted += warm.events + peak.events + half.events;
+        accepted += warm + peak.events + half.events;
         figures.push(Figures { peak, half });
         if shape == Shape::Single {
             // Right after the open single phases, before the batches' backlog keeps the relay
             // busy: the same conditions, with keys.
-            let warm = closed_loop(
-                &client,
-                &keyed_base,
-                shape,
-                args.concurrency,
-                Duration::from_secs(2),
-                &keys,
-            )
-            .await?;
-            let peak =
-                closed_loop(&client, &keyed_base, shape, args.concurrency, phase, &keys).await?;
-            accepted += warm.events + peak.events;
+            let (warm, peak) =
+                warm_then_peak(&client, &keyed_base, shape, args.concurrency, phase, &keys).await?;
+            accepted += warm + peak.events;
             keyed = Some(peak);
         }
     }

@@ -9,38 +9,25 @@ use testkit::acceso::{Exigida, Regla, TablaDeRutas};
 
 use crate::common::*;
 
-struct Enforced(Exigida);
-
-impl std::ops::Deref for Enforced {
-    type Target = Exigida;
-    fn deref(&self) -> &Exigida {
-        &self.0
-    }
+async fn exigida(o: PgPoolOptions, c: PgConnectOptions) -> Exigida {
+    Exigida::new(migrated_pool(o, c).await, |pool, acceso| {
+        campaigns::app(pool.clone(), LazyBroker::default(), &http_config(), acceso)
+    })
+    .await
 }
 
-impl Enforced {
-    async fn new(o: PgPoolOptions, c: PgConnectOptions) -> Self {
-        Self(
-            Exigida::new(migrated_pool(o, c).await, |pool, acceso| {
-                campaigns::app(pool.clone(), LazyBroker::default(), &http_config(), acceso)
-            })
-            .await,
+/// Creates a campaign of the key's affiliate and returns its id.
+async fn crear(t: &Exigida, auth: &str, afiliado: &str) -> String {
+    let answer = t
+        .call(
+            auth,
+            "POST",
+            "/campaigns",
+            Some(&campana_json(afiliado, "100")),
         )
-    }
-
-    /// Creates a campaign of the key's affiliate and returns its id.
-    async fn crear(&self, auth: &str, afiliado: &str) -> String {
-        let answer = self
-            .call(
-                auth,
-                "POST",
-                "/campaigns",
-                Some(&campana_json(afiliado, "100")),
-            )
-            .await;
-        assert_eq!(answer.status, 201, "{:?}", answer.body);
-        answer.body["id"].as_str().unwrap().to_owned()
-    }
+        .await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    answer.body["id"].as_str().unwrap().to_owned()
 }
 
 /// A creation body that names no affiliate.
@@ -52,7 +39,7 @@ fn sin_afiliado() -> String {
 
 #[sqlx::test(migrations = false)]
 async fn the_affiliate_is_the_keys_never_the_bodys(o: PgPoolOptions, c: PgConnectOptions) {
-    let t = Enforced::new(o, c).await;
+    let t = exigida(o, c).await;
     let a = t.claves.secreta("A").await;
 
     let sin = t
@@ -88,9 +75,9 @@ async fn the_affiliate_is_the_keys_never_the_bodys(o: PgPoolOptions, c: PgConnec
 
 #[sqlx::test(migrations = false)]
 async fn a_partner_changes_only_its_own_campaigns(o: PgPoolOptions, c: PgConnectOptions) {
-    let t = Enforced::new(o, c).await;
+    let t = exigida(o, c).await;
     let (a, b) = (t.claves.secreta("A").await, t.claves.secreta("B").await);
-    let de_b = t.crear(&b, "B").await;
+    let de_b = crear(&t, &b, "B").await;
 
     for (method, accion, body) in [
         ("PATCH", "activate", None),
@@ -125,11 +112,11 @@ async fn a_partner_changes_only_its_own_campaigns(o: PgPoolOptions, c: PgConnect
 
 #[sqlx::test(migrations = false)]
 async fn lists_and_statistics_are_the_callers_own(o: PgPoolOptions, c: PgConnectOptions) {
-    let t = Enforced::new(o, c).await;
+    let t = exigida(o, c).await;
     let (a, b) = (t.claves.secreta("A").await, t.claves.secreta("B").await);
-    let de_a = t.crear(&a, "A").await;
-    t.crear(&b, "B").await;
-    t.crear(&b, "B").await;
+    let de_a = crear(&t, &a, "A").await;
+    crear(&t, &b, "B").await;
+    crear(&t, &b, "B").await;
 
     let lista = t.call(&a, "GET", "/campaigns", None).await;
     assert_eq!(lista.status, 200);
@@ -159,7 +146,7 @@ async fn lists_and_statistics_are_the_callers_own(o: PgPoolOptions, c: PgConnect
 
 #[sqlx::test(migrations = false)]
 async fn idempotency_keys_are_each_affiliates(o: PgPoolOptions, c: PgConnectOptions) {
-    let t = Enforced::new(o, c).await;
+    let t = exigida(o, c).await;
     let (a, b) = (t.claves.secreta("A").await, t.claves.secreta("B").await);
     // One body, byte for byte: a replay must send the same request.
     let cuerpo = sin_afiliado();
@@ -243,9 +230,9 @@ const REGLAS: [(&str, &str, Regla); 10] = [
 
 #[sqlx::test(migrations = false)]
 async fn every_documented_route_is_guarded_by_its_rule(o: PgPoolOptions, c: PgConnectOptions) {
-    let t = Enforced::new(o, c).await;
+    let t = exigida(o, c).await;
     let ajena = t.claves.secreta(TablaDeRutas::AJENO).await;
-    let id = t.crear(&ajena, TablaDeRutas::AJENO).await;
+    let id = crear(&t, &ajena, TablaDeRutas::AJENO).await;
     let cuerpo = |method: &str, path: &str| match (method, path) {
         ("post", _) => Some(sin_afiliado()),
         (_, "/campaigns/{id}/budget") => Some(r#"{"monto":5,"moneda":"USD"}"#.to_owned()),

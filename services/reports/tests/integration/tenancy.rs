@@ -12,18 +12,17 @@ use crate::common::{aplicar, historia, pool, replica_with_access};
 const SIN_DATOS: (&str, &str) = ("http://127.0.0.1:9", "http://127.0.0.1:9");
 const SONDEO_LARGO: Duration = Duration::from_secs(3600);
 
+/// A replica with access enforced as in a cluster.
+async fn exigida(pool: &sqlx::PgPool) -> crate::common::Replica {
+    let acceso = acceso::exigido(pool).await;
+    replica_with_access(pool, SONDEO_LARGO, None, SIN_DATOS, &acceso).await
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_partner_reads_its_own_figures_only(o: PgPoolOptions, c: PgConnectOptions) {
     let pool = pool(o, c).await;
     aplicar(&pool, &historia()).await;
-    let r = replica_with_access(
-        &pool,
-        SONDEO_LARGO,
-        None,
-        SIN_DATOS,
-        &acceso::exigido(&pool).await,
-    )
-    .await;
+    let r = exigida(&pool).await;
     let claves = Claves::new(&pool);
     let af1 = claves
         .restringida("af-1", &[Alcance::ReportesLectura])
@@ -83,14 +82,7 @@ const REGLAS: [(&str, &str, Regla); 11] = [
 #[sqlx::test(migrations = false)]
 async fn every_documented_route_is_guarded_by_its_rule(o: PgPoolOptions, c: PgConnectOptions) {
     let pool = pool(o, c).await;
-    let r = replica_with_access(
-        &pool,
-        SONDEO_LARGO,
-        None,
-        SIN_DATOS,
-        &acceso::exigido(&pool).await,
-    )
-    .await;
+    let r = exigida(&pool).await;
     let cuerpo = |method: &str, path: &str| match (method, path) {
         ("put", _) => Some(r#"{"active":"v2"}"#.to_owned()),
         ("post", "/reporting/report") => Some(r#"{"tipo_reporte":"pagos_por_periodo"}"#.to_owned()),
