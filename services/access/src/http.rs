@@ -309,7 +309,8 @@ impl Acceso {
     }
 }
 
-/// The credential of a request, from `Authorization: Bearer` or `X-Api-Key`.
+/// The credential of a request: `Authorization: Bearer` (a partner key or an operator's
+/// token), or a partner key in `X-Api-Key`.
 fn credencial(parts: &Parts) -> Result<Option<&str>, Problem> {
     if let Some(valor) = parts.headers.get(header::AUTHORIZATION) {
         let valor = valor
@@ -327,8 +328,12 @@ fn credencial(parts: &Parts) -> Result<Option<&str>, Problem> {
         return Ok((!token.is_empty()).then_some(token));
     }
     match parts.headers.get("x-api-key") {
+        // Only partner keys travel in X-Api-Key. Anything else there is the original
+        // collector's plain key (`api_keys` of the affiliates file, development mode), which the
+        // collector checks itself: it is no credential of ours, and never an operator's token.
         Some(valor) => match valor.to_str() {
-            Ok(texto) if !texto.trim().is_empty() => Ok(Some(texto.trim())),
+            Ok(texto) if texto.trim().starts_with(PREFIJO) => Ok(Some(texto.trim())),
+            Ok(texto) if !texto.trim().is_empty() => Ok(None),
             _ => Err(no_autenticado("X-Api-Key está vacía o no es texto")),
         },
         None => Ok(None),

@@ -326,6 +326,24 @@ async fn development_mode_lets_the_anonymous_through_and_still_checks_what_is_se
     assert_eq!(status, 200);
     let (status, _, _) = pedir(&rutas, "/pagos", Some("ap_sk_wrong")).await;
     assert_eq!(status, 401);
+    // X-Api-Key carries partner keys only: the original collector's plain key there is not a
+    // credential of ours (nor an operator's token), a partner key there is checked.
+    let plana = enviar(
+        &rutas,
+        "/pagos",
+        None,
+        &[("x-api-key", "sk_test_123456789".into())],
+    )
+    .await;
+    assert_eq!(plana.status(), 200);
+    let mala = enviar(
+        &rutas,
+        "/pagos",
+        None,
+        &[("x-api-key", "ap_sk_wrong".into())],
+    )
+    .await;
+    assert_eq!(mala.status(), 401);
 }
 
 /// The chart sets `AUTH_TOKEN_AUDIENCES=""` by default: that is no audience, not one empty
