@@ -631,6 +631,17 @@ fn two_releases_share_a_namespace() {
             );
         }
     }
+    // The data services answer every affiliate's figures to whoever reaches them: internal.
+    for service in [
+        "aeropartners-data-service-v1",
+        "aeropartners-data-service-v2",
+    ] {
+        let object = find(&kind, "Service", service);
+        assert_eq!(object["spec"]["type"], "ClusterIP", "{service}");
+    }
+    for config in &configs {
+        assert!(!config.contains("containerPort: 309"), "a data service mapped");
+    }
 }
 
 /// Images: the tag defaults to the chart's appVersion, a digest pins it, pull secrets reach
