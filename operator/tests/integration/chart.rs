@@ -640,7 +640,10 @@ fn two_releases_share_a_namespace() {
         assert_eq!(object["spec"]["type"], "ClusterIP", "{service}");
     }
     for config in &configs {
-        assert!(!config.contains("containerPort: 309"), "a data service mapped");
+        assert!(
+            !config.contains("containerPort: 309"),
+            "a data service mapped"
+        );
     }
 }
 
