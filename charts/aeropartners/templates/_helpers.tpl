@@ -131,6 +131,18 @@ the API server only with its ServiceAccount (aeropartners.authAccount). */}}
   value: {{ $auth.failuresPerMinute | toString | quote }}
 {{- end -}}
 
+{{/* The console's sign-in (services/gateway/src/sesion.rs): the cookie key every replica shares,
+the session's lifetime, and `Secure` cookies when the Ingress terminates TLS. */}}
+{{- define "aeropartners.consoleEnv" -}}
+{{- $console := .Values.gateway.console -}}
+- name: CONSOLE_SESSION_KEY
+  valueFrom: {secretKeyRef: {name: {{ $console.sessionKeySecret | default (printf "%s-console-session" (include "aeropartners.fullname" .)) }}, key: key}}
+- name: CONSOLE_SESSION_TTL
+  value: {{ $console.sessionTtl | quote }}
+- name: CONSOLE_COOKIE_SECURE
+  value: {{ and .Values.ingress.enabled (not (empty .Values.ingress.tls)) | toString | quote }}
+{{- end -}}
+
 {{/* The broker's credentials and trust, when an external Pulsar asks for them. */}}
 {{- define "aeropartners.pulsarEnv" -}}
 {{- $pulsar := .Values.externalPulsar -}}

@@ -114,6 +114,24 @@ impl AuthConfig {
             .collect()
     }
 
+    /// The authority on operators this configuration names: the Kubernetes API server, through
+    /// the pod's service account (or `KUBECONFIG`), when `AUTH_KUBERNETES` is on.
+    pub async fn autoridad(
+        &self,
+    ) -> Result<Option<Arc<dyn AutoridadDeOperadores>>, ErrorConfiguracion> {
+        if !self.auth_kubernetes {
+            return Ok(None);
+        }
+        let client = kube::Client::try_default()
+            .await
+            .map_err(ErrorConfiguracion::Kubernetes)?;
+        Ok(Some(Arc::new(Kubernetes::new(
+            client,
+            self.auth_namespace.clone(),
+            self.audiences(),
+        ))))
+    }
+
     /// Refuses development mode on any listener that is not loopback.
     pub fn comprobar(&self, listeners: &[SocketAddr]) -> Result<(), ErrorConfiguracion> {
         if self.auth_mode == AuthMode::Development {
@@ -162,18 +180,7 @@ impl Acceso {
         shutdown: CancellationToken,
     ) -> Result<Self, ErrorConfiguracion> {
         config.comprobar(listeners)?;
-        let autoridad: Option<Arc<dyn AutoridadDeOperadores>> = if config.auth_kubernetes {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(ErrorConfiguracion::Kubernetes)?;
-            Some(Arc::new(Kubernetes::new(
-                client,
-                config.auth_namespace.clone(),
-                config.audiences(),
-            )))
-        } else {
-            None
-        };
+        let autoridad = config.autoridad().await?;
         let mut acceso = Self::with_store(config.auth_mode, pool, autoridad, shutdown);
         if let Some(inner) = Arc::get_mut(&mut acceso.inner) {
             inner.intentos = NonZeroU32::new(config.auth_failures_per_minute)
@@ -357,7 +364,7 @@ fn direccion_del_cliente(parts: &Parts) -> Option<IpAddr> {
         })
 }
 
-fn demasiados_fallos(espera: std::time::Duration) -> Problem {
+pub fn demasiados_fallos(espera: std::time::Duration) -> Problem {
     Problem::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too-many-failed-authentications",
@@ -374,7 +381,7 @@ fn demasiados_fallos(espera: std::time::Duration) -> Problem {
     )
 }
 
-fn no_autenticado(detalle: impl Into<String>) -> Problem {
+pub fn no_autenticado(detalle: impl Into<String>) -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
@@ -402,11 +409,11 @@ pub fn filtro_de_afiliado(
     }
 }
 
-fn prohibido(detalle: impl Into<String>) -> Problem {
+pub fn prohibido(detalle: impl Into<String>) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "forbidden", "Prohibido", detalle)
 }
 
-fn autoridad_no_disponible(error: &dyn std::fmt::Display) -> Problem {
+pub fn autoridad_no_disponible(error: &dyn std::fmt::Display) -> Problem {
     tracing::warn!(%error, "operator authority unavailable");
     Problem::unavailable(
         "No se pudo verificar la credencial con el clúster; reintente en un momento",

@@ -75,6 +75,8 @@ async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
         upstream_timeout: Duration::from_secs(5),
         console_replicas: vec![],
         console_health: vec![],
+        auth: access::AuthConfig::default(),
+        session: gateway::sesion::SessionConfig::default(),
     };
     let app = gateway::app(&gateway_config).await.unwrap();
 
@@ -162,6 +164,8 @@ async fn is_unready_until_every_services_document_is_merged() {
         upstream_timeout: Duration::from_secs(5),
         console_replicas: vec![],
         console_health: vec![],
+        auth: access::AuthConfig::default(),
+        session: gateway::sesion::SessionConfig::default(),
     };
     tokio::spawn(gateway::run(gateway_config, shutdown.clone()));
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
@@ -256,6 +260,8 @@ async fn a_route_with_replicas_balances_and_skips_a_refusing_one() {
         upstream_timeout: Duration::from_secs(5),
         console_replicas: vec![],
         console_health: vec![],
+        auth: access::AuthConfig::default(),
+        session: gateway::sesion::SessionConfig::default(),
     };
     let app = gateway::app(&config).await.unwrap();
     let mut seen = std::collections::BTreeMap::new();
@@ -338,6 +344,8 @@ fn gateway_to(upstream: &str, timeout: Duration) -> gateway::Config {
         upstream_timeout: timeout,
         console_replicas: vec![],
         console_health: vec![],
+        auth: access::AuthConfig::default(),
+        session: gateway::sesion::SessionConfig::default(),
     }
 }
 
@@ -442,6 +450,12 @@ async fn serves_the_console_and_its_replica_and_health_views() {
             format!("payments={payments_url}/ready"),
             format!("gone={dead}/ready"),
         ],
+        // The console's reads without a sign-in (tests/console_session.rs signs in).
+        auth: access::AuthConfig {
+            auth_mode: access::AuthMode::Development,
+            ..access::AuthConfig::default()
+        },
+        session: gateway::sesion::SessionConfig::default(),
     };
     let app = gateway::app(&config).await.unwrap();
 

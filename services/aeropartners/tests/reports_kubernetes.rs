@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use testkit::{TempDatabase, eventually, free_port, pulsar_config, wait_until_ready};
+use testkit::{
+    TempDatabase, eventually, free_port,
+    operadores::{Operadores, render},
+    pulsar_config, wait_until_ready,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
@@ -120,8 +124,9 @@ fn status(ns: &str, version: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage() {
     std::env::var("KUBECONFIG").expect("KUBECONFIG must point at the test API server");
-    let ns = format!("reports-k8s-{}", std::process::id());
-    kubectl(&["create", "namespace", &ns], None);
+    // The chart's access objects and its users: alice operates, bob only reads.
+    let operadores = Operadores::crear("reports-k8s");
+    let ns = operadores.namespace.clone();
     let crd = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../crds/reportversions.aeropartners.io.yaml"
@@ -140,28 +145,8 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         None,
     );
     // The chart's ServiceAccount, Role and RoleBinding for the reports replicas, as rendered.
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/aeropartners");
-    let rendered = Command::new("helm")
-        .args([
-            "template",
-            "aeropartners",
-            chart,
-            "--namespace",
-            &ns,
-            "--kube-version",
-            "1.34.4",
-            "--show-only",
-            "templates/services.yaml",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let rbac: Vec<&str> = std::str::from_utf8(&rendered.stdout)
-        .unwrap()
+    let rendered = render(&ns, "templates/services.yaml");
+    let rbac: Vec<&str> = rendered
         .split("\n---")
         .filter(|d| {
             [
@@ -176,47 +161,7 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
         .collect();
     assert_eq!(rbac.len(), 3, "the chart renders the reports RBAC");
     kubectl(&["apply", "-n", &ns, "-f", "-"], Some(&rbac.join("\n---")));
-    // Its TokenReview binding and the Roles users are bound to (templates/access.yaml).
-    let access = Command::new("helm")
-        .args([
-            "template",
-            "aeropartners",
-            chart,
-            "--namespace",
-            &ns,
-            "--kube-version",
-            "1.34.4",
-            "--show-only",
-            "templates/access.yaml",
-        ])
-        .output()
-        .unwrap();
-    assert!(access.status.success());
-    kubectl(
-        &["apply", "-n", &ns, "-f", "-"],
-        Some(std::str::from_utf8(&access.stdout).unwrap()),
-    );
-    for (user, role) in [("alice", "operations"), ("bob", "viewer")] {
-        kubectl(&["create", "serviceaccount", user, "-n", &ns], None);
-        kubectl(
-            &[
-                "create",
-                "rolebinding",
-                user,
-                "-n",
-                &ns,
-                &format!("--role=aeropartners-{role}"),
-                &format!("--serviceaccount={ns}:{user}"),
-            ],
-            None,
-        );
-    }
-    let bearer = |user: &str| {
-        format!(
-            "Bearer {}",
-            kubectl(&["create", "token", user, "-n", &ns], None).trim()
-        )
-    };
+    let bearer = |user: &str| format!("Bearer {}", operadores.token(user));
     let (alice, bob) = (bearer("alice"), bearer("bob"));
     let rv = format!(
         r#"{{"apiVersion":"aeropartners.io/v1alpha1","kind":"ReportVersion","metadata":{{"name":"{REPORT_VERSION}"}},"spec":{{"version":"v1"}}}}"#
@@ -443,5 +388,4 @@ async fn a_replica_follows_its_report_version_and_rides_out_an_api_server_outage
     relay.cut();
     drop((_a, _b));
     db.drop_database().await;
-    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -40,16 +40,29 @@ struct Console {
     client: reqwest::Client,
 }
 
-pub fn router(targets: ConsoleTargets, client: reqwest::Client) -> Router {
+/// The page, its sign-in ([`crate::sesion`]) and its reads, which need a session (the page's
+/// assets do not: they hold no data, and the page shows its sign-in until there is one).
+pub fn router(
+    targets: ConsoleTargets,
+    client: reqwest::Client,
+    sesiones: Arc<crate::sesion::Sesiones>,
+) -> Router {
     let console = Arc::new(Console { targets, client });
+    let lecturas = Router::new()
+        .route("/console/api/replicas", get(replicas))
+        .route("/console/api/salud", get(salud))
+        .route_layer(axum::middleware::from_fn_with_state(
+            sesiones.clone(),
+            crate::sesion::exigir_sesion,
+        ))
+        .with_state(console);
     Router::new()
         // `/console/` arrives here too: the platform trims a trailing slash before routing.
         .route("/console", get(index))
-        .route("/console/api/replicas", get(replicas))
-        .route("/console/api/salud", get(salud))
         .route("/console/api/{*rest}", get(unknown_api))
         .route("/console/{*path}", get(asset))
-        .with_state(console)
+        .merge(lecturas)
+        .merge(crate::sesion::router(sesiones))
 }
 
 async fn index(headers: HeaderMap) -> Response {
@@ -62,7 +75,7 @@ async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
 
 async fn unknown_api() -> Response {
     Problem::not_found(
-        "La consola no tiene esta consulta; use /console/api/replicas o /console/api/salud",
+        "La consola no tiene esta consulta; use /console/api/sesion, /console/api/replicas o /console/api/salud",
     )
     .into_response()
 }

@@ -22,6 +22,7 @@ use platform::{
 use tokio_util::sync::CancellationToken;
 
 pub mod console;
+pub mod sesion;
 
 /// `aeropartners gateway`.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +77,12 @@ pub struct Config {
     /// Timeout of one forwarded request.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = platform::config::parse_duration)]
     pub upstream_timeout: Duration,
+    /// Who may sign in to the console: the cluster's tokens (`AUTH_KUBERNETES`), or nobody
+    /// needs to (`AUTH_MODE=development`, loopback only).
+    #[command(flatten)]
+    pub auth: access::AuthConfig,
+    #[command(flatten)]
+    pub session: sesion::SessionConfig,
 }
 
 /// One routing rule.
@@ -147,6 +154,9 @@ impl Routes {
 
 struct Gateway {
     routes: Routes,
+    /// The console's sessions: a request signed in through the console carries its
+    /// operator's token upstream.
+    sesiones: Arc<sesion::Sesiones>,
     console: console::ConsoleTargets,
     client: reqwest::Client,
     docs: Vec<(String, String)>,
@@ -168,6 +178,9 @@ async fn forward(State(gateway): State<Arc<Gateway>>, request: Request) -> Respo
     };
     let method = request.method().clone();
     let mut headers = upstream::forwardable(request.headers());
+    if let Err(problem) = gateway.sesiones.acreditar(&method, &mut headers) {
+        return problem.into_response();
+    }
     // The services behind see the client's address, as RFC 7239's de-facto predecessor says:
     // ours appended to whatever hops came before.
     if let Some(axum::extract::ConnectInfo(peer)) = request
@@ -374,7 +387,9 @@ impl Readiness for DocsComplete {
     }
 }
 
-fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
+async fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
+    let sesiones =
+        sesion::Sesiones::start(&config.auth, &config.session, config.http.listen).await?;
     let routes = parse_pairs(&config.routes, "route")?
         .into_iter()
         .map(|(prefix, upstreams)| Route {
@@ -399,6 +414,7 @@ fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
     };
     Ok(Arc::new(Gateway {
         routes: Routes::new(routes),
+        sesiones: Arc::new(sesiones),
         console,
         client: reqwest::Client::builder()
             .timeout(config.upstream_timeout)
@@ -421,6 +437,7 @@ fn app_for(gateway: Arc<Gateway>, http_config: &HttpConfig) -> http::App {
         .merge(console::router(
             gateway.console.clone(),
             gateway.client.clone(),
+            gateway.sesiones.clone(),
         ));
     http::app_with_health(
         router,
@@ -432,7 +449,7 @@ fn app_for(gateway: Arc<Gateway>, http_config: &HttpConfig) -> http::App {
 
 /// The gateway application, with its documents fetched once (used by tests).
 pub async fn app(config: &Config) -> anyhow::Result<http::App> {
-    let gateway = build(config)?;
+    let gateway = build(config).await?;
     gateway.refresh_docs().await;
     Ok(app_for(gateway, &config.http))
 }
@@ -440,7 +457,7 @@ pub async fn app(config: &Config) -> anyhow::Result<http::App> {
 /// Runs the gateway until `shutdown`, refreshing the merged documentation every 30 s (every
 /// 2 s while a service's document is still missing, e.g. at start-up).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let gateway = build(&config)?;
+    let gateway = build(&config).await?;
     let refresher = {
         let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
         tokio::spawn(async move {

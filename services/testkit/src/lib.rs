@@ -3,6 +3,7 @@
 //! without a socket, polling with a deadline, and an observer of published events.
 
 pub mod acceso;
+pub mod operadores;
 
 use std::time::Duration;
 

@@ -2,6 +2,16 @@
 // plus /console/api. A problem+json answer becomes an ApiError carrying its `detail`, so every
 // view can say what went wrong in the platform's own words.
 
+/** The session's CSRF token, sent on every request that changes something (the gateway
+ * refuses such a request made with the session cookie alone). */
+let csrf: string | undefined;
+export function usarCsrf(token: string | undefined) {
+  csrf = token;
+}
+
+/** Fired when a call comes back 401: the session ended (expired, revoked, signed out). */
+export const SESION_PERDIDA = "sesion-perdida";
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -18,6 +28,9 @@ export interface Answer<T> {
 
 export async function call<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer<T>> {
   const init: RequestInit = { method, headers: { accept: "application/json", ...headers } };
+  if (csrf && method !== "GET" && method !== "HEAD") {
+    (init.headers as Record<string, string>)["x-csrf-token"] = csrf;
+  }
   if (body !== undefined) {
     init.body = JSON.stringify(body);
     (init.headers as Record<string, string>)["content-type"] = "application/json";
@@ -34,6 +47,9 @@ export async function call<T>(method: string, path: string, body?: unknown, head
     parsed = text ? JSON.parse(text) : null;
   } catch {
     parsed = text;
+  }
+  if (response.status === 401 && path !== "/console/api/sesion") {
+    window.dispatchEvent(new Event(SESION_PERDIDA));
   }
   if (!response.ok) {
     const problem = parsed as { detail?: string; title?: string; errors?: { field: string; message: string }[] } | null;

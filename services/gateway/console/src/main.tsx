@@ -1,5 +1,7 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
+import { SESION_PERDIDA, usarCsrf } from "./api";
+import { cerrarSesion, type EstadoSesion, InicioSesion, leerSesion, Sesion } from "./sesion";
 import "./style.css";
 import { Campanas } from "./views/Campanas";
 import { Colector } from "./views/Colector";
@@ -23,7 +25,33 @@ const desdeHash = (): Nombre => {
   return nombre in VISTAS ? (nombre as Nombre) : "pagos";
 };
 
+/** The session first: no view (and no call for data) until the gateway says who is here. */
 function App() {
+  // undefined: still asking; null: signed out.
+  const [sesion, setSesion] = useState<EstadoSesion | null>();
+  const [error, setError] = useState<string>();
+  useEffect(() => {
+    leerSesion().then(setSesion, (e) => setError(String(e)));
+    const perdida = () => leerSesion().then(setSesion, () => setSesion(null));
+    window.addEventListener(SESION_PERDIDA, perdida);
+    return () => window.removeEventListener(SESION_PERDIDA, perdida);
+  }, []);
+  usarCsrf(sesion?.csrf);
+  if (error) return <p class="error" role="alert">{error}</p>;
+  if (sesion === undefined) return <p class="muted">Cargando…</p>;
+  if (sesion === null) return <InicioSesion onSesion={setSesion} />;
+  const salir = async () => {
+    await cerrarSesion().catch(() => undefined);
+    setSesion(null);
+  };
+  return (
+    <Sesion.Provider value={sesion}>
+      <Consola sesion={sesion} salir={salir} />
+    </Sesion.Provider>
+  );
+}
+
+function Consola({ sesion, salir }: { sesion: EstadoSesion; salir: () => void }) {
   const [vista, setVista] = useState<Nombre>(desdeHash);
   useEffect(() => {
     const cambiar = () => setVista(desdeHash());
@@ -42,6 +70,16 @@ function App() {
             </a>
           ))}
         </nav>
+        <div class="who" data-testid="sesion">
+          {sesion.usuario ? (
+            <>
+              <span data-testid="usuario">{sesion.usuario}</span>
+              <button onClick={salir}>Cerrar sesión</button>
+            </>
+          ) : (
+            <span title="AUTH_MODE=development: sin credenciales, solo en esta máquina">modo desarrollo</span>
+          )}
+        </div>
       </header>
       <main data-view={vista}>
         <Vista />

@@ -3,6 +3,7 @@ import { call, get, type EstadisticasColector, type EventoColector } from "../ap
 import { Badge, Failure, Figure, Panel } from "../components";
 import { corto, fechaDe } from "../format";
 import { usePoll } from "../hooks";
+import { PERMISOS, usePuede } from "../sesion";
 
 export function Colector() {
   const estadisticas = usePoll(() => get<EstadisticasColector>("/event-collector/statistics"), 3000);
@@ -10,6 +11,7 @@ export function Colector() {
   // What each retry answered, by event id: shown beside the event until the list moves on.
   const [resultados, setResultados] = useState<Record<string, string>>({});
   const [reintentando, setReintentando] = useState<string>();
+  const puedeReintentar = usePuede(PERMISOS.reintentarEvento);
   const reintentar = async (id: string) => {
     setReintentando(id);
     try {
@@ -63,9 +65,9 @@ export function Colector() {
                 <td>{fechaDe(ev.recibido_en)}</td>
                 <td class="wrap">{ev.razon_fallo ?? "—"}</td>
                 <td>
-                  <button disabled={reintentando === ev.id_evento} onClick={() => reintentar(ev.id_evento)}>
+                  {puedeReintentar && <button disabled={reintentando === ev.id_evento} onClick={() => reintentar(ev.id_evento)}>
                     {reintentando === ev.id_evento ? "Reintentando…" : "Reintentar"}
-                  </button>
+                  </button>}
                 </td>
               </tr>
             ))}

@@ -3,6 +3,7 @@ import { call, ESTADOS_PAGO, get, type EntradaTraza, type Pago, type PagosPorMin
 import { Badge, Chart, COLORES, Failure, Panel } from "../components";
 import { corto, fechaDe, horaDe, monto } from "../format";
 import { type Polled, usePoll } from "../hooks";
+import { PERMISOS, useModo, usePuede } from "../sesion";
 
 const FINALES = ["EXITOSO", "FALLIDO", "REVERSADO"];
 
@@ -17,15 +18,20 @@ export function Pagos() {
   const [elegido, setElegido] = useState<string>();
   const lista = usePoll(() => get<{ pagos: Pago[] }>(`/pagos?limite=20${estado ? `&estado=${estado}` : ""}`), 2000, [estado]);
   const porMinuto = usePoll(() => get<PagosPorMinuto>("/pagos/estadisticas/por-minuto?minutos=30"), 10_000);
+  // A payment is an affiliate's, made with its API key: operators do not make them. Only a
+  // developer's open platform lets the page make one.
+  const desarrollo = useModo() === "development";
   return (
     <div class="grid">
-      <NuevoPago
-        onCreado={(id) => {
-          setElegido(id);
-          lista.refresh();
-          porMinuto.refresh();
-        }}
-      />
+      {desarrollo && (
+        <NuevoPago
+          onCreado={(id) => {
+            setElegido(id);
+            lista.refresh();
+            porMinuto.refresh();
+          }}
+        />
+      )}
       <PorMinuto datos={porMinuto} />
       <Panel
         title="Últimos pagos"
@@ -138,6 +144,7 @@ function Traza({ id }: { id: string }) {
   const pago = usePoll(() => get<Pago>(`/pagos/${id}`), 1000, [id]);
   const traza = usePoll(() => get<EntradaTraza[]>(`/pagos/${id}/eventos`), 1000, [id]);
   const [error, setError] = useState<string>();
+  const puedeRevertir = usePuede(PERMISOS.revertirPago);
   const p = pago.data?.id_pago === id ? pago.data : undefined;
   const revertir = async () => {
     setError(undefined);
@@ -153,7 +160,7 @@ function Traza({ id }: { id: string }) {
     <Panel
       title={`Pago ${corto(id)}`}
       testid="pago-elegido"
-      actions={p?.estado === "EXITOSO" && <button onClick={revertir}>Revertir</button>}
+      actions={p?.estado === "EXITOSO" && puedeRevertir && <button onClick={revertir}>Revertir</button>}
     >
       <Failure error={pago.error ?? traza.error ?? error} />
       {p && (

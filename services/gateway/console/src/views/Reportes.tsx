@@ -3,6 +3,7 @@ import { call, get, type Replica, type VersionReportes } from "../api";
 import { Badge, Failure, Figure, Panel } from "../components";
 import { duracion, fechaDe, monto } from "../format";
 import { usePoll } from "../hooks";
+import { PERMISOS, usePuede } from "../sesion";
 
 interface Reporte {
   version: string;
@@ -32,6 +33,7 @@ export function Reportes() {
   }, 2000);
   const [cambio, setCambio] = useState<Cambio>();
   const [error, setError] = useState<string>();
+  const puedeCambiar = usePuede(PERMISOS.cambiarVersion);
 
   const lista = replicas.data?.replicas ?? [];
   const enNueva = cambio ? lista.filter((r) => r.version?.active === cambio.hacia).length : 0;
@@ -59,7 +61,7 @@ export function Reportes() {
         title="Versión del reporte"
         testid="version"
         actions={
-          <div class="buttons">
+          puedeCambiar && <div class="buttons">
             {(["v1", "v2"] as const).map((v) => (
               <button disabled={activa === v && version.data?.desired === v} onClick={() => cambiar(v)} data-testid={`activar-${v}`}>
                 Activar {v}
