@@ -136,8 +136,8 @@ postman-test: build ## The Postman collection against a platform of its own (fre
 	@$(WITH_INFRA) $(BIN)/postman --binary $(BIN)/aeropartners
 
 .PHONY: console-test
-console-test: build ## The operations console in Debian's chromium (playwright-core) against a platform of its own; screenshots in target/console/; part of make test
-	@$(WITH_INFRA) $(BIN)/console --binary $(BIN)/aeropartners
+console-test: build k8s-up ## The operations console in Debian's chromium (playwright-core), signed in with the test API server's tokens, against a platform of its own that enforces access; screenshots in target/console/; part of make test
+	@$(WITH_INFRA) $(WITH_K8S) $(BIN)/console --binary $(BIN)/aeropartners
 
 .PHONY: bench
 bench: build ## Benchmarks: POST /pagos vs pgbench, reports GET vs /health and freshness, collector events/s vs pgbench, the retention job's cost to writes, a 2-minute soak (prints figures)

@@ -22,6 +22,9 @@
 #                      services accept it only because every listener is on 127.0.0.1.
 #                      `enforce` requires partner keys (`aeropartners claves crear`), as the
 #                      chart does.
+#   AUTH_KUBERNETES    `true` (with KUBECONFIG): operators, and the console's sign-in, are
+#                      authenticated and authorised by that cluster (AUTH_NAMESPACE: whose
+#                      Roles count), as on Kubernetes. `make console-test` runs so.
 #
 # How Ctrl-C works here: a terminal sends SIGINT to its whole foreground process group. The
 # services run in sessions of their own (setsid), so only make and this script get it, and this

@@ -583,8 +583,10 @@ pub async fn smoke(cluster: &Cluster, webhook_secret: &str) -> anyhow::Result<Sm
     Ok(smoke)
 }
 
-/// The console in the pod: its page, every reports pod found through the headless Service
-/// (each answering with the version it serves), and every service's readiness.
+/// The console in the pod: its page, its sign-in with an operator's token (the gateway's
+/// TokenReview, through its auth-delegator account), every reports pod found through the
+/// headless Service (each answering with the version it serves), and every service's
+/// readiness.
 async fn console_sees_every_replica(
     cluster: &Cluster,
     http: &reqwest::Client,
@@ -595,6 +597,45 @@ async fn console_sees_every_replica(
         page.status() == 200 && page.text().await?.contains(r#"<div id="app">"#),
         "the gateway pod does not serve the console"
     );
+    let signed_out = http
+        .get(format!("{gateway}/console/api/replicas"))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(
+        signed_out == 401,
+        "the console's reads answer {signed_out} without a session"
+    );
+    let token = cluster.operator_authorization()?;
+    let token = token.strip_prefix("Bearer ").unwrap_or(&token);
+    let signed_in = http
+        .post(format!("{gateway}/console/api/sesion"))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        signed_in.status() == 200,
+        "the console's sign-in answered {}: {}",
+        signed_in.status(),
+        signed_in.text().await?
+    );
+    let cookie = signed_in
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("the sign-in sets the session cookie")?
+        .to_owned();
+    // The Service spreads these over the gateway pods: each reads the cookie (one key).
+    for _ in 0..6 {
+        let status = http
+            .get(format!("{gateway}/console/api/sesion"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(status == 200, "a gateway pod refused the session: {status}");
+    }
     let reports: Vec<String> = cluster
         .pods(&format!(
             "app.kubernetes.io/instance={},app.kubernetes.io/component=reports",
@@ -606,6 +647,7 @@ async fn console_sees_every_replica(
         .collect();
     let replicas: serde_json::Value = http
         .get(format!("{gateway}/console/api/replicas"))
+        .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await?
         .error_for_status()?
@@ -626,6 +668,7 @@ async fn console_sees_every_replica(
     );
     let salud: serde_json::Value = http
         .get(format!("{gateway}/console/api/salud"))
+        .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await?
         .error_for_status()?
@@ -646,7 +689,7 @@ async fn console_sees_every_replica(
         "the console's health view lacks the broker (externalPulsar.adminUrl)"
     );
     Ok(format!(
-        "page served; {} reports pods each with its version; {} services and the broker ready",
+        "page served; 401 signed out; signed in with an operator's token, the session read by every gateway pod; {} reports pods each with its version; {} services and the broker ready",
         answering.len(),
         servicios.len() - 1
     ))

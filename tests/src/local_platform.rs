@@ -119,24 +119,22 @@ impl LocalPlatform {
     /// tests), on a fresh database whose URL is returned with it. The simulated payment gateway
     /// answers in 20–300 ms, so payments reach their final state in well under a second: the
     /// runs still wait for them as they do against `make run`, whose gateway takes 2 to 8 s.
+    /// `env` goes on top (e.g. the console's runs enforce access).
     pub async fn start_on_fresh_database(
         binary: &Path,
         log_dir: &Path,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<(Self, testkit::TempDatabase)> {
         std::env::var("DATABASE_URL").context("DATABASE_URL (make sets it)")?;
         let database = testkit::TempDatabase::create().await;
-        let platform = Self::start(
-            binary,
-            &database.url,
-            log_dir,
-            &[
-                ("GATEWAY_LATENCY_MIN", "20ms"),
-                ("GATEWAY_LATENCY_MAX", "300ms"),
-                // One line per request too: the logs the secrets check reads say the most.
-                ("RUST_LOG", "info,access=debug,sqlx=warn,pulsar=warn"),
-            ],
-        )
-        .await?;
+        let mut all = vec![
+            ("GATEWAY_LATENCY_MIN", "20ms"),
+            ("GATEWAY_LATENCY_MAX", "300ms"),
+            // One line per request too: the logs the secrets check reads say the most.
+            ("RUST_LOG", "info,access=debug,sqlx=warn,pulsar=warn"),
+        ];
+        all.extend_from_slice(env);
+        let platform = Self::start(binary, &database.url, log_dir, &all).await?;
         Ok((platform, database))
     }
 

@@ -161,8 +161,27 @@ async fn the_console_signs_in_with_a_cluster_token_and_the_server_refuses_what_r
         200
     );
 
-    // A partner makes a payment with its key; bob reads it through his session.
+    // An API client reads the console's routes with the operator's token itself; a partner's
+    // key does not open them, nor a token the cluster does not know.
     let key = Claves::new(&pool).secreta("AFILIADO_CONSOLA").await;
+    let bob_bearer = format!("Bearer {}", operadores.token(Operadores::LECTOR));
+    for (authorization, expected) in [
+        (bob_bearer.as_str(), 200),
+        (key.as_str(), 403),
+        ("Bearer not-a-token", 401),
+    ] {
+        let answer = call(
+            &app,
+            "GET",
+            "/console/api/salud",
+            None,
+            &[("authorization", authorization)],
+        )
+        .await;
+        assert_eq!(answer.status, expected, "{:?}", answer.body);
+    }
+
+    // A partner makes a payment with its key; bob reads it through his session.
     let created = call(
         &app,
         "POST",

@@ -25,7 +25,7 @@ use std::{
 use access::{
     AuthConfig, AuthMode, Permiso,
     domain::Operador,
-    http::{autoridad_no_disponible, demasiados_fallos, no_autenticado},
+    http::{autoridad_no_disponible, demasiados_fallos, no_autenticado, prohibido},
     infrastructure::kubernetes::AutoridadDeOperadores,
     intentos::Intentos,
 };
@@ -388,11 +388,7 @@ async fn estado(State(sesiones): State<Arc<Sesiones>>, headers: HeaderMap) -> Re
 
 /// `POST /console/api/sesion` `{"token": "…"}`: signs in with a token the cluster vouches for.
 async fn iniciar(State(sesiones): State<Arc<Sesiones>>, request: Request) -> Response {
-    // The peer's address (absent when a test calls the router without a socket).
-    let cliente = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip());
+    let cliente = cliente_de(&request);
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_INICIO_BYTES).await else {
         return Problem::bad_request(format!(
@@ -409,19 +405,72 @@ async fn iniciar(State(sesiones): State<Arc<Sesiones>>, request: Request) -> Res
 /// The largest sign-in body read: a service account token is about 1 kB, an OIDC one a few.
 const MAX_INICIO_BYTES: usize = 16 * 1024;
 
+/// The peer's address (absent when a test calls the router without a socket).
+fn cliente_de(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
+}
+
 impl Sesiones {
-    async fn iniciar(
-        &self,
-        cliente: Option<IpAddr>,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, Problem> {
+    /// The operator holding `token`, as the API server says. A refused token counts against
+    /// the client's address, and an address past its budget is refused before any review
+    /// (so guessing costs the API server nothing).
+    async fn revisar(&self, cliente: Option<IpAddr>, token: &str) -> Result<Operador, Problem> {
         let intentos = self.intentos.as_ref().zip(cliente);
         if let Some((intentos, cliente)) = intentos
             && let Some(espera) = intentos.espera(cliente).await
         {
             return Err(demasiados_fallos(espera));
         }
+        let Some(autoridad) = &self.autoridad else {
+            return Err(Problem::unavailable(
+                "Este gateway no autentica operadores (AUTH_KUBERNETES=false): no hay con qué \
+                 iniciar sesión",
+            ));
+        };
+        match autoridad.autenticar(token).await {
+            Ok(Some(operador)) => Ok(operador),
+            Ok(None) => {
+                if let Some((intentos, cliente)) = intentos {
+                    intentos.fallo(cliente).await;
+                }
+                tracing::info!(
+                    ?cliente,
+                    "console: the cluster does not vouch for the token"
+                );
+                Err(no_autenticado(
+                    "El clúster no reconoce este token (kubectl create token <cuenta>)",
+                ))
+            }
+            Err(error) => Err(autoridad_no_disponible(&error)),
+        }
+    }
+
+    /// Who reads the console's own routes: an operator's bearer token (an API client such as
+    /// Postman or curl), or else the session of the page.
+    async fn lector(&self, cliente: Option<IpAddr>, headers: &HeaderMap) -> Result<(), Problem> {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match bearer {
+            Some(clave) if clave.starts_with("ap_") => Err(prohibido(
+                "La consola es de operadores (un token de Kubernetes); una clave de afiliado no la abre",
+            )),
+            Some(token) => self.revisar(cliente, token).await.map(drop),
+            None => self.vigente(headers).await.map(drop),
+        }
+    }
+
+    async fn iniciar(
+        &self,
+        cliente: Option<IpAddr>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, Problem> {
         let Ok(Inicio { token }) = serde_json::from_slice::<Inicio>(body) else {
             return Err(Problem::bad_request(
                 "Se espera {\"token\": \"<token de Kubernetes>\"}",
@@ -431,28 +480,7 @@ impl Sesiones {
         if token.is_empty() {
             return Err(Problem::bad_request("El token está vacío"));
         }
-        let Some(autoridad) = &self.autoridad else {
-            return Err(Problem::unavailable(
-                "Este gateway no autentica operadores (AUTH_KUBERNETES=false): no hay con qué \
-                 iniciar sesión",
-            ));
-        };
-        let operador = match autoridad.autenticar(&token).await {
-            Ok(Some(operador)) => operador,
-            Ok(None) => {
-                if let Some((intentos, cliente)) = intentos {
-                    intentos.fallo(cliente).await;
-                }
-                tracing::info!(
-                    ?cliente,
-                    "console sign-in refused: the cluster does not vouch for the token"
-                );
-                return Err(no_autenticado(
-                    "El clúster no reconoce este token (kubectl create token <cuenta>)",
-                ));
-            }
-            Err(error) => return Err(autoridad_no_disponible(&error)),
-        };
+        let operador = self.revisar(cliente, &token).await?;
         tracing::info!(usuario = %operador.usuario, ?cliente, "console sign-in");
         let (sesion, cookie) = self.abrir(token, &operador, headers);
         let mut response = Json(self.describir(Some((&sesion, &operador))).await).into_response();
@@ -479,15 +507,17 @@ async fn cerrar(State(sesiones): State<Arc<Sesiones>>, headers: HeaderMap) -> Re
     response
 }
 
-/// Guards the console's own reads (`/console/api/replicas`, `/console/api/salud`): signed in,
-/// or development mode.
+/// Guards the console's own reads (`/console/api/replicas`, `/console/api/salud`): an
+/// operator signed in or sending a token the cluster vouches for, or development mode.
 pub async fn exigir_sesion(
     State(sesiones): State<Arc<Sesiones>>,
     request: Request,
     next: Next,
 ) -> Response {
     if sesiones.modo == AuthMode::Enforce
-        && let Err(problem) = sesiones.vigente(request.headers()).await
+        && let Err(problem) = sesiones
+            .lector(cliente_de(&request), request.headers())
+            .await
     {
         return problem.into_response();
     }

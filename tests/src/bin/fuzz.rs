@@ -113,9 +113,12 @@ async fn main() -> anyhow::Result<()> {
         .status()
         .context("bash runs scripts/fuzz.sh")?;
     anyhow::ensure!(status.success(), "installing schemathesis failed");
-    let (platform, database) =
-        LocalPlatform::start_on_fresh_database(&args.binary, &PathBuf::from("target/fuzz/logs"))
-            .await?;
+    let (platform, database) = LocalPlatform::start_on_fresh_database(
+        &args.binary,
+        &PathBuf::from("target/fuzz/logs"),
+        &[],
+    )
+    .await?;
     let mut outcomes = Vec::new();
     for target in TARGETS
         .iter()

@@ -24,7 +24,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let logs = PathBuf::from("target/postman/logs");
-    let (platform, database) = LocalPlatform::start_on_fresh_database(&args.binary, &logs).await?;
+    let (platform, database) =
+        LocalPlatform::start_on_fresh_database(&args.binary, &logs, &[]).await?;
     let status = Command::new("bash")
         .arg("scripts/postman.sh")
         .arg("run")
