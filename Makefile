@@ -132,8 +132,8 @@ postman: ## Run the Postman collection (newman) against the platform `make run` 
 	@scripts/postman.sh run $(POSTMAN_ARGS)
 
 .PHONY: postman-test
-postman-test: build ## The Postman collection against a platform of its own (fresh database, free ports); part of make test
-	@$(WITH_INFRA) $(BIN)/postman --binary $(BIN)/aeropartners
+postman-test: build k8s-up ## The Postman collection, with partner keys and an operator's token, against a platform of its own that enforces access (fresh database, free ports); part of make test
+	@$(WITH_INFRA) $(WITH_K8S) $(BIN)/postman --binary $(BIN)/aeropartners
 
 .PHONY: console-test
 console-test: build k8s-up ## The operations console in Debian's chromium (playwright-core), signed in with the test API server's tokens, against a platform of its own that enforces access; screenshots in target/console/; part of make test

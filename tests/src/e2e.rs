@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cluster::{Cluster, condition, container_process, kubectl},
     measure::PhaseLatency,
+    postman::PostmanCredentials,
     scenario2::{self, Integrity, Workload},
     scenario9,
 };
@@ -99,57 +100,14 @@ pub fn postman(cluster: &Cluster, webhook_secret: &str) -> anyhow::Result<Postma
         args.push("--env-var".to_owned());
         args.push(format!("{variable}={}", cluster.service_url(service)?));
     }
-    // The collection calls as AFILIADO_001, its batch as AFILIADO_002, its API_DIRECT event as
-    // AFILIADO_API, its campaigns and rate-limit folders as affiliates of this run's own (so
-    // their counts are exact on a reused cluster), and reverts and retries as an operator: with
-    // keys and a token as a user of the chart would (docs/security.md).
-    let campaigns_affiliate = format!(
-        "AFILIADO_CAMP_e2e_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let rate_limit_affiliate = format!(
-        "AFILIADO_RL_e2e_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    for (variable, affiliate) in [
-        ("afiliado_campanas", &campaigns_affiliate),
-        ("afiliado_rl", &rate_limit_affiliate),
-    ] {
-        args.push("--env-var".to_owned());
-        args.push(format!("{variable}={affiliate}"));
-    }
-    let bare = |authorization: String| {
-        authorization
-            .strip_prefix("Bearer ")
-            .map(str::to_owned)
-            .unwrap_or(authorization)
-    };
-    for (variable, authorization) in [
-        (
-            "partner_key",
-            cluster.partner_authorization("AFILIADO_001")?,
-        ),
-        (
-            "partner_key_lote",
-            cluster.partner_authorization("AFILIADO_002")?,
-        ),
-        (
-            "partner_key_campanas",
-            cluster.partner_authorization(&campaigns_affiliate)?,
-        ),
-        (
-            "partner_key_api",
-            cluster.partner_authorization("AFILIADO_API")?,
-        ),
-        (
-            "partner_key_rl",
-            cluster.partner_authorization(&rate_limit_affiliate)?,
-        ),
-        ("operator_token", cluster.operator_authorization()?),
-    ] {
-        args.push("--env-var".to_owned());
-        args.push(format!("{variable}={}", bare(authorization)));
-    }
+    // Keys and a token, as a user of the chart has them (docs/security.md).
+    let credentials = PostmanCredentials::new("e2e");
+    let keys = credentials
+        .partner_keys()
+        .into_iter()
+        .map(|(variable, affiliate)| Ok((variable, cluster.partner_authorization(affiliate)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    args.extend(credentials.env_args(&keys, &cluster.operator_authorization()?));
     println!("\nThe Postman collection against the chart's Services:");
     let status = std::process::Command::new("bash")
         .args(&args)

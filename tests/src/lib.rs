@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod local_platform;
 pub mod measure;
 pub mod pg;
+pub mod postman;
 pub mod progress;
 pub mod scenario2;
 pub mod scenario3;
