@@ -426,6 +426,9 @@ pub(crate) fn availability(samples: &[Sample]) -> f64 {
     }
 }
 
+/// The affiliate whose key the local run's load calls with.
+const AFFILIATE: &str = "scenario-2";
+
 async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     let pulsar = pulsar_config();
     let prefix = pulsar.pulsar_topic_prefix.clone();
@@ -434,18 +437,18 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let mut primary = ServiceProcess::spawn(
-        &config.binary,
-        &["campaigns", "--listen", &primary_addr],
-        database_url,
-        &prefix,
-    )?;
-    let _replica = ServiceProcess::spawn(
-        &config.binary,
-        &["campaigns", "--listen", &replica_addr],
-        database_url,
-        &prefix,
-    )?;
+    // Access enforced, as on a cluster: the load calls with a partner key.
+    let campaigns = |addr: &str| {
+        ServiceProcess::spawn_enforced(
+            &config.binary,
+            &["campaigns", "--listen", addr],
+            database_url,
+            &prefix,
+            &[],
+        )
+    };
+    let mut primary = campaigns(&primary_addr)?;
+    let _replica = campaigns(&replica_addr)?;
     let backends = format!("primary=http://{primary_addr},replica=http://{replica_addr}");
     let _proxy = ServiceProcess::spawn(
         &config.binary,
@@ -466,8 +469,14 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
     for addr in [&primary_addr, &replica_addr, &proxy_addr] {
         wait_until_ready(&format!("http://{addr}/ready"), Duration::from_secs(60)).await;
     }
-    let workload =
-        Workload::start(&format!("http://{proxy_addr}"), &pulsar, "scenario-2", None).await?;
+    let authorization = testkit::acceso::clave_secreta(database_url, AFFILIATE).await;
+    let workload = Workload::start(
+        &format!("http://{proxy_addr}"),
+        &pulsar,
+        AFFILIATE,
+        Some(&authorization),
+    )
+    .await?;
     let started = Instant::now();
 
     // The killer: SIGKILL the primary, then bring it back on the same port.
@@ -486,11 +495,12 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             drop(primary);
             tokio::time::sleep(down_for).await;
             let restarted = started.elapsed();
-            let again = ServiceProcess::spawn(
+            let again = ServiceProcess::spawn_enforced(
                 &binary,
                 &["campaigns", "--listen", &primary_addr],
                 &database_url,
                 &prefix,
+                &[],
             )
             .expect("the primary starts again");
             (killed, restarted, again)

@@ -26,7 +26,10 @@ use event_collector::domain::firma::firmar_con_tiempo;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rust_decimal::{Decimal, RoundingStrategy, prelude::ToPrimitive};
 use serde::Serialize;
-use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
+use testkit::{
+    ServiceProcess, TempDatabase, free_port, operadores::Operadores, pulsar_config,
+    wait_until_ready,
+};
 
 pub use crate::measure::PhaseLatency;
 
@@ -92,6 +95,8 @@ pub struct ReportTotals {
 enum Evento {
     Pago {
         referencia: String,
+        /// Who pays: its key goes with every attempt.
+        afiliado: String,
         body: String,
     },
     Tracking {
@@ -123,6 +128,11 @@ fn affiliates_yaml() -> String {
     )
 }
 
+/// The affiliate of the n-th payment: seven take turns.
+fn payer(n: usize) -> String {
+    format!("S3_PAY_{}", n % 7)
+}
+
 fn comision(valor: Decimal) -> Decimal {
     (valor * Decimal::new(10, 2)).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
@@ -133,14 +143,19 @@ fn generate(config: &Config, campaign_ids: &[String], rng: &mut StdRng) -> Vec<E
         let referencia = format!("s3-pago-{}-{n}", config.seed);
         let cents: i64 = rng.random_range(100..100_000);
         let moneda = ["USD", "EUR", "COP"][n % 3];
+        let afiliado = payer(n);
         let body = serde_json::json!({
-            "id_afiliado": format!("S3_PAY_{}", n % 7),
+            "id_afiliado": afiliado,
             "monto": Decimal::new(cents, 2).to_f64().unwrap(),
             "moneda": moneda,
             "referencia_pago": referencia,
         })
         .to_string();
-        eventos.push(Evento::Pago { referencia, body });
+        eventos.push(Evento::Pago {
+            referencia,
+            afiliado,
+            body,
+        });
     }
     for n in 0..config.tracking {
         let campana = n % campaign_ids.len();
@@ -207,6 +222,17 @@ struct Stack {
     collectors: [String; 2],
     campaigns: String,
     reports: String,
+    /// `Authorization` of each affiliate's key.
+    keys: HashMap<String, String>,
+    /// `Authorization` of an operator (the chart's operations Role): the runner's checks read
+    /// every affiliate's payments, events and report.
+    operator: String,
+}
+
+impl Stack {
+    fn key(&self, affiliate: &str) -> &str {
+        &self.keys[affiliate]
+    }
 }
 
 #[derive(Default)]
@@ -239,9 +265,10 @@ async fn send_one(
         };
         let request = match envio {
             Envio::Uno(i) => match &eventos[*i] {
-                Evento::Pago { body, .. } => client
+                Evento::Pago { body, afiliado, .. } => client
                     .post(format!("{}/pagos/", stack.payments))
                     .header("content-type", "application/json")
+                    .header("authorization", stack.key(afiliado))
                     .body(body.clone()),
                 Evento::Tracking { body, webhook, .. } => {
                     let raw = body.to_string();
@@ -256,6 +283,9 @@ async fn send_one(
                             "x-webhook-signature",
                             firmar_con_tiempo(WEBHOOK_SECRET.as_bytes(), t, raw.as_bytes()),
                         );
+                    } else {
+                        // A tag sends with the affiliate's key (the signature is a webhook's).
+                        request = request.header("authorization", stack.key(TRACKED));
                     }
                     request.body(raw)
                 }
@@ -268,6 +298,7 @@ async fn send_one(
                 client
                     .post(format!("{collector}/event-collector/events/batch"))
                     .header("content-type", "application/json")
+                    .header("authorization", stack.key(TRACKED))
                     .body(body.to_string())
             }
         };
@@ -347,24 +378,25 @@ struct Launcher<'a> {
     binary: &'a std::path::Path,
     db: &'a str,
     prefix: &'a str,
+    operadores: &'a Operadores,
 }
 
 impl Launcher<'_> {
+    /// Access enforced as on a cluster: partners call with keys, operators are those of
+    /// `operadores`' namespace on the test API server.
     fn start(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<ServiceProcess> {
-        let mut command = std::process::Command::new(self.binary);
-        command
-            .args(args)
-            .env("DATABASE_URL", self.db)
-            .env("PULSAR_TOPIC_PREFIX", self.prefix)
-            // Loopback listeners, the runner's clients without keys: as `make run`.
-            .env("AUTH_MODE", "development")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        Ok(ServiceProcess(command.spawn()?))
+        let mut all = vec![
+            ("AUTH_KUBERNETES", "true"),
+            ("AUTH_NAMESPACE", self.operadores.namespace.as_str()),
+        ];
+        all.extend_from_slice(env);
+        Ok(ServiceProcess::spawn_enforced(
+            self.binary,
+            args,
+            self.db,
+            self.prefix,
+            &all,
+        )?)
     }
 }
 
@@ -396,10 +428,16 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     ];
     let collector_env = [("AFFILIATES_FILE", affiliates.as_str())];
     migrate(&bin, db, &prefix).await?;
+    anyhow::ensure!(
+        std::env::var("KUBECONFIG").is_ok(),
+        "the operators are the test kube-apiserver's: KUBECONFIG (make k8s-up)"
+    );
+    let operadores = Operadores::crear("scenario-3");
     let services = Launcher {
         binary: &bin,
         db,
         prefix: &prefix,
+        operadores: &operadores,
     };
     let _payments = services.start(&["payments", "--listen", &payments], &[])?;
     let mut worker = services.start(&["payments-worker", "--listen", &worker_a], &worker_env)?;
@@ -425,6 +463,11 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     ] {
         wait_until_ready(&format!("http://{a}/ready"), Duration::from_secs(90)).await;
     }
+    let mut keys = HashMap::new();
+    for affiliate in (0..7).map(payer).chain([TRACKED.to_owned()]) {
+        let key = testkit::acceso::clave_secreta(db, &affiliate).await;
+        keys.insert(affiliate, key);
+    }
     let stack = Arc::new(Stack {
         payments: format!("http://{payments}"),
         collectors: [
@@ -433,11 +476,20 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
         ],
         campaigns: format!("http://{campaigns}"),
         reports: format!("http://{reports}"),
+        keys,
+        operator: format!("Bearer {}", operadores.token(Operadores::OPERACIONES)),
     });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(config.clients)
         .build()?;
-    let campaign_ids = create_campaigns(&client, &stack.campaigns, config.campaigns).await?;
+    // The tracked affiliate creates its campaigns with its own key.
+    let tracked = reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(stack.key(TRACKED))?,
+        )]))
+        .build()?;
+    let campaign_ids = create_campaigns(&tracked, &stack.campaigns, config.campaigns).await?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let eventos = Arc::new(generate(config, &campaign_ids, &mut rng));
     let envios = plan(&eventos, &mut rng);
@@ -584,7 +636,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
     let deadline = settle_started + Duration::from_secs(180);
     let mut actual_totals;
     loop {
-        actual_totals = report_totals(&client, &stack.reports)
+        actual_totals = report_totals(&client, &stack.reports, &stack.operator)
             .await
             .unwrap_or_default();
         let metrics = pools.campaign_metrics(&campaign_ids).await?;
@@ -661,6 +713,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
                 if let Some(id) = answered.iter().next() {
                     let trace = client
                         .get(format!("{}/pagos/{id}/eventos", stack.payments))
+                        .header("authorization", &stack.operator)
                         .send()
                         .await;
                     if !trace.is_ok_and(|r| r.status().is_success()) {
@@ -682,6 +735,7 @@ async fn run_on(config: &Config, db: &str) -> anyhow::Result<Report> {
                             "{}/event-collector/events/{id}/status",
                             stack.collectors[i % 2]
                         ))
+                        .header("authorization", &stack.operator)
                         .send()
                         .await;
                     let traced = match status {
@@ -750,10 +804,15 @@ async fn migrate(bin: &std::path::Path, db: &str, prefix: &str) -> anyhow::Resul
     Ok(())
 }
 
-async fn report_totals(client: &reqwest::Client, reports: &str) -> anyhow::Result<ReportTotals> {
+async fn report_totals(
+    client: &reqwest::Client,
+    reports: &str,
+    operator: &str,
+) -> anyhow::Result<ReportTotals> {
     let body: serde_json::Value = client
         .get(format!("{reports}/api/reports/payments"))
         .header("x-report-version", "v1")
+        .header("authorization", operator)
         .send()
         .await?
         .error_for_status()?

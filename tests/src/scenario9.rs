@@ -22,7 +22,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub use crate::measure::PhaseLatency;
-use testkit::{ServiceProcess, TempDatabase, free_port, pulsar_config, wait_until_ready};
+use testkit::{
+    ServiceProcess, TempDatabase, free_port, operadores::Operadores, pulsar_config,
+    wait_until_ready,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -248,13 +251,8 @@ const CRD: &str = concat!(
     "/../crds/reportversions.aeropartners.io.yaml"
 );
 
-fn kubernetes_setup() -> anyhow::Result<String> {
-    anyhow::ensure!(
-        std::env::var("KUBECONFIG").is_ok(),
-        "kubernetes mode needs KUBECONFIG pointing at a kube-apiserver (make k8s-up)"
-    );
-    let namespace = format!("scenario-9-{}", std::process::id());
-    kubectl(&["create", "namespace", &namespace], None)?;
+/// The ReportVersion, its CRD and the Deployments the operator checks, in `namespace`.
+fn kubernetes_setup(namespace: &str) -> anyhow::Result<()> {
     kubectl(
         &["apply", "--server-side", "--force-conflicts", "-f", CRD],
         None,
@@ -270,13 +268,13 @@ fn kubernetes_setup() -> anyhow::Result<String> {
     )?;
     for version in ["v1", "v2"] {
         ready_deployment(
-            &namespace,
+            namespace,
             &format!("data-service-{version}"),
             serde_json::json!({"aeropartners.io/data-service": version}),
         )?;
     }
     ready_deployment(
-        &namespace,
+        namespace,
         "reports",
         serde_json::json!({"aeropartners.io/reports": "true"}),
     )?;
@@ -285,26 +283,44 @@ fn kubernetes_setup() -> anyhow::Result<String> {
         "metadata": {"name": "reports"}, "spec": {"version": "v1"}
     });
     kubectl(
-        &["apply", "-n", &namespace, "-f", "-"],
+        &["apply", "-n", namespace, "-f", "-"],
         Some(&rv.to_string()),
     )?;
-    Ok(namespace)
+    Ok(())
 }
 
 struct Stack {
     _processes: Vec<ServiceProcess>,
     gateway: String,
     replicas: Vec<(String, String)>,
+    /// The ReportVersion's namespace, in kubernetes mode.
     namespace: Option<String>,
+    /// The operators' namespace (deleted when the stack is dropped): the services authorise
+    /// them against its Roles.
+    operadores: Operadores,
 }
 
+/// The stack with access enforced as on a cluster: partners pay with keys, the operators of
+/// a namespace of the test API server (the chart's Roles) read and switch.
 async fn start(config: &Config, database_url: &str) -> anyhow::Result<Stack> {
     let prefix = pulsar_config().pulsar_topic_prefix;
+    anyhow::ensure!(
+        std::env::var("KUBECONFIG").is_ok(),
+        "the operators are the test kube-apiserver's: KUBECONFIG (make k8s-up)"
+    );
+    let operadores = Operadores::crear("scenario-9");
     let namespace = match config.mode {
         Mode::Database => None,
-        Mode::Kubernetes => Some(kubernetes_setup()?),
+        Mode::Kubernetes => {
+            kubernetes_setup(&operadores.namespace)?;
+            Some(operadores.namespace.clone())
+        }
         Mode::Cluster => anyhow::bail!("the cluster is measured by the e2e runner (make e2e)"),
     };
+    let access = [
+        ("AUTH_KUBERNETES", "true"),
+        ("AUTH_NAMESPACE", operadores.namespace.as_str()),
+    ];
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let listen = |port: u16| format!("127.0.0.1:{port}");
     let (payments, worker, d1, d2, ra, rb, gateway) = (
@@ -318,7 +334,7 @@ async fn start(config: &Config, database_url: &str) -> anyhow::Result<Stack> {
     );
     let spawn = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ServiceProcess::spawn(&config.binary, &args, database_url, &prefix)
+        ServiceProcess::spawn_enforced(&config.binary, &args, database_url, &prefix, &access)
     };
     let mut processes = Vec::new();
     // Migrations first, so the replicas do not race each other through them.
@@ -429,6 +445,7 @@ async fn start(config: &Config, database_url: &str) -> anyhow::Result<Stack> {
         gateway: url(gateway),
         replicas,
         namespace,
+        operadores,
     })
 }
 
@@ -512,15 +529,25 @@ async fn run_on(config: &Config, database_url: &str) -> anyhow::Result<Report> {
             },
             None => Switch::Put,
         },
-        payees: open_payees(),
-        reader: None,
+        payees: keyed_payees(database_url).await,
+        reader: Some(format!(
+            "Bearer {}",
+            stack.operadores.token(Operadores::OPERACIONES)
+        )),
     };
-    let report = measure(config, &target).await;
-    if let Some(ns) = &stack.namespace {
-        // Without a controller-manager the namespace stays Terminating; its objects are inert.
-        let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
+    // Dropping the stack deletes the namespace (without a controller-manager it stays
+    // Terminating; its objects are inert).
+    measure(config, &target).await
+}
+
+/// The payments load's affiliates, each paying with a key of its own.
+async fn keyed_payees(database_url: &str) -> Vec<(String, Option<String>)> {
+    let mut payees = Vec::new();
+    for (affiliate, _) in open_payees() {
+        let key = testkit::acceso::clave_secreta(database_url, &affiliate).await;
+        payees.push((affiliate, Some(key)));
     }
-    report
+    payees
 }
 
 /// Load, switches and figures on `target` (its replicas already answer or soon will).

@@ -102,6 +102,18 @@ impl Claves {
     }
 }
 
+/// An `Authorization` value with a new secret key of `afiliado`, made in the key store of the
+/// database at `database_url` (migrated by a service, or `aeropartners migrate`): for runners
+/// that start the services as processes.
+pub async fn clave_secreta(database_url: &str, afiliado: &str) -> String {
+    let pool = PgPool::connect(database_url)
+        .await
+        .expect("the platform's database");
+    let clave = Claves::new(&pool).secreta(afiliado).await;
+    pool.close().await;
+    clave
+}
+
 /// Calls `app` with `authorization` (none when empty).
 pub async fn como(
     app: &platform::http::App,

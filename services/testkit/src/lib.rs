@@ -329,19 +329,51 @@ pub async fn wait_until_ready(url: &str, limit: Duration) {
 pub struct ServiceProcess(pub std::process::Child);
 
 impl ServiceProcess {
+    /// In development mode (loopback listeners, a harness's clients without keys: as `make
+    /// run`), for tests that are not about who calls.
     pub fn spawn(
         binary: &std::path::Path,
         args: &[&str],
         database_url: &str,
         topic_prefix: &str,
     ) -> std::io::Result<Self> {
+        Self::spawn_with(
+            binary,
+            args,
+            database_url,
+            topic_prefix,
+            &[("AUTH_MODE", "development")],
+        )
+    }
+
+    /// With access enforced as the chart does, and `env` on top (e.g. `AUTH_KUBERNETES` and
+    /// `AUTH_NAMESPACE` for operators): for the scenario runners, whose clients call with
+    /// keys and tokens as a cluster's do.
+    pub fn spawn_enforced(
+        binary: &std::path::Path,
+        args: &[&str],
+        database_url: &str,
+        topic_prefix: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let mut all = vec![("AUTH_MODE", "enforce")];
+        all.extend_from_slice(env);
+        Self::spawn_with(binary, args, database_url, topic_prefix, &all)
+    }
+
+    fn spawn_with(
+        binary: &std::path::Path,
+        args: &[&str],
+        database_url: &str,
+        topic_prefix: &str,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         std::process::Command::new(binary)
             .args(args)
             .env("DATABASE_URL", database_url)
             .env("PULSAR_TOPIC_PREFIX", topic_prefix)
-            // Loopback listeners, a harness's clients without keys: as `make run`.
-            .env("AUTH_MODE", "development")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
