@@ -16,18 +16,6 @@ use testkit::{
 };
 use tokio_util::sync::CancellationToken;
 
-async fn serve(app: platform::http::App, shutdown: &CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(platform::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        &http_config(),
-    ));
-    url
-}
-
 /// `name=value` of the session cookie an answer sets.
 fn session_cookie(answer: &Answer) -> String {
     let set = answer.headers["set-cookie"].to_str().unwrap();
@@ -64,7 +52,7 @@ async fn the_console_signs_in_with_a_cluster_token_and_the_server_refuses_what_r
         Some(autoridad),
         shutdown.clone(),
     );
-    let payments_url = serve(
+    let payments_url = testkit::serve(
         payments::app(pool.clone(), LazyBroker::default(), &http_config(), &acceso),
         &shutdown,
     )

@@ -7,18 +7,6 @@ use platform::{config::DatabaseConfig, messaging::LazyBroker};
 use testkit::{TempDatabase, call, http_config};
 use tokio_util::sync::CancellationToken;
 
-async fn serve(app: platform::http::App, shutdown: &CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(platform::http::serve(
-        listener,
-        app,
-        shutdown.clone(),
-        &testkit::http_config(),
-    ));
-    url
-}
-
 /// A database of its own, migrated for payments and campaigns, and the payments API served on
 /// a loopback port; returns the database, the payments URL and the campaigns pool.
 async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String, sqlx::PgPool) {
@@ -31,7 +19,7 @@ async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String,
     };
     let payments_pool = payments::database(&config).await.unwrap();
     let campaigns_pool = campaigns::database(&config).await.unwrap();
-    let payments_url = serve(
+    let payments_url = testkit::serve(
         payments::app(
             payments_pool,
             LazyBroker::default(),
@@ -48,7 +36,7 @@ async fn payments_served(shutdown: &CancellationToken) -> (TempDatabase, String,
 async fn routes_each_prefix_keeps_queries_and_merges_the_documentation() {
     let shutdown = CancellationToken::new();
     let (database, payments_url, campaigns_pool) = payments_served(&shutdown).await;
-    let campaigns_url = serve(
+    let campaigns_url = testkit::serve(
         campaigns::app(
             campaigns_pool,
             LazyBroker::default(),

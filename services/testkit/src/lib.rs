@@ -393,6 +393,19 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// Serves `app` on a loopback port until `stop`; returns its base URL.
+pub async fn serve(app: platform::http::App, stop: &tokio_util::sync::CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(platform::http::serve(
+        listener,
+        app,
+        stop.clone(),
+        &http_config(),
+    ));
+    url
+}
+
 /// Runs `kubectl ARGS…` (with `stdin` piped in when given) against the cluster of
 /// `KUBECONFIG`; its standard output, or what it said on failure.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String, String> {

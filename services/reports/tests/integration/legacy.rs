@@ -14,19 +14,6 @@ use sqlx::{
 use testkit::call;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `app` on a loopback port until `stop`; returns its base URL.
-async fn serve(app: platform::http::App, stop: &CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(platform::http::serve(
-        listener,
-        app,
-        stop.clone(),
-        &testkit::http_config(),
-    ));
-    url
-}
-
 /// Both data services, with the history projected into each.
 async fn data_services(
     o: &PgPoolOptions,
@@ -52,7 +39,7 @@ async fn data_services(
             version,
             &testkit::http_config(),
         );
-        urls.push(serve(app, stop).await);
+        urls.push(testkit::serve(app, stop).await);
     }
     (urls[0].clone(), urls[1].clone())
 }
