@@ -53,9 +53,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub struct SessionConfig {
     /// The secret that encrypts the console's session cookies, at least 32 bytes. Every
     /// gateway replica needs the same one (the chart keeps it in a Secret). Unset, each
-    /// process makes its own: its sessions end when it stops.
+    /// process makes its own: its sessions end when it stops. Never printed.
     #[arg(long, env = "CONSOLE_SESSION_KEY", hide_env_values = true)]
-    pub console_session_key: Option<String>,
+    pub console_session_key: Option<SecretString>,
     /// How long a console session lasts at most; its token's expiry ends it sooner.
     #[arg(long, env = "CONSOLE_SESSION_TTL", default_value = "8h", value_parser = platform::config::parse_duration)]
     pub console_session_ttl: Duration,
@@ -147,10 +147,10 @@ impl Sesiones {
         autoridad: Option<Arc<dyn AutoridadDeOperadores>>,
     ) -> Result<Self, ErrorSesiones> {
         let clave = match &config.console_session_key {
-            Some(secreto) if secreto.len() < MIN_KEY_BYTES => {
-                return Err(ErrorSesiones::ClaveCorta(secreto.len()));
+            Some(secreto) if secreto.expose_secret().len() < MIN_KEY_BYTES => {
+                return Err(ErrorSesiones::ClaveCorta(secreto.expose_secret().len()));
             }
-            Some(secreto) => Key::derive_from(secreto.as_bytes()),
+            Some(secreto) => Key::derive_from(secreto.expose_secret().as_bytes()),
             None => {
                 if modo == AuthMode::Enforce {
                     tracing::warn!(
@@ -570,9 +570,13 @@ mod tests {
     #[test]
     fn replicas_sharing_the_key_read_each_others_cookies_and_no_one_else_does() {
         let config = SessionConfig {
-            console_session_key: Some("k".repeat(MIN_KEY_BYTES)),
+            console_session_key: Some("k".repeat(MIN_KEY_BYTES).into()),
             ..SessionConfig::default()
         };
+        assert!(
+            !format!("{config:?}").contains(&"k".repeat(MIN_KEY_BYTES)),
+            "the key is never printed: {config:?}"
+        );
         let (a, b) = (sesiones(config.clone()), sesiones(config));
         let (_, cookie) = a.abrir("tok".into(), &operador(), &HeaderMap::new());
         assert!(b.leer(&con_cookie(&cookie)).is_some());
